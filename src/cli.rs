@@ -1,0 +1,1084 @@
+//! The command line: parse, load what the command needs, call one function per
+//! subcommand. Results go to stdout, diagnostics to stderr.
+//!
+//! Exit codes: 0 done; 1 problems found (check errors, rejected CSV rows, unknown
+//! contacts); 2 could not run (unreadable config, database down).
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{bail, Context as _};
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+use clap::{Parser, Subcommand};
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+use crate::config;
+use crate::contacts;
+use crate::diagnostic::Diagnostics;
+use crate::engine::{self, Context, Outcome};
+use crate::mail::compose::{self, subject_for, Draft, Thread};
+use crate::model::{Contact, Enrollment, NewEvent};
+use crate::project::Project;
+use crate::schedule::step_due;
+use crate::scheduler::{template_fields, Scheduler};
+use crate::store::{Finish, MessageUpdate, Store};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "followup",
+    version,
+    about = "Email sequences that stop when people answer"
+)]
+pub struct Cli {
+    /// The project's configuration file [default: ./followup.toml]
+    #[arg(long, short = 'c', global = true, env = "FOLLOWUP_CONFIG")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Write a starter project (config, a three-step sequence, templates, sample contacts)
+    Init {
+        #[arg(default_value = ".")]
+        dir: PathBuf,
+        /// Overwrite existing starter files
+        #[arg(long)]
+        force: bool,
+    },
+    /// Validate config, sequences and templates; print every problem; exit 1 if any
+    Check {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the daemon
+    Run {
+        /// Send what is due now, then exit
+        #[arg(long)]
+        once: bool,
+    },
+    /// Apply database migrations (run does it too)
+    Migrate,
+    /// Import and inspect contacts
+    #[command(subcommand)]
+    Contacts(ContactsCommand),
+    /// Put contacts into a sequence
+    Enroll {
+        sequence: String,
+        #[arg(required = true)]
+        emails: Vec<String>,
+    },
+    /// Take contacts out of a sequence for good
+    Unenroll {
+        sequence: String,
+        #[arg(required = true)]
+        emails: Vec<String>,
+    },
+    /// Pause contacts in a sequence
+    Pause {
+        sequence: String,
+        #[arg(required = true)]
+        emails: Vec<String>,
+    },
+    /// Resume paused or held contacts
+    Resume {
+        sequence: String,
+        #[arg(required = true)]
+        emails: Vec<String>,
+    },
+    /// Print the exact message a step would send
+    Preview {
+        sequence: String,
+        #[arg(long)]
+        step: Option<String>,
+        #[arg(long)]
+        contact: Option<String>,
+    },
+    /// Print when each step would be sent
+    Simulate {
+        sequence: String,
+        #[arg(long)]
+        contact: Option<String>,
+    },
+    /// Per-step counts
+    Status {
+        sequence: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Messages that may or may not have been sent (the daemon died mid-send)
+    #[command(name = "in-doubt", subcommand)]
+    InDoubt(InDoubtCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ContactsCommand {
+    /// Import a CSV (header row, an `email` column)
+    Import {
+        file: PathBuf,
+        /// Also enroll the imported contacts in this sequence
+        #[arg(long)]
+        sequence: Option<String>,
+        /// Show what would happen; change nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// One contact's fields and timeline
+    Show { email: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum InDoubtCommand {
+    /// List them
+    List,
+    /// Send it again (same Message-ID, so a client that got the first copy can tell)
+    Release { message_id: String },
+    /// Count it as delivered and move on to the next step
+    Drop { message_id: String },
+}
+
+/// Entry point: runs the command, prints errors as `followup: ...`, maps exit codes.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(matches!(cli.command, Command::Run { .. }));
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("followup: cannot start the runtime: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            // A closed pipe (`followup status | head`) is not an error.
+            if e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+            }) {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("followup: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn init_tracing(daemon: bool) {
+    use tracing_subscriber::EnvFilter;
+    let default = if daemon { "info" } else { "warn" };
+    let filter =
+        EnvFilter::try_from_env("FOLLOWUP_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+fn print_diagnostics(d: &Diagnostics) {
+    let mut err = std::io::stderr().lock();
+    for item in &d.items {
+        let _ = writeln!(err, "{item}\n");
+    }
+}
+
+/// Loads the project; on errors prints them all and returns None.
+fn load_project(config: &Path, need_secrets: bool) -> Option<Project> {
+    match Project::load(config, need_secrets) {
+        Ok((p, warnings)) => {
+            print_diagnostics(&warnings);
+            Some(p)
+        }
+        Err(d) => {
+            print_diagnostics(&d);
+            eprintln!(
+                "followup: {} error(s) in the project; nothing was changed",
+                d.error_count()
+            );
+            None
+        }
+    }
+}
+
+async fn open_store(p: &Project) -> anyhow::Result<Store> {
+    Store::open(&p.config.database)
+        .await
+        .context("opening the database")
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let config_path = config::locate(cli.config.as_deref());
+    match cli.command {
+        Command::Init { dir, force } => cmd_init(&dir, force).await,
+        Command::Check { json } => Ok(cmd_check(&config_path, json)),
+        Command::Run { once } => {
+            let Some(p) = load_project(&config_path, true) else {
+                return Ok(ExitCode::from(1));
+            };
+            let store = open_store(&p).await?;
+            let project = Arc::new(p);
+            if once {
+                let r = Scheduler::new(project, store.clone()).run_once().await?;
+                println!(
+                    "sent {}, deferred {}, failed {}, held {}",
+                    r.sent, r.deferred, r.failed, r.held
+                );
+                store.close().await;
+                return Ok(ExitCode::SUCCESS);
+            }
+            let token = CancellationToken::new();
+            crate::daemon::cancel_on_signals(token.clone());
+            crate::daemon::run(project, store, token).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Migrate => {
+            let Some(p) = load_project(&config_path, false) else {
+                return Ok(ExitCode::from(1));
+            };
+            let store = open_store(&p).await?;
+            store.close().await;
+            println!("database is up to date");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Contacts(ContactsCommand::Import {
+            file,
+            sequence,
+            dry_run,
+        }) => {
+            let Some(p) = load_project(&config_path, false) else {
+                return Ok(ExitCode::from(1));
+            };
+            cmd_import(&p, &file, sequence.as_deref(), dry_run).await
+        }
+        Command::Contacts(ContactsCommand::Show { email }) => {
+            let Some(p) = load_project(&config_path, false) else {
+                return Ok(ExitCode::from(1));
+            };
+            cmd_show(&p, &email).await
+        }
+        Command::Enroll { sequence, emails } => {
+            with_contacts(&config_path, &sequence, &emails, Action::Enroll).await
+        }
+        Command::Unenroll { sequence, emails } => {
+            with_contacts(&config_path, &sequence, &emails, Action::Unenroll).await
+        }
+        Command::Pause { sequence, emails } => {
+            with_contacts(&config_path, &sequence, &emails, Action::Pause).await
+        }
+        Command::Resume { sequence, emails } => {
+            with_contacts(&config_path, &sequence, &emails, Action::Resume).await
+        }
+        Command::Preview {
+            sequence,
+            step,
+            contact,
+        } => {
+            let Some(p) = load_project(&config_path, false) else {
+                return Ok(ExitCode::from(1));
+            };
+            cmd_preview(&p, &sequence, step.as_deref(), contact.as_deref()).await
+        }
+        Command::Simulate { sequence, contact } => {
+            let Some(p) = load_project(&config_path, false) else {
+                return Ok(ExitCode::from(1));
+            };
+            cmd_simulate(&p, &sequence, contact.as_deref()).await
+        }
+        Command::Status { sequence, json } => {
+            let Some(p) = load_project(&config_path, false) else {
+                return Ok(ExitCode::from(1));
+            };
+            cmd_status(&p, sequence.as_deref(), json).await
+        }
+        Command::InDoubt(c) => {
+            let Some(p) = load_project(&config_path, false) else {
+                return Ok(ExitCode::from(1));
+            };
+            cmd_in_doubt(&p, c).await
+        }
+    }
+}
+
+async fn cmd_init(dir: &Path, force: bool) -> anyhow::Result<ExitCode> {
+    let written = crate::init::write(dir, force)?;
+    for w in &written {
+        println!("wrote {}", w.display());
+    }
+    // Enroll the sample contacts, so that `followup run` sends at once.
+    let config_path = dir.join(config::DEFAULT_FILE);
+    let Some(p) = load_project(&config_path, false) else {
+        return Ok(ExitCode::from(1));
+    };
+    let code = cmd_import(&p, &dir.join("contacts.csv"), Some("intro"), false).await?;
+    let cfg = if dir == Path::new(".") {
+        String::new()
+    } else {
+        format!(" --config {}", config_path.display())
+    };
+    println!(
+        "\nnext: followup{cfg} run     (mails appear in {} as .eml files)",
+        dir.join("outbox").display()
+    );
+    Ok(code)
+}
+
+fn cmd_check(config_path: &Path, json: bool) -> ExitCode {
+    let (diags, ok) = match Project::load(config_path, false) {
+        Ok((_, w)) => (w, true),
+        Err(d) => (d, false),
+    };
+    if json {
+        let items: Vec<Value> = diags
+            .items
+            .iter()
+            .map(|d| {
+                json!({
+                    "severity": d.severity,
+                    "path": d.path.display().to_string(),
+                    "line": d.location.as_ref().map(|l| l.line),
+                    "column": d.location.as_ref().map(|l| l.column),
+                    "message": d.message,
+                    "help": d.help,
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({ "ok": ok, "problems": items }))
+                .unwrap_or_default()
+        );
+    } else {
+        print_diagnostics(&diags);
+        if ok {
+            println!("ok: {} warning(s)", diags.items.len());
+        } else {
+            eprintln!("{} error(s)", diags.error_count());
+        }
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+async fn cmd_import(
+    p: &Project,
+    file: &Path,
+    sequence: Option<&str>,
+    dry_run: bool,
+) -> anyhow::Result<ExitCode> {
+    let seq = match sequence {
+        Some(name) => match p.sequence(name) {
+            Some(s) => Some(s),
+            None => bail!(
+                "unknown sequence '{name}' (known: {})",
+                p.sequences.keys().cloned().collect::<Vec<_>>().join(", ")
+            ),
+        },
+        None => None,
+    };
+    let parsed = contacts::read_csv(file).with_context(|| format!("reading {}", file.display()))?;
+    for r in &parsed.rejected {
+        eprintln!("{}: {r}", file.display());
+    }
+    for m in &parsed.merged {
+        eprintln!("{}: {m}", file.display());
+    }
+    if dry_run {
+        let store = Store::connect(&p.config.database).await.ok();
+        let mut new = 0;
+        for c in &parsed.contacts {
+            let exists = match &store {
+                Some(s) => s.contact(&c.email).await.ok().flatten().is_some(),
+                None => false,
+            };
+            if !exists {
+                new += 1;
+            }
+        }
+        println!(
+            "dry run: {} contact(s) would be imported ({} new, {} updated), {} row(s) rejected{}",
+            parsed.contacts.len(),
+            new,
+            parsed.contacts.len() - new,
+            parsed.rejected.len(),
+            seq.map(|s| format!(", and enrolled in '{}'", s.name))
+                .unwrap_or_default()
+        );
+        return Ok(if parsed.rejected.is_empty() {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(1)
+        });
+    }
+    let store = open_store(p).await?;
+    let now = Utc::now();
+    let upserted = store.upsert_contacts(&parsed.contacts, now).await?;
+    let created = upserted.iter().filter(|u| u.created).count();
+    let changed: Vec<i64> = upserted
+        .iter()
+        .filter(|u| u.changed && !u.created)
+        .map(|u| u.id)
+        .collect();
+    let retried = store.retry_held_for_fields(&changed, now).await?;
+    println!(
+        "imported {} contact(s): {} new, {} updated, {} unchanged; {} row(s) rejected",
+        upserted.len(),
+        created,
+        changed.len(),
+        upserted.len() - created - changed.len(),
+        parsed.rejected.len()
+    );
+    if retried > 0 {
+        println!("{retried} held enrollment(s) will be tried again with the new fields");
+    }
+    if let Some(seq) = seq {
+        let emails: Vec<String> = upserted.iter().map(|u| u.email.clone()).collect();
+        let stored = store.contacts_by_email(&emails).await?;
+        let r = contacts::enroll(p, &store, seq, &stored, now).await?;
+        println!(
+            "enrolled {} in '{}' ({} already in it)",
+            r.enrolled, seq.name, r.already
+        );
+        for s in &r.suppressed {
+            eprintln!("{s}: suppressed, not enrolled");
+        }
+    }
+    store.close().await;
+    Ok(if parsed.rejected.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Action {
+    Enroll,
+    Unenroll,
+    Pause,
+    Resume,
+}
+
+async fn with_contacts(
+    config_path: &Path,
+    sequence: &str,
+    emails: &[String],
+    action: Action,
+) -> anyhow::Result<ExitCode> {
+    let Some(p) = load_project(config_path, false) else {
+        return Ok(ExitCode::from(1));
+    };
+    let Some(seq) = p.sequence(sequence) else {
+        bail!(
+            "unknown sequence '{sequence}' (known: {})",
+            p.sequences.keys().cloned().collect::<Vec<_>>().join(", ")
+        );
+    };
+    let store = open_store(&p).await?;
+    let now = Utc::now();
+    let mut problems = 0;
+    let mut normalised = Vec::new();
+    for e in emails {
+        match contacts::normalise_email(e) {
+            Ok(n) => normalised.push(n),
+            Err(msg) => {
+                eprintln!("{e}: {msg}");
+                problems += 1;
+            }
+        }
+    }
+    if action == Action::Enroll {
+        let found = store.contacts_by_email(&normalised).await?;
+        for e in &normalised {
+            if !found.iter().any(|c| &c.email == e) {
+                eprintln!(
+                    "{e}: no such contact (import it first: followup contacts import FILE.csv)"
+                );
+                problems += 1;
+            }
+        }
+        let r = contacts::enroll(&p, &store, seq, &found, now).await?;
+        println!(
+            "enrolled {} in '{}' ({} already in it)",
+            r.enrolled, seq.name, r.already
+        );
+        for s in &r.suppressed {
+            eprintln!("{s}: suppressed, not enrolled");
+            problems += 1;
+        }
+    } else {
+        let mut updates = Vec::new();
+        let mut events = Vec::new();
+        for email in &normalised {
+            let Some(e) = store.enrollment(sequence, email).await? else {
+                eprintln!("{email}: not in '{sequence}'");
+                problems += 1;
+                continue;
+            };
+            match change(&p, seq, &store, &e, action, now).await? {
+                Ok((u, ev)) => {
+                    println!("{email}: {} -> {}", e.state, u.state);
+                    updates.push(u);
+                    events.push(ev);
+                }
+                Err(msg) => {
+                    eprintln!("{email}: {msg}");
+                    problems += 1;
+                }
+            }
+        }
+        store.apply(&updates, &events, now).await?;
+    }
+    store.close().await;
+    Ok(if problems == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// The change an operator command makes to one enrollment.
+async fn change(
+    p: &Project,
+    seq: &crate::sequence::Sequence,
+    store: &Store,
+    e: &Enrollment,
+    action: Action,
+    now: DateTime<Utc>,
+) -> anyhow::Result<Result<(crate::model::EnrollmentUpdate, NewEvent), String>> {
+    let mut u = e.unchanged();
+    let ev = |kind: &str, data: Value| NewEvent {
+        contact_id: Some(e.contact_id),
+        enrollment_id: Some(e.id),
+        message_id: None,
+        kind: kind.into(),
+        data,
+    };
+    Ok(match (action, e.state.as_str()) {
+        (Action::Unenroll, "stopped" | "finished") => Err(format!("already {}", e.state)),
+        (Action::Unenroll, _) => {
+            u.state = "stopped".into();
+            u.reason = Some("unenrolled".into());
+            u.next_run_at = None;
+            Ok((u, ev("stopped", json!({ "reason": "unenrolled" }))))
+        }
+        (Action::Pause, "active" | "held") => {
+            u.state = "paused".into();
+            u.reason = Some("paused by operator".into());
+            u.next_run_at = None;
+            Ok((u, ev("paused", json!({}))))
+        }
+        (Action::Pause, s) => Err(format!("cannot pause: {s}")),
+        (Action::Resume, "paused" | "held") => {
+            if e.reason
+                .as_deref()
+                .is_some_and(|r| r.starts_with("in doubt"))
+            {
+                return Ok(Err(
+                    "a message is in doubt: decide with `followup in-doubt release|drop`".into(),
+                ));
+            }
+            if store.is_suppressed(&e.email).await? {
+                return Ok(Err("the address is suppressed".into()));
+            }
+            let contact = store.contact(&e.email).await?.context("contact vanished")?;
+            let (window, tz, holidays) = p.contact_schedule(seq, &contact);
+            // Resume where it was: the step's wait counts from the last send.
+            let wait = seq
+                .step(&e.step_id)
+                .map(|(_, s)| s.wait)
+                .unwrap_or_default();
+            let from = e.last_sent_at.map(|t| t + wait).unwrap_or(now).max(now);
+            u.state = "active".into();
+            u.reason = None;
+            u.paused_until = None;
+            u.next_run_at = Some(
+                step_due(from, chrono::Duration::zero(), &window, tz, &holidays).unwrap_or(from),
+            );
+            Ok((u, ev("resumed", json!({}))))
+        }
+        (Action::Resume, s) => Err(format!("cannot resume: {s}")),
+        (Action::Enroll, _) => Err("internal: enroll is not a change".into()),
+    })
+}
+
+/// The contact a preview or simulation is for: stored, else from the project's CSV,
+/// else the CSV's first row, else a placeholder with only an address.
+async fn sample_contact(p: &Project, email: Option<&str>) -> anyhow::Result<Contact> {
+    if let Some(email) = email {
+        let email = contacts::normalise_email(email).map_err(anyhow::Error::msg)?;
+        if let Ok(store) = Store::connect(&p.config.database).await {
+            if let Ok(Some(c)) = store.contact(&email).await {
+                return Ok(c);
+            }
+        }
+        if let Some(csv) = &p.config.contacts {
+            if let Ok(parsed) = contacts::read_csv(csv) {
+                if let Some(c) = parsed.contacts.into_iter().find(|c| c.email == email) {
+                    return Ok(from_new(c));
+                }
+            }
+        }
+        bail!("no contact {email} in the database or the contacts CSV");
+    }
+    if let Some(csv) = &p.config.contacts {
+        if let Ok(parsed) = contacts::read_csv(csv) {
+            if let Some(c) = parsed.contacts.into_iter().next() {
+                return Ok(from_new(c));
+            }
+        }
+    }
+    Ok(from_new(crate::model::NewContact {
+        email: "someone@example.com".into(),
+        name: None,
+        fields: Default::default(),
+        timezone: None,
+        country: None,
+    }))
+}
+
+fn from_new(c: crate::model::NewContact) -> Contact {
+    Contact {
+        id: 0,
+        email: c.email,
+        name: c.name,
+        fields: c.fields,
+        timezone: c.timezone,
+        country: c.country,
+        stage: "lead".into(),
+        owner_mailbox: None,
+        suppressed_reason: None,
+    }
+}
+
+async fn cmd_preview(
+    p: &Project,
+    sequence: &str,
+    step: Option<&str>,
+    contact: Option<&str>,
+) -> anyhow::Result<ExitCode> {
+    let Some(seq) = p.sequence(sequence) else {
+        bail!("unknown sequence '{sequence}'")
+    };
+    let (index, step) = match step {
+        Some(id) => seq.step(id).with_context(|| {
+            format!(
+                "no step '{id}' in '{sequence}' (steps: {})",
+                seq.steps
+                    .iter()
+                    .map(|s| s.id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })?,
+        None => (0, seq.steps.first().context("the sequence has no steps")?),
+    };
+    let c = sample_contact(p, contact).await?;
+    let mailbox_name = c
+        .owner_mailbox
+        .clone()
+        .filter(|m| seq.senders.contains(m))
+        .or_else(|| seq.senders.first().cloned());
+    let mailbox = mailbox_name
+        .and_then(|m| p.config.mailboxes.get(&m))
+        .context("the sequence has no mailbox")?;
+    let fields = template_fields(&c, mailbox);
+    let rendered = p
+        .templates
+        .render(&step.template, &fields)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", c.email))?;
+    let thread = if step.thread && index > 0 {
+        let first = &seq.steps[0];
+        let root = p
+            .templates
+            .render(&first.template, &fields)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        Some(Thread {
+            root_message_id: format!("<first-step@{}>", mailbox.domain()),
+            root_subject: root.subject,
+        })
+    } else {
+        None
+    };
+    let subject = subject_for(&rendered.subject, thread.as_ref());
+    let rendered = crate::template::Rendered {
+        subject,
+        ..rendered
+    };
+    let message_id = compose::new_message_id(mailbox.domain());
+    let msg = compose::compose(&Draft {
+        from: &mailbox.from,
+        to_email: &c.email,
+        to_name: c.name.as_deref(),
+        message_id: &message_id,
+        date: std::time::SystemTime::now(),
+        rendered: &rendered,
+        thread: thread.as_ref(),
+    })?;
+    let mut out = std::io::stdout().lock();
+    out.write_all(&msg.formatted())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn cmd_simulate(
+    p: &Project,
+    sequence: &str,
+    contact: Option<&str>,
+) -> anyhow::Result<ExitCode> {
+    let Some(seq) = p.sequence(sequence) else {
+        bail!("unknown sequence '{sequence}'")
+    };
+    let c = sample_contact(p, contact).await?;
+    let (window, tz, holidays) = p.contact_schedule(seq, &c);
+    let now = Utc::now();
+    println!(
+        "{} ({}), enrolled now; times in the contact's zone and UTC",
+        c.email, tz
+    );
+    println!("{:<16} {:<26} UTC", "step", "local");
+    let mut at = now;
+    for (i, step) in seq.steps.iter().enumerate() {
+        let base = if i == 0 { now } else { at };
+        match step_due(base, step.wait, &window, tz, &holidays) {
+            Some(t) => {
+                println!(
+                    "{:<16} {:<26} {}",
+                    step.id,
+                    t.with_timezone(&tz).format("%a %Y-%m-%d %H:%M %Z"),
+                    t.format("%Y-%m-%d %H:%M UTC")
+                );
+                at = t;
+            }
+            None => {
+                println!("{:<16} never: the window never opens", step.id);
+                break;
+            }
+        }
+    }
+    println!("(a mailbox's daily limit and spacing can move sends later)");
+    Ok(ExitCode::SUCCESS)
+}
+
+const MESSAGE_COLUMNS: &[&str] = &["sending", "sent", "deferred", "failed", "in_doubt"];
+const STATE_COLUMNS: &[&str] = &["active", "held", "paused", "stopped", "finished"];
+
+async fn cmd_status(
+    p: &Project,
+    sequence: Option<&str>,
+    as_json: bool,
+) -> anyhow::Result<ExitCode> {
+    if let Some(s) = sequence {
+        if p.sequence(s).is_none() {
+            bail!("unknown sequence '{s}'");
+        }
+    }
+    let store = open_store(p).await?;
+    let st = store.status(sequence).await?;
+    store.close().await;
+    let mut seqs: Vec<&str> = p
+        .sequences
+        .keys()
+        .map(String::as_str)
+        .filter(|s| sequence.is_none_or(|x| x == *s))
+        .collect();
+    for c in st.messages.iter().chain(st.enrollments.iter()) {
+        if !seqs.contains(&c.sequence.as_str()) {
+            seqs.push(&c.sequence);
+        }
+    }
+    let count = |list: &[crate::store::Count], seq: &str, step: &str, what: &str| -> i64 {
+        list.iter()
+            .filter(|c| c.sequence == seq && c.step_id == step && c.what == what)
+            .map(|c| c.n)
+            .sum()
+    };
+    let mut out_json = Vec::new();
+    let mut out = std::io::stdout().lock();
+    for seq in seqs {
+        let mut steps: Vec<String> = p
+            .sequence(seq)
+            .map(|s| s.steps.iter().map(|st| st.id.clone()).collect())
+            .unwrap_or_default();
+        for c in st
+            .messages
+            .iter()
+            .chain(st.enrollments.iter())
+            .filter(|c| c.sequence == seq)
+        {
+            if !steps.contains(&c.step_id) {
+                steps.push(c.step_id.clone());
+            }
+        }
+        let mut rows = Vec::new();
+        for step in &steps {
+            let mut row = serde_json::Map::new();
+            row.insert("step".into(), json!(step));
+            // An active enrollment at a step is scheduled to send it.
+            row.insert(
+                "scheduled".into(),
+                json!(count(&st.enrollments, seq, step, "active")),
+            );
+            for m in MESSAGE_COLUMNS {
+                row.insert((*m).into(), json!(count(&st.messages, seq, step, m)));
+            }
+            for s in &STATE_COLUMNS[1..] {
+                row.insert((*s).into(), json!(count(&st.enrollments, seq, step, s)));
+            }
+            rows.push(Value::Object(row));
+        }
+        let reasons: Vec<Value> = st
+            .reasons
+            .iter()
+            .filter(|r| r.0 == seq)
+            .map(|r| json!({ "state": r.1, "reason": r.2, "count": r.3 }))
+            .collect();
+        if as_json {
+            out_json.push(json!({ "sequence": seq, "steps": rows, "reasons": reasons }));
+            continue;
+        }
+        writeln!(out, "{seq}")?;
+        let cols = [
+            "scheduled",
+            "sending",
+            "sent",
+            "deferred",
+            "failed",
+            "in_doubt",
+            "held",
+            "paused",
+            "stopped",
+            "finished",
+        ];
+        write!(out, "  {:<16}", "step")?;
+        for c in cols {
+            write!(out, " {:>9}", c.replace('_', " "))?;
+        }
+        writeln!(out)?;
+        for r in &rows {
+            write!(out, "  {:<16}", r["step"].as_str().unwrap_or(""))?;
+            for c in cols {
+                write!(out, " {:>9}", r[c].as_i64().unwrap_or(0))?;
+            }
+            writeln!(out)?;
+        }
+        for r in &reasons {
+            writeln!(
+                out,
+                "  {} x{}: {}",
+                r["state"].as_str().unwrap_or(""),
+                r["count"],
+                r["reason"].as_str().unwrap_or("")
+            )?;
+        }
+        writeln!(out)?;
+    }
+    if as_json {
+        writeln!(
+            out,
+            "{}",
+            serde_json::to_string_pretty(&json!({ "sequences": out_json }))?
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn cmd_show(p: &Project, email: &str) -> anyhow::Result<ExitCode> {
+    let email = contacts::normalise_email(email).map_err(anyhow::Error::msg)?;
+    let store = open_store(p).await?;
+    let Some(c) = store.contact(&email).await? else {
+        eprintln!("{email}: no such contact");
+        return Ok(ExitCode::from(1));
+    };
+    println!(
+        "{}{}",
+        c.email,
+        c.name
+            .as_deref()
+            .map(|n| format!(" ({n})"))
+            .unwrap_or_default()
+    );
+    println!(
+        "  stage: {}  owner: {}",
+        c.stage,
+        c.owner_mailbox.as_deref().unwrap_or("-")
+    );
+    if let Some(r) = &c.suppressed_reason {
+        println!("  suppressed: {r}");
+    }
+    for (k, v) in &c.fields {
+        println!("  {k}: {}", v.as_str().unwrap_or(&v.to_string()));
+    }
+    println!("timeline:");
+    for (at, kind, data) in store.timeline(c.id).await? {
+        let tz: Tz = c
+            .timezone
+            .as_deref()
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(p.config.timezone);
+        println!(
+            "  {}  {:<12} {}",
+            at.with_timezone(&tz).format("%Y-%m-%d %H:%M:%S %Z"),
+            kind,
+            data
+        );
+    }
+    store.close().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn cmd_in_doubt(p: &Project, c: InDoubtCommand) -> anyhow::Result<ExitCode> {
+    let store = open_store(p).await?;
+    let list = store.in_doubt().await?;
+    let code = match c {
+        InDoubtCommand::List => {
+            if list.is_empty() {
+                println!("no messages in doubt");
+            }
+            for d in &list {
+                println!(
+                    "{}  {}  {}/{}  via {}  since {}",
+                    d.message_id,
+                    d.email,
+                    d.sequence,
+                    d.step_id,
+                    d.mailbox,
+                    d.since.format("%Y-%m-%d %H:%M:%S UTC")
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        InDoubtCommand::Release { message_id } | InDoubtCommand::Drop { message_id }
+            if !list.iter().any(|d| d.message_id == message_id) =>
+        {
+            eprintln!("{message_id}: not in doubt (see `followup in-doubt list`)");
+            ExitCode::from(1)
+        }
+        InDoubtCommand::Release { message_id } => {
+            let d = list
+                .iter()
+                .find(|d| d.message_id == message_id)
+                .context("listed above")?;
+            let e = store
+                .enrollments_by_id(&[d.enrollment_id])
+                .await?
+                .into_iter()
+                .next()
+                .context("enrollment vanished")?;
+            let now = Utc::now();
+            let mut u = e.unchanged();
+            u.state = "active".into();
+            u.reason = None;
+            u.next_run_at = Some(now);
+            let ev = NewEvent {
+                contact_id: Some(e.contact_id),
+                enrollment_id: Some(e.id),
+                message_id: Some(d.row_id),
+                kind: "released".into(),
+                data: json!({ "message_id": message_id }),
+            };
+            store
+                .finish_sends(
+                    &[Finish {
+                        message: Some(MessageUpdate {
+                            row_id: d.row_id,
+                            status: "deferred".into(),
+                            smtp_reply: Some("released by operator".into()),
+                            sent_at: None,
+                        }),
+                        enrollment: u,
+                        events: vec![ev],
+                    }],
+                    None,
+                    now,
+                )
+                .await?;
+            println!("{message_id}: will be sent again (same Message-ID)");
+            ExitCode::SUCCESS
+        }
+        InDoubtCommand::Drop { message_id } => {
+            let d = list
+                .iter()
+                .find(|d| d.message_id == message_id)
+                .context("listed above")?;
+            let e = store
+                .enrollments_by_id(&[d.enrollment_id])
+                .await?
+                .into_iter()
+                .next()
+                .context("enrollment vanished")?;
+            let seq = p
+                .sequence(&e.sequence)
+                .with_context(|| format!("sequence '{}' is gone", e.sequence))?;
+            let (index, _) = seq
+                .step(&e.step_id)
+                .with_context(|| format!("step '{}' is gone", e.step_id))?;
+            let contact = store.contact(&e.email).await?.context("contact vanished")?;
+            let (window, tz, holidays) = p.contact_schedule(seq, &contact);
+            let now = Utc::now();
+            let subject = store
+                .step_message(e.id, &e.step_id)
+                .await?
+                .map(|m| m.subject)
+                .unwrap_or_default();
+            let cx = Context {
+                sequence: seq,
+                window: &window,
+                tz,
+                holidays: &holidays,
+                send: &p.config.send,
+            };
+            let mut e_active = e.clone();
+            e_active.state = "active".into();
+            let tr = engine::after(
+                &cx,
+                &e_active,
+                index,
+                &Outcome::Sent {
+                    at: d.since,
+                    message_id: message_id.clone(),
+                    subject,
+                    reply: "counted as sent by operator".into(),
+                },
+            );
+            let mut events = tr.events;
+            for ev in &mut events {
+                ev.message_id = Some(d.row_id);
+            }
+            let msg = tr.message.map(|m| MessageUpdate {
+                row_id: d.row_id,
+                status: m.status.into(),
+                smtp_reply: m.reply,
+                sent_at: m.sent_at,
+            });
+            store
+                .finish_sends(
+                    &[Finish {
+                        message: msg,
+                        enrollment: tr.enrollment,
+                        events,
+                    }],
+                    None,
+                    now,
+                )
+                .await?;
+            if let Some(rule) = tr.rule {
+                store.apply_rule(e.contact_id, &rule, now).await?;
+            }
+            println!("{message_id}: counted as sent; the next step is scheduled");
+            ExitCode::SUCCESS
+        }
+    };
+    store.close().await;
+    Ok(code)
+}

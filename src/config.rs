@@ -1,0 +1,744 @@
+//! `followup.toml`: where the database is, the default time zone and send window, the
+//! days off, and the mailboxes that send. Every connection setting can be overridden by a
+//! `FOLLOWUP_*` environment variable, and passwords come from the environment or a file
+//! (a systemd credential), never from the files a team keeps in git.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+
+use chrono::Duration;
+use chrono_tz::Tz;
+use secrecy::SecretString;
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::diagnostic::{Diagnostic, Diagnostics, Location};
+use crate::schedule::{parse_wait, Holidays, Pacing, Window};
+
+/// The file name looked for when `FOLLOWUP_CONFIG` is not set.
+pub const DEFAULT_FILE: &str = "followup.toml";
+
+/// How a mailbox hands its mail over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transport {
+    /// `smtp://host:port`: plain SMTP (loopback relays, tests).
+    Smtp { host: String, port: u16 },
+    /// `smtp+starttls://host:port`: SMTP upgraded with STARTTLS, which is required.
+    StartTls { host: String, port: u16 },
+    /// `smtps://host:port`: implicit TLS (RFC 8314).
+    Smtps { host: String, port: u16 },
+    /// `file://DIR`: each message written as an .eml file into DIR (relative to the project).
+    File { dir: PathBuf },
+}
+
+impl fmt::Display for Transport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Transport::Smtp { host, port } => write!(f, "smtp://{host}:{port}"),
+            Transport::StartTls { host, port } => write!(f, "smtp+starttls://{host}:{port}"),
+            Transport::Smtps { host, port } => write!(f, "smtps://{host}:{port}"),
+            Transport::File { dir } => write!(f, "file://{}", dir.display()),
+        }
+    }
+}
+
+impl FromStr for Transport {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (scheme, rest) = s.split_once("://").ok_or_else(|| {
+            format!("'{s}' is not a URL: expected smtp://, smtp+starttls://, smtps:// or file://")
+        })?;
+        if scheme == "file" {
+            if rest.is_empty() {
+                return Err("file:// needs a directory, e.g. file://outbox".into());
+            }
+            return Ok(Transport::File {
+                dir: PathBuf::from(rest),
+            });
+        }
+        let default_port = match scheme {
+            "smtp" => 25,
+            "smtp+starttls" => 587,
+            "smtps" => 465,
+            other => {
+                return Err(format!(
+                "unknown scheme '{other}': expected smtp://, smtp+starttls://, smtps:// or file://"
+            ))
+            }
+        };
+        let authority = rest.trim_end_matches('/');
+        if authority.contains('@') {
+            return Err("put the user in `user` and the password in `password_env` or `password_file`, not in the URL".into());
+        }
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => {
+                let port = p.parse::<u16>().map_err(|_| format!("bad port '{p}'"))?;
+                (
+                    h.trim_start_matches('[').trim_end_matches(']').to_string(),
+                    port,
+                )
+            }
+            _ => (authority.to_string(), default_port),
+        };
+        if host.is_empty() {
+            return Err("the URL has no host".into());
+        }
+        Ok(match scheme {
+            "smtp" => Transport::Smtp { host, port },
+            "smtp+starttls" => Transport::StartTls { host, port },
+            _ => Transport::Smtps { host, port },
+        })
+    }
+}
+
+/// One sending identity: a rep's mailbox.
+#[derive(Debug, Clone)]
+pub struct Mailbox {
+    pub name: String,
+    pub from: lettre::message::Mailbox,
+    pub transport: Transport,
+    pub user: Option<String>,
+    /// Resolved from `password_env`, `password_file` or `FOLLOWUP_MAILBOX_<NAME>_PASSWORD`;
+    /// `SecretString` keeps it out of `Debug` output and logs.
+    pub password: Option<SecretString>,
+    /// Connections kept open to the SMTP server.
+    pub connections: usize,
+    pub pacing: Pacing,
+}
+
+impl Mailbox {
+    /// The domain of the From address: Message-IDs are made at it.
+    pub fn domain(&self) -> &str {
+        self.from.email.domain()
+    }
+}
+
+/// How the scheduler works through due enrollments.
+#[derive(Debug, Clone)]
+pub struct SendSettings {
+    /// Enrollments claimed per round and mailbox.
+    pub batch: usize,
+    /// How long a claim (and a message in `sending`) is held before another daemon may
+    /// take the enrollment back; a `sending` message whose lease ran out is in doubt.
+    pub lease: Duration,
+    /// First retry delay after a 4xx or connection failure; doubled each attempt.
+    pub retry_base: Duration,
+    pub retry_max: Duration,
+    /// After this many temporary failures the message fails for good.
+    pub max_attempts: u32,
+    /// How often the daemon looks for due work when nothing is scheduled sooner.
+    pub poll: Duration,
+}
+
+impl Default for SendSettings {
+    fn default() -> Self {
+        SendSettings {
+            batch: 100,
+            lease: Duration::seconds(120),
+            retry_base: Duration::seconds(60),
+            retry_max: Duration::hours(2),
+            max_attempts: 12,
+            poll: Duration::seconds(1),
+        }
+    }
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The project directory: sequences/, templates/ and relative paths are found here.
+    pub root: PathBuf,
+    pub path: PathBuf,
+    pub database: String,
+    pub timezone: Tz,
+    pub window: Window,
+    /// The project's contacts CSV, used by `check` to see which fields contacts have.
+    pub contacts: Option<PathBuf>,
+    /// The senders' days off.
+    pub holidays: Holidays,
+    /// Days off by contact country (ISO code as in the contacts' `country` column).
+    pub country_holidays: BTreeMap<String, Holidays>,
+    pub mailboxes: BTreeMap<String, Mailbox>,
+    pub send: SendSettings,
+}
+
+impl Config {
+    pub fn sequences_dir(&self) -> PathBuf {
+        self.root.join("sequences")
+    }
+
+    pub fn templates_dir(&self) -> PathBuf {
+        self.root.join("templates")
+    }
+
+    /// Holidays that apply to a contact: the senders' plus those of the contact's country.
+    pub fn holidays_for(&self, country: Option<&str>) -> Holidays {
+        match country.and_then(|c| self.country_holidays.get(&c.to_ascii_uppercase())) {
+            Some(h) => self.holidays.merged(h),
+            None => self.holidays.clone(),
+        }
+    }
+}
+
+/// Where the config file is: `FOLLOWUP_CONFIG`, else `./followup.toml`.
+pub fn locate(explicit: Option<&Path>) -> PathBuf {
+    if let Some(p) = explicit {
+        return p.to_path_buf();
+    }
+    match std::env::var_os("FOLLOWUP_CONFIG") {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => PathBuf::from(DEFAULT_FILE),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    database: Option<Spanned<String>>,
+    timezone: Option<Spanned<String>>,
+    window: Option<Spanned<String>>,
+    contacts: Option<String>,
+    #[serde(default)]
+    holidays: Vec<Spanned<String>>,
+    #[serde(default)]
+    country_holidays: BTreeMap<String, Vec<Spanned<String>>>,
+    #[serde(default)]
+    send: RawSend,
+    #[serde(default)]
+    mailboxes: BTreeMap<String, Spanned<RawMailbox>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSend {
+    batch: Option<usize>,
+    lease: Option<Spanned<String>>,
+    retry_base: Option<Spanned<String>>,
+    retry_max: Option<Spanned<String>>,
+    max_attempts: Option<u32>,
+    poll: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMailbox {
+    from: Spanned<String>,
+    smtp: Spanned<String>,
+    user: Option<String>,
+    password_env: Option<Spanned<String>>,
+    password_file: Option<Spanned<String>>,
+    /// Only here to say clearly why it is refused.
+    password: Option<Spanned<String>>,
+    daily_limit: Option<u32>,
+    min_gap: Option<Spanned<String>>,
+    jitter: Option<f64>,
+    window: Option<Spanned<String>>,
+    timezone: Option<Spanned<String>>,
+    connections: Option<usize>,
+}
+
+/// Turns byte offsets in one file into line/column locations for diagnostics.
+struct SourceMap<'a> {
+    path: &'a Path,
+    text: Arc<str>,
+}
+
+impl SourceMap<'_> {
+    fn location(&self, span: Range<usize>) -> Location {
+        let start = span.start.min(self.text.len());
+        let before = &self.text[..start];
+        let line = before.matches('\n').count() + 1;
+        let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
+        let column = before[line_start..].chars().count() + 1;
+        let end = span.end.clamp(start, self.text.len());
+        let len = self.text[start..end]
+            .lines()
+            .next()
+            .map(|l| l.chars().count())
+            .unwrap_or(1);
+        Location::new(line, column, len)
+    }
+
+    fn error(&self, span: Range<usize>, message: impl Into<String>) -> Diagnostic {
+        Diagnostic::error(self.path, message).at(self.location(span), &self.text)
+    }
+}
+
+/// Reads the configuration. Secrets are resolved when `need_secrets` is set (`run`);
+/// `check` only warns about missing ones, since they often exist on the server alone.
+pub fn load(path: &Path, need_secrets: bool) -> Result<Config, Diagnostics> {
+    let mut diags = Diagnostics::default();
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => {
+            diags.push(
+                Diagnostic::error(path, format!("cannot read the configuration: {e}")).with_help(
+                    "run `followup init` to make a starter project, or set FOLLOWUP_CONFIG",
+                ),
+            );
+            return Err(diags);
+        }
+    };
+    let root = path
+        .parent()
+        .map(|p| {
+            if p.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                p
+            }
+        })
+        .unwrap_or(Path::new("."))
+        .to_path_buf();
+    let map = SourceMap {
+        path,
+        text: Arc::from(text.as_str()),
+    };
+    let raw: RawConfig = match toml::from_str(&text) {
+        Ok(r) => r,
+        Err(e) => {
+            let d = match e.span() {
+                Some(span) => map.error(span, e.message().trim().to_string()),
+                None => Diagnostic::error(path, e.message().trim().to_string()),
+            };
+            diags.push(d);
+            return Err(diags);
+        }
+    };
+    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+
+    let database = env("FOLLOWUP_DATABASE")
+        .or_else(|| raw.database.as_ref().map(|d| d.get_ref().clone()))
+        .unwrap_or_else(|| "sqlite://followup.db".to_string());
+    let database = resolve_sqlite_path(&database, &root);
+
+    let timezone = match &raw.timezone {
+        Some(tz) => tz.get_ref().parse::<Tz>().unwrap_or_else(|_| {
+            diags.push(
+                map.error(tz.span(), format!("unknown time zone '{}'", tz.get_ref()))
+                    .with_help("use an IANA name such as Asia/Shanghai or Europe/Berlin"),
+            );
+            Tz::UTC
+        }),
+        None => Tz::UTC,
+    };
+    let window = parse_window(&map, raw.window.as_ref(), &mut diags).unwrap_or_else(Window::always);
+
+    let holidays = parse_holidays(&map, &raw.holidays, &mut diags);
+    let mut country_holidays = BTreeMap::new();
+    for (country, items) in &raw.country_holidays {
+        country_holidays.insert(
+            country.to_ascii_uppercase(),
+            parse_holidays(&map, items, &mut diags),
+        );
+    }
+
+    let defaults = SendSettings::default();
+    let wait_or = |v: &Option<Spanned<String>>, d: Duration, diags: &mut Diagnostics| match v {
+        Some(s) => parse_wait(s.get_ref()).unwrap_or_else(|e| {
+            diags.push(map.error(s.span(), e.to_string()));
+            d
+        }),
+        None => d,
+    };
+    let send = SendSettings {
+        batch: raw.send.batch.unwrap_or(defaults.batch).max(1),
+        lease: wait_or(&raw.send.lease, defaults.lease, &mut diags),
+        retry_base: wait_or(&raw.send.retry_base, defaults.retry_base, &mut diags),
+        retry_max: wait_or(&raw.send.retry_max, defaults.retry_max, &mut diags),
+        max_attempts: raw
+            .send
+            .max_attempts
+            .unwrap_or(defaults.max_attempts)
+            .max(1),
+        poll: wait_or(&raw.send.poll, defaults.poll, &mut diags),
+    };
+
+    let mut mailboxes = BTreeMap::new();
+    for (name, spanned) in &raw.mailboxes {
+        let m = spanned.get_ref();
+        let var = |suffix: &str| env(&format!("FOLLOWUP_MAILBOX_{}_{suffix}", env_name(name)));
+        let from = match m.from.get_ref().parse::<lettre::message::Mailbox>() {
+            Ok(f) => Some(f),
+            Err(e) => {
+                diags.push(
+                    map.error(
+                        m.from.span(),
+                        format!("bad From address '{}': {e}", m.from.get_ref()),
+                    )
+                    .with_help("write it as \"Iris Zhang <iris@example.com>\""),
+                );
+                None
+            }
+        };
+        let smtp_text = var("SMTP").unwrap_or_else(|| m.smtp.get_ref().clone());
+        let transport = match smtp_text.parse::<Transport>() {
+            Ok(Transport::File { dir }) => Some(Transport::File {
+                dir: root.join(dir),
+            }),
+            Ok(t) => Some(t),
+            Err(e) => {
+                diags.push(map.error(m.smtp.span(), format!("bad smtp URL: {e}")));
+                None
+            }
+        };
+        if let Some(p) = &m.password {
+            diags.push(
+                map.error(p.span(), "passwords are never written in followup.toml")
+                    .with_help(
+                        "use password_env = \"VAR\" or password_file = \"/run/credentials/...\"",
+                    ),
+            );
+        }
+        let password = match resolve_password(&map, name, m, &var) {
+            Ok(p) => p,
+            Err(d) => {
+                if need_secrets {
+                    diags.push(d);
+                } else {
+                    let mut w = d;
+                    w.severity = crate::diagnostic::Severity::Warning;
+                    diags.push(w);
+                }
+                None
+            }
+        };
+        let mailbox_window =
+            parse_window(&map, m.window.as_ref(), &mut diags).unwrap_or_else(|| window.clone());
+        let mailbox_tz = match &m.timezone {
+            Some(tz) => tz.get_ref().parse::<Tz>().unwrap_or_else(|_| {
+                diags.push(map.error(tz.span(), format!("unknown time zone '{}'", tz.get_ref())));
+                timezone
+            }),
+            None => timezone,
+        };
+        let min_gap = wait_or(&m.min_gap, Duration::zero(), &mut diags);
+        let jitter = m.jitter.unwrap_or(0.2);
+        if !(0.0..=1.0).contains(&jitter) {
+            diags.push(map.error(
+                spanned.span(),
+                format!("mailbox '{name}': jitter must be between 0 and 1, not {jitter}"),
+            ));
+        }
+        if let (Some(from), Some(transport)) = (from, transport) {
+            mailboxes.insert(
+                name.clone(),
+                Mailbox {
+                    name: name.clone(),
+                    from,
+                    transport,
+                    user: var("USER").or_else(|| m.user.clone()),
+                    password,
+                    connections: m.connections.unwrap_or(4).clamp(1, 64),
+                    pacing: Pacing {
+                        daily_limit: m.daily_limit,
+                        min_gap,
+                        jitter: jitter.clamp(0.0, 1.0),
+                        window: mailbox_window,
+                        tz: mailbox_tz,
+                        holidays: holidays.clone(),
+                    },
+                },
+            );
+        }
+    }
+    if raw.mailboxes.is_empty() {
+        diags.push(
+            Diagnostic::error(
+                path,
+                "no mailboxes: add at least one [mailboxes.NAME] section",
+            )
+            .with_help(
+                "for a trial, smtp = \"file://outbox\" writes .eml files instead of sending",
+            ),
+        );
+    }
+
+    if diags.has_errors() {
+        return Err(diags);
+    }
+    let config = Config {
+        contacts: raw.contacts.map(|c| root.join(c)),
+        root,
+        path: path.to_path_buf(),
+        database,
+        timezone,
+        window,
+        holidays,
+        country_holidays,
+        mailboxes,
+        send,
+    };
+    if diags.is_empty() {
+        Ok(config)
+    } else {
+        // Only warnings: hand them back through the log, keep going.
+        for d in &diags.items {
+            tracing::warn!("{d}");
+        }
+        Ok(config)
+    }
+}
+
+/// `FOLLOWUP_MAILBOX_<NAME>_...`: the mailbox name upper-cased, anything else than
+/// letters and digits turned into `_`.
+pub fn env_name(mailbox: &str) -> String {
+    mailbox
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+fn resolve_password(
+    map: &SourceMap<'_>,
+    name: &str,
+    m: &RawMailbox,
+    var: &dyn Fn(&str) -> Option<String>,
+) -> Result<Option<SecretString>, Diagnostic> {
+    if let Some(p) = var("PASSWORD") {
+        return Ok(Some(SecretString::from(p)));
+    }
+    if let Some(env_var) = &m.password_env {
+        return match std::env::var(env_var.get_ref()) {
+            Ok(p) if !p.is_empty() => Ok(Some(SecretString::from(p))),
+            _ => Err(map.error(
+                env_var.span(),
+                format!(
+                    "mailbox '{name}': environment variable {} is not set",
+                    env_var.get_ref()
+                ),
+            )),
+        };
+    }
+    if let Some(file) = &m.password_file {
+        return match std::fs::read_to_string(file.get_ref()) {
+            // A trailing newline is an artefact of `echo > file`, never part of a password.
+            Ok(p) => Ok(Some(SecretString::from(
+                p.trim_end_matches(['\r', '\n']).to_string(),
+            ))),
+            Err(e) => Err(map.error(
+                file.span(),
+                format!(
+                    "mailbox '{name}': cannot read password file {}: {e}",
+                    file.get_ref()
+                ),
+            )),
+        };
+    }
+    Ok(None)
+}
+
+fn parse_window(
+    map: &SourceMap<'_>,
+    w: Option<&Spanned<String>>,
+    diags: &mut Diagnostics,
+) -> Option<Window> {
+    let w = w?;
+    match w.get_ref().parse::<Window>() {
+        Ok(w) => Some(w),
+        Err(e) => {
+            diags.push(map.error(w.span(), e.to_string()));
+            None
+        }
+    }
+}
+
+fn parse_holidays(
+    map: &SourceMap<'_>,
+    items: &[Spanned<String>],
+    diags: &mut Diagnostics,
+) -> Holidays {
+    let mut all = Holidays::default();
+    for item in items {
+        match Holidays::parse(std::slice::from_ref(item.get_ref())) {
+            Ok(h) => all = all.merged(&h),
+            Err(e) => diags.push(map.error(item.span(), e.to_string())),
+        }
+    }
+    all
+}
+
+/// `sqlite://followup.db` is relative to the project directory, not to wherever the
+/// daemon happens to be started from.
+fn resolve_sqlite_path(url: &str, root: &Path) -> String {
+    let Some(rest) = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+    else {
+        return url.to_string();
+    };
+    let (file, query) = rest
+        .split_once('?')
+        .map(|(f, q)| (f, Some(q)))
+        .unwrap_or((rest, None));
+    if file.is_empty() || file == ":memory:" || Path::new(file).is_absolute() {
+        return url.to_string();
+    }
+    let joined = root.join(file);
+    match query {
+        Some(q) => format!("sqlite://{}?{q}", joined.display()),
+        None => format!("sqlite://{}", joined.display()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, text: &str) -> PathBuf {
+        let p = dir.join("followup.toml");
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    #[test]
+    fn parses_transports() {
+        assert_eq!(
+            "smtp://127.0.0.1:2525".parse::<Transport>(),
+            Ok(Transport::Smtp {
+                host: "127.0.0.1".into(),
+                port: 2525
+            })
+        );
+        assert_eq!(
+            "smtps://mail.example.com".parse::<Transport>(),
+            Ok(Transport::Smtps {
+                host: "mail.example.com".into(),
+                port: 465
+            })
+        );
+        assert_eq!(
+            "smtp+starttls://mail.example.com".parse::<Transport>(),
+            Ok(Transport::StartTls {
+                host: "mail.example.com".into(),
+                port: 587
+            })
+        );
+        assert_eq!(
+            "file://outbox".parse::<Transport>(),
+            Ok(Transport::File {
+                dir: "outbox".into()
+            })
+        );
+        assert!("smtp://iris:secret@mail.example.com"
+            .parse::<Transport>()
+            .unwrap_err()
+            .contains("password_env"));
+        assert!("http://x"
+            .parse::<Transport>()
+            .unwrap_err()
+            .contains("unknown scheme"));
+    }
+
+    #[test]
+    fn reports_errors_with_position() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(
+            dir.path(),
+            "timezone = \"Asia/Shangai\"\n[mailboxes.sales]\nfrom = \"Iris <iris@example.com>\"\nsmtp = \"smtp://127.0.0.1:2525\"\npassword = \"hunter2\"\n",
+        );
+        let diags = load(&p, true).unwrap_err();
+        let text: Vec<String> = diags.items.iter().map(|d| d.to_string()).collect();
+        assert!(
+            text[0].contains("followup.toml:1:12: error: unknown time zone 'Asia/Shangai'"),
+            "{}",
+            text[0]
+        );
+        assert!(
+            text[1].contains(":5:12: error: passwords are never written in followup.toml"),
+            "{}",
+            text[1]
+        );
+        assert!(
+            !text.join("\n").contains("hunter2\n  |"),
+            "the secret is not echoed under a caret"
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(dir.path(), "databse = \"sqlite://x.db\"\n");
+        let diags = load(&p, true).unwrap_err();
+        let text = diags.items[0].to_string();
+        assert!(
+            text.starts_with(&format!(
+                "{}:1:1: error: unknown field `databse`",
+                p.display()
+            )),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn env_overrides_connection_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(
+            dir.path(),
+            "[mailboxes.eu-sales]\nfrom = \"Iris <iris@example.com>\"\nsmtp = \"smtp://127.0.0.1:2525\"\n",
+        );
+        // Unique variable names so parallel tests don't see each other.
+        std::env::set_var(
+            "FOLLOWUP_MAILBOX_EU_SALES_SMTP",
+            "smtps://relay.example.com:4650",
+        );
+        std::env::set_var("FOLLOWUP_MAILBOX_EU_SALES_PASSWORD", "s3cret");
+        let c = load(&p, true).unwrap();
+        std::env::remove_var("FOLLOWUP_MAILBOX_EU_SALES_SMTP");
+        std::env::remove_var("FOLLOWUP_MAILBOX_EU_SALES_PASSWORD");
+        let m = &c.mailboxes["eu-sales"];
+        assert_eq!(
+            m.transport,
+            Transport::Smtps {
+                host: "relay.example.com".into(),
+                port: 4650
+            }
+        );
+        assert!(m.password.is_some());
+        assert!(
+            !format!("{m:?}").contains("s3cret"),
+            "Debug never shows the password"
+        );
+    }
+
+    #[test]
+    fn missing_password_env_is_an_error_for_run_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(
+            dir.path(),
+            "[mailboxes.sales]\nfrom = \"Iris <iris@example.com>\"\nsmtp = \"smtp://127.0.0.1:2525\"\npassword_env = \"FOLLOWUP_TEST_UNSET_PASSWORD\"\n",
+        );
+        assert!(load(&p, false).is_ok());
+        let d = load(&p, true).unwrap_err();
+        assert!(d.items[0]
+            .to_string()
+            .contains("FOLLOWUP_TEST_UNSET_PASSWORD is not set"));
+    }
+
+    #[test]
+    fn sqlite_paths_are_relative_to_the_project() {
+        assert_eq!(
+            resolve_sqlite_path("sqlite://f.db", Path::new("/p")),
+            "sqlite:///p/f.db"
+        );
+        assert_eq!(
+            resolve_sqlite_path("sqlite:///abs/f.db", Path::new("/p")),
+            "sqlite:///abs/f.db"
+        );
+        assert_eq!(
+            resolve_sqlite_path("postgres://u@h/db", Path::new("/p")),
+            "postgres://u@h/db"
+        );
+    }
+}

@@ -1,0 +1,79 @@
+//! `followup run`: wires the long-running tasks and stops them cleanly.
+//!
+//! One `CancellationToken` is the stop signal; each task gets a child token and runs
+//! on a `TaskTracker`. SIGTERM or Ctrl-C cancels; tasks finish what they have in hand
+//! (the batch being sent is recorded before the scheduler returns) and the daemon
+//! waits for them, logging if that takes long.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{error, info};
+
+use crate::project::Project;
+use crate::scheduler::Scheduler;
+use crate::store::Store;
+
+/// Runs until `shutdown` is cancelled.
+pub async fn run(
+    project: Arc<Project>,
+    store: Store,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let tracker = TaskTracker::new();
+    let scheduler = Scheduler::new(project.clone(), store.clone());
+    info!(
+        owner = scheduler.owner(),
+        mailboxes = project.config.mailboxes.len(),
+        sequences = project.sequences.len(),
+        "followup daemon started"
+    );
+    let token = shutdown.child_token();
+    let sched = tracker.spawn(async move { scheduler.run(token).await });
+    tracker.close();
+    let result = sched.await.context("scheduler task panicked")?;
+    if let Err(e) = &result {
+        error!("scheduler stopped: {e}");
+        shutdown.cancel();
+    }
+    if tokio::time::timeout(Duration::from_secs(30), tracker.wait())
+        .await
+        .is_err()
+    {
+        error!("tasks did not stop within 30 s");
+    }
+    store.close().await;
+    info!("followup daemon stopped");
+    result.map_err(anyhow::Error::from)
+}
+
+/// Cancels `token` on SIGTERM or Ctrl-C.
+pub fn cancel_on_signals(token: CancellationToken) {
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let mut term =
+                match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        error!("cannot listen for SIGTERM: {e}");
+                        let _ = ctrl_c.await;
+                        token.cancel();
+                        return;
+                    }
+                };
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+        info!("stopping: finishing the messages in hand");
+        token.cancel();
+    });
+}

@@ -1,0 +1,419 @@
+//! The pure state machine of an enrollment: given where it is and what just happened
+//! (a send succeeded, the server said "try later" or "never", the contact lacks a
+//! field), decide its next state, the message's status and the events to record. No
+//! I/O: the scheduler carries the decision out through the store.
+
+use chrono::{DateTime, Duration, Utc};
+use chrono_tz::Tz;
+use serde_json::json;
+
+use crate::config::SendSettings;
+use crate::model::{Enrollment, EnrollmentUpdate, NewEvent};
+use crate::schedule::{next_in_window, step_due, Holidays, Window};
+use crate::sequence::{Rule, Sequence};
+
+/// What the engine needs to know about the world.
+#[derive(Debug, Clone, Copy)]
+pub struct Context<'a> {
+    pub sequence: &'a Sequence,
+    /// The send window in the contact's time zone.
+    pub window: &'a Window,
+    pub tz: Tz,
+    pub holidays: &'a Holidays,
+    pub send: &'a SendSettings,
+}
+
+/// What happened to the step the enrollment is at.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// The SMTP server accepted the message (or it was written to the outbox).
+    Sent {
+        at: DateTime<Utc>,
+        message_id: String,
+        subject: String,
+        reply: String,
+    },
+    /// 4xx or a connection failure: try again later. `attempts` counts this one.
+    Transient {
+        at: DateTime<Utc>,
+        reply: String,
+        attempts: i64,
+    },
+    /// 5xx: the server will never take it.
+    Permanent { at: DateTime<Utc>, reply: String },
+    /// The contact lacks a field the template needs: hold, never send a mail with a hole.
+    Held { at: DateTime<Utc>, reason: String },
+}
+
+/// The message status an outcome leads to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MessageOutcome {
+    pub status: &'static str,
+    pub reply: Option<String>,
+    pub sent_at: Option<DateTime<Utc>>,
+}
+
+/// The engine's decision.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Transition {
+    pub enrollment: EnrollmentUpdate,
+    pub message: Option<MessageOutcome>,
+    pub events: Vec<NewEvent>,
+    /// A lifecycle rule to apply to the contact (the sequence's `on_finish`).
+    pub rule: Option<Rule>,
+}
+
+fn event(e: &Enrollment, kind: &str, data: serde_json::Value) -> NewEvent {
+    NewEvent {
+        contact_id: Some(e.contact_id),
+        enrollment_id: Some(e.id),
+        message_id: None,
+        kind: kind.to_string(),
+        data,
+    }
+}
+
+/// Delay before retry number `attempts` (1-based): base · 2^(attempts-1), capped.
+pub fn backoff(settings: &SendSettings, attempts: i64) -> Duration {
+    let exp = (attempts.max(1) - 1).min(30) as u32;
+    let factor = 2i64.saturating_pow(exp);
+    let secs = settings
+        .retry_base
+        .num_seconds()
+        .max(1)
+        .saturating_mul(factor);
+    Duration::seconds(secs.min(settings.retry_max.num_seconds().max(1)))
+}
+
+/// Decides what follows `outcome` for enrollment `e`, which is at step `index`.
+pub fn after(cx: &Context<'_>, e: &Enrollment, index: usize, outcome: &Outcome) -> Transition {
+    let mut next = e.unchanged();
+    let step_id = e.step_id.clone();
+    match outcome {
+        Outcome::Sent {
+            at,
+            message_id,
+            subject,
+            reply,
+        } => {
+            let mut events = vec![event(
+                e,
+                "sent",
+                json!({ "sequence": cx.sequence.name, "step": step_id, "message_id": message_id, "mailbox": e.mailbox }),
+            )];
+            if next.thread_message_id.is_none() {
+                next.thread_message_id = Some(message_id.clone());
+                next.thread_subject = Some(subject.clone());
+            }
+            next.last_sent_at = Some(*at);
+            next.attempts = 0;
+            next.reason = None;
+            let mut rule = None;
+            match cx.sequence.steps.get(index + 1) {
+                Some(step) => {
+                    next.step_index = (index + 1) as i64;
+                    next.step_id = step.id.clone();
+                    match step_due(*at, step.wait, cx.window, cx.tz, cx.holidays) {
+                        Some(t) => {
+                            next.state = "active".into();
+                            next.next_run_at = Some(t);
+                        }
+                        None => {
+                            next.state = "held".into();
+                            next.next_run_at = None;
+                            next.reason = Some("no send time: the window never opens".into());
+                        }
+                    }
+                }
+                None => {
+                    next.state = "finished".into();
+                    next.next_run_at = None;
+                    events.push(event(
+                        e,
+                        "finished",
+                        json!({ "sequence": cx.sequence.name }),
+                    ));
+                    rule = cx.sequence.on_finish.clone();
+                }
+            }
+            Transition {
+                enrollment: next,
+                message: Some(MessageOutcome {
+                    status: "sent",
+                    reply: Some(reply.clone()),
+                    sent_at: Some(*at),
+                }),
+                events,
+                rule,
+            }
+        }
+        Outcome::Transient {
+            at,
+            reply,
+            attempts,
+        } => {
+            if *attempts >= cx.send.max_attempts as i64 {
+                let reason = format!("gave up after {attempts} attempts: {reply}");
+                return stop_failed(e, next, &step_id, *at, reason, reply);
+            }
+            let retry_at = *at + backoff(cx.send, *attempts);
+            next.attempts = *attempts;
+            next.state = "active".into();
+            next.next_run_at =
+                Some(next_in_window(retry_at, cx.window, cx.tz, cx.holidays).unwrap_or(retry_at));
+            next.reason = Some(format!("retrying: {reply}"));
+            Transition {
+                enrollment: next.clone(),
+                message: Some(MessageOutcome {
+                    status: "deferred",
+                    reply: Some(reply.clone()),
+                    sent_at: None,
+                }),
+                events: vec![event(
+                    e,
+                    "deferred",
+                    json!({ "step": step_id, "reply": reply, "attempts": attempts, "retry_at": next.next_run_at }),
+                )],
+                rule: None,
+            }
+        }
+        Outcome::Permanent { at, reply } => {
+            stop_failed(e, next, &step_id, *at, format!("smtp: {reply}"), reply)
+        }
+        Outcome::Held { reason, .. } => {
+            next.state = "held".into();
+            next.next_run_at = None;
+            next.reason = Some(reason.clone());
+            Transition {
+                enrollment: next,
+                message: None,
+                events: vec![event(
+                    e,
+                    "held",
+                    json!({ "step": step_id, "reason": reason }),
+                )],
+                rule: None,
+            }
+        }
+    }
+}
+
+fn stop_failed(
+    e: &Enrollment,
+    mut next: EnrollmentUpdate,
+    step_id: &str,
+    at: DateTime<Utc>,
+    reason: String,
+    reply: &str,
+) -> Transition {
+    let _ = at;
+    next.state = "stopped".into();
+    next.next_run_at = None;
+    next.reason = Some(reason.clone());
+    Transition {
+        enrollment: next,
+        message: Some(MessageOutcome {
+            status: "failed",
+            reply: Some(reply.to_string()),
+            sent_at: None,
+        }),
+        events: vec![
+            event(e, "failed", json!({ "step": step_id, "reply": reply })),
+            event(e, "stopped", json!({ "reason": reason })),
+        ],
+        rule: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sequence::Step;
+    use chrono::TimeZone;
+
+    fn seq() -> Sequence {
+        let step = |id: &str, wait: i64, thread: bool| Step {
+            id: id.into(),
+            wait: Duration::seconds(wait),
+            template: id.into(),
+            thread,
+        };
+        Sequence {
+            name: "intro".into(),
+            description: None,
+            senders: vec!["sales".into()],
+            window: None,
+            steps: vec![step("first", 0, false), step("bump", 3 * 86400, true)],
+            on_reply: None,
+            on_finish: Some(Rule {
+                stage: Some("nurture".into()),
+                tags: vec![],
+            }),
+        }
+    }
+
+    fn enrollment(step_index: i64, step_id: &str) -> Enrollment {
+        Enrollment {
+            id: 7,
+            contact_id: 3,
+            email: "li@example.cn".into(),
+            sequence: "intro".into(),
+            mailbox: "sales".into(),
+            state: "active".into(),
+            reason: None,
+            step_index,
+            step_id: step_id.into(),
+            next_run_at: None,
+            paused_until: None,
+            thread_message_id: None,
+            thread_subject: None,
+            last_sent_at: None,
+            attempts: 0,
+        }
+    }
+
+    fn t(h: u32, m: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 11, 25, h, m, 0).unwrap()
+    }
+
+    fn run(e: &Enrollment, index: usize, o: Outcome) -> Transition {
+        let s = seq();
+        let w = Window::always();
+        let h = Holidays::default();
+        let settings = SendSettings::default();
+        let cx = Context {
+            sequence: &s,
+            window: &w,
+            tz: chrono_tz::UTC,
+            holidays: &h,
+            send: &settings,
+        };
+        after(&cx, e, index, &o)
+    }
+
+    #[test]
+    fn sent_first_step_advances_and_starts_the_thread() {
+        let tr = run(
+            &enrollment(0, "first"),
+            0,
+            Outcome::Sent {
+                at: t(10, 0),
+                message_id: "<a@x>".into(),
+                subject: "Hello".into(),
+                reply: "250 ok".into(),
+            },
+        );
+        assert_eq!(tr.enrollment.state, "active");
+        assert_eq!(tr.enrollment.step_id, "bump");
+        assert_eq!(
+            tr.enrollment.next_run_at,
+            Some(t(10, 0) + Duration::days(3))
+        );
+        assert_eq!(tr.enrollment.thread_message_id.as_deref(), Some("<a@x>"));
+        assert_eq!(tr.message.unwrap().status, "sent");
+        assert_eq!(tr.events[0].kind, "sent");
+        assert!(tr.rule.is_none());
+    }
+
+    #[test]
+    fn last_step_finishes_and_applies_on_finish() {
+        let mut e = enrollment(1, "bump");
+        e.thread_message_id = Some("<a@x>".into());
+        let tr = run(
+            &e,
+            1,
+            Outcome::Sent {
+                at: t(10, 0),
+                message_id: "<b@x>".into(),
+                subject: "Re: Hello".into(),
+                reply: "250".into(),
+            },
+        );
+        assert_eq!(tr.enrollment.state, "finished");
+        assert_eq!(
+            tr.enrollment.thread_message_id.as_deref(),
+            Some("<a@x>"),
+            "the thread root is kept"
+        );
+        assert_eq!(
+            tr.events
+                .iter()
+                .map(|e| e.kind.as_str())
+                .collect::<Vec<_>>(),
+            ["sent", "finished"]
+        );
+        assert_eq!(tr.rule.unwrap().stage.as_deref(), Some("nurture"));
+    }
+
+    #[test]
+    fn temporary_failure_backs_off_then_gives_up() {
+        let tr = run(
+            &enrollment(0, "first"),
+            0,
+            Outcome::Transient {
+                at: t(10, 0),
+                reply: "451 later".into(),
+                attempts: 3,
+            },
+        );
+        assert_eq!(tr.enrollment.state, "active");
+        assert_eq!(tr.enrollment.step_id, "first", "the same step is retried");
+        assert_eq!(tr.enrollment.next_run_at, Some(t(10, 4)), "60s · 2^2");
+        assert_eq!(tr.message.unwrap().status, "deferred");
+        let tr = run(
+            &enrollment(0, "first"),
+            0,
+            Outcome::Transient {
+                at: t(10, 0),
+                reply: "451 later".into(),
+                attempts: 12,
+            },
+        );
+        assert_eq!(tr.enrollment.state, "stopped");
+        assert_eq!(
+            tr.enrollment.reason.as_deref(),
+            Some("gave up after 12 attempts: 451 later")
+        );
+    }
+
+    #[test]
+    fn backoff_is_capped() {
+        let s = SendSettings::default();
+        assert_eq!(backoff(&s, 1), Duration::seconds(60));
+        assert_eq!(backoff(&s, 2), Duration::seconds(120));
+        assert_eq!(backoff(&s, 40), Duration::hours(2));
+    }
+
+    #[test]
+    fn permanent_failure_stops_with_the_server_reply() {
+        let tr = run(
+            &enrollment(0, "first"),
+            0,
+            Outcome::Permanent {
+                at: t(10, 0),
+                reply: "550 5.1.1 User unknown".into(),
+            },
+        );
+        assert_eq!(tr.enrollment.state, "stopped");
+        assert_eq!(
+            tr.enrollment.reason.as_deref(),
+            Some("smtp: 550 5.1.1 User unknown")
+        );
+        assert_eq!(tr.message.unwrap().status, "failed");
+    }
+
+    #[test]
+    fn missing_field_holds_without_a_message() {
+        let tr = run(
+            &enrollment(0, "first"),
+            0,
+            Outcome::Held {
+                at: t(10, 0),
+                reason: "missing field 'company'".into(),
+            },
+        );
+        assert_eq!(tr.enrollment.state, "held");
+        assert_eq!(tr.enrollment.next_run_at, None);
+        assert!(tr.message.is_none());
+    }
+}

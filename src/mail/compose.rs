@@ -1,0 +1,245 @@
+//! Builds the RFC 5322 message for one step: From the mailbox, To the contact, a
+//! Message-ID at the sender's domain, a Date, multipart/alternative text and HTML, and
+//! for threaded steps `Re: ` + the first subject with In-Reply-To and References.
+//!
+//! Every header goes through lettre's typed API, which encodes (RFC 2047) and folds:
+//! nothing a contact's fields hold — CR, LF, quotes, non-ASCII — can add a header.
+
+use std::time::SystemTime;
+
+use lettre::message::{header, Mailbox, MultiPart};
+use lettre::{Address, Message};
+use sha2::{Digest, Sha256};
+
+use crate::template::Rendered;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum Error {
+    #[error("invalid recipient address '{0}': {1}")]
+    Address(String, String),
+    #[error("cannot build the message: {0}")]
+    Build(String),
+}
+
+/// The thread a follow-up belongs to: the first mail's Message-ID and subject.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Thread {
+    pub root_message_id: String,
+    pub root_subject: String,
+}
+
+/// What one outbound mail is made of.
+#[derive(Debug, Clone)]
+pub struct Draft<'a> {
+    pub from: &'a Mailbox,
+    pub to_email: &'a str,
+    pub to_name: Option<&'a str>,
+    pub message_id: &'a str,
+    pub date: SystemTime,
+    pub rendered: &'a Rendered,
+    pub thread: Option<&'a Thread>,
+}
+
+/// A fresh Message-ID at `domain`: time plus 64 random bits, so two daemons never
+/// collide and nothing about the contact leaks into it.
+pub fn new_message_id(domain: &str) -> String {
+    let ts = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    format!("<{ts:x}.{:016x}@{domain}>", fastrand::u64(..))
+}
+
+/// The subject a step goes out with: threaded steps reply to the first subject.
+pub fn subject_for(rendered_subject: &str, thread: Option<&Thread>) -> String {
+    match thread {
+        Some(t) => {
+            let s = t.root_subject.trim();
+            if s.len() >= 3 && s[..3].eq_ignore_ascii_case("re:") {
+                s.to_string()
+            } else {
+                format!("Re: {s}")
+            }
+        }
+        None => rendered_subject.to_string(),
+    }
+}
+
+/// A hash of what the contact reads (subject, text, HTML), stored with the message so
+/// that what was sent can be compared with what a template renders now.
+pub fn content_hash(subject: &str, r: &Rendered) -> String {
+    let mut h = Sha256::new();
+    for part in [subject, &r.text, &r.html] {
+        h.update((part.len() as u64).to_be_bytes());
+        h.update(part.as_bytes());
+    }
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A display name safe to put in a header: control characters (CR, LF, tabs) dropped,
+/// whitespace collapsed. lettre quotes and encodes the rest.
+fn clean_name(name: &str) -> Option<String> {
+    let cleaned: String = name
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    let cleaned = cleaned.split_whitespace().collect::<Vec<_>>().join(" ");
+    (!cleaned.is_empty()).then_some(cleaned)
+}
+
+/// Builds the message.
+pub fn compose(d: &Draft<'_>) -> Result<Message, Error> {
+    let to_addr: Address = d
+        .to_email
+        .parse()
+        .map_err(|e: lettre::address::AddressError| {
+            Error::Address(d.to_email.to_string(), e.to_string())
+        })?;
+    let to = Mailbox::new(d.to_name.and_then(clean_name), to_addr);
+    let mut b = Message::builder()
+        .from(d.from.clone())
+        .to(to)
+        .subject(subject_for(&d.rendered.subject, d.thread))
+        .message_id(Some(d.message_id.to_string()))
+        .date(d.date);
+    if let Some(t) = d.thread {
+        b = b
+            .in_reply_to(t.root_message_id.clone())
+            .references(t.root_message_id.clone());
+    }
+    b.header(header::MIME_VERSION_1_0)
+        .multipart(MultiPart::alternative_plain_html(
+            d.rendered.text.clone(),
+            d.rendered.html.clone(),
+        ))
+        .map_err(|e| Error::Build(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rendered(subject: &str) -> Rendered {
+        Rendered {
+            subject: subject.into(),
+            text: "Hello\n".into(),
+            html: "<p>Hello</p>".into(),
+        }
+    }
+
+    fn raw(d: &Draft<'_>) -> String {
+        String::from_utf8(compose(d).unwrap().formatted()).unwrap()
+    }
+
+    fn headers(raw: &str) -> Vec<&str> {
+        raw.split("\r\n\r\n")
+            .next()
+            .unwrap()
+            .split("\r\n")
+            .collect()
+    }
+
+    #[test]
+    fn first_step_has_ids_and_both_parts() {
+        let from: Mailbox = "Iris Zhang <iris@example.com>".parse().unwrap();
+        let r = rendered("Quick question");
+        let raw = raw(&Draft {
+            from: &from,
+            to_email: "li@example.cn",
+            to_name: Some("李雷"),
+            message_id: "<1.2@example.com>",
+            date: SystemTime::UNIX_EPOCH,
+            rendered: &r,
+            thread: None,
+        });
+        let h = headers(&raw);
+        assert!(h.contains(&"Message-ID: <1.2@example.com>"), "{raw}");
+        assert!(
+            h.contains(&"Date: Thu, 01 Jan 1970 00:00:00 +0000"),
+            "{raw}"
+        );
+        assert!(
+            h.contains(&"To: =?utf-8?b?5p2O6Zu3?= <li@example.cn>"),
+            "{raw}"
+        );
+        assert!(raw.contains("Content-Type: multipart/alternative"), "{raw}");
+        assert!(
+            raw.contains("Content-Type: text/plain; charset=utf-8"),
+            "{raw}"
+        );
+        assert!(
+            raw.contains("Content-Type: text/html; charset=utf-8"),
+            "{raw}"
+        );
+        assert!(!raw.contains("In-Reply-To"), "{raw}");
+    }
+
+    #[test]
+    fn threaded_step_replies_to_the_first() {
+        let from: Mailbox = "iris@example.com".parse().unwrap();
+        let r = rendered("ignored for threads");
+        let t = Thread {
+            root_message_id: "<root@example.com>".into(),
+            root_subject: "Quick question".into(),
+        };
+        let raw = raw(&Draft {
+            from: &from,
+            to_email: "li@example.cn",
+            to_name: None,
+            message_id: "<2@example.com>",
+            date: SystemTime::UNIX_EPOCH,
+            rendered: &r,
+            thread: Some(&t),
+        });
+        let h = headers(&raw);
+        assert!(h.contains(&"Subject: Re: Quick question"), "{raw}");
+        assert!(h.contains(&"In-Reply-To: <root@example.com>"), "{raw}");
+        assert!(h.contains(&"References: <root@example.com>"), "{raw}");
+        assert_eq!(
+            subject_for(
+                "x",
+                Some(&Thread {
+                    root_message_id: String::new(),
+                    root_subject: "RE: hi".into()
+                })
+            ),
+            "RE: hi"
+        );
+    }
+
+    #[test]
+    fn contact_data_cannot_inject_headers() {
+        let from: Mailbox = "iris@example.com".parse().unwrap();
+        let r = rendered("Hello\r\nBcc: victim@example.org");
+        let raw = raw(&Draft {
+            from: &from,
+            to_email: "li@example.cn",
+            to_name: Some("Li\r\nBcc: victim@example.org"),
+            message_id: "<3@example.com>",
+            date: SystemTime::UNIX_EPOCH,
+            rendered: &r,
+            thread: None,
+        });
+        for line in headers(&raw) {
+            assert!(!line.starts_with("Bcc:"), "injected header line in\n{raw}");
+        }
+        assert!(compose(&Draft {
+            from: &from,
+            to_email: "li@example.cn\r\nBcc: x@y.z",
+            to_name: None,
+            message_id: "<4@example.com>",
+            date: SystemTime::UNIX_EPOCH,
+            rendered: &r,
+            thread: None,
+        })
+        .is_err());
+    }
+
+    #[test]
+    fn message_ids_are_unique_and_at_the_domain() {
+        let a = new_message_id("example.com");
+        let b = new_message_id("example.com");
+        assert_ne!(a, b);
+        assert!(a.starts_with('<') && a.ends_with("@example.com>"), "{a}");
+    }
+}

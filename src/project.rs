@@ -1,0 +1,175 @@
+//! A project directory as a whole: `followup.toml`, `templates/`, `sequences/` and the
+//! contacts CSV, loaded and checked together so that `followup check` reports every
+//! problem at once and `followup run` refuses to start on the same ones.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use chrono_tz::Tz;
+
+use crate::config::{self, Config};
+use crate::contacts;
+use crate::diagnostic::{display_path, Diagnostic, Diagnostics};
+use crate::model::Contact;
+use crate::schedule::{Holidays, Window};
+use crate::sequence::{self, Known, Sequence};
+use crate::template::Templates;
+
+/// Everything the daemon and the commands need from the files users write.
+#[derive(Debug)]
+pub struct Project {
+    pub config: Config,
+    pub templates: Templates,
+    pub sequences: BTreeMap<String, Sequence>,
+    /// Where each sequence was read from.
+    pub sequence_paths: BTreeMap<String, PathBuf>,
+}
+
+impl Project {
+    /// Loads and validates everything. `need_secrets`: passwords must resolve (run).
+    /// Warnings come back with the project; any error means no project.
+    pub fn load(
+        config_path: &Path,
+        need_secrets: bool,
+    ) -> Result<(Project, Diagnostics), Diagnostics> {
+        let mut diags = Diagnostics::default();
+        let config = match config::load(config_path, need_secrets) {
+            Ok(c) => c,
+            Err(d) => {
+                diags.extend(d);
+                // Templates and sequences are still checked so that every problem shows.
+                let root = config_path.parent().unwrap_or(Path::new(".")).to_path_buf();
+                let (templates, d) = Templates::load_dir(&root.join("templates"));
+                diags.extend(d);
+                let known = Known {
+                    mailboxes: Default::default(),
+                    templates: templates.names(),
+                };
+                let (_, d) = sequence::load_dir(&root.join("sequences"), &known);
+                // Without a config, every sender is unknown: those errors would be noise.
+                diags.items.extend(
+                    d.items
+                        .into_iter()
+                        .filter(|d| !d.message.starts_with("unknown mailbox")),
+                );
+                return Err(diags);
+            }
+        };
+        let (templates, d) = Templates::load_dir(&config.templates_dir());
+        diags.extend(d);
+        let known = Known {
+            mailboxes: config.mailboxes.keys().cloned().collect(),
+            templates: templates.names(),
+        };
+        let (seqs, d) = sequence::load_dir(&config.sequences_dir(), &known);
+        diags.extend(d);
+        if seqs.is_empty() && !diags.has_errors() {
+            diags.push(Diagnostic::warning(
+                config.sequences_dir(),
+                "no sequences (*.yaml) yet",
+            ));
+        }
+        let mut sequences = BTreeMap::new();
+        let mut sequence_paths = BTreeMap::new();
+        for (path, s) in seqs {
+            sequence_paths.insert(s.name.clone(), path);
+            sequences.insert(s.name.clone(), s);
+        }
+        let project = Project {
+            config,
+            templates,
+            sequences,
+            sequence_paths,
+        };
+        project.check_contact_fields(&mut diags);
+        // Paths relative to the project read better.
+        for d in &mut diags.items {
+            d.path = display_path(&project.config.root, &d.path);
+        }
+        if diags.has_errors() {
+            Err(diags)
+        } else {
+            Ok((project, diags))
+        }
+    }
+
+    /// Fields a template uses with no default where the project's contacts CSV lacks
+    /// them: the column is missing, or empty in some rows.
+    fn check_contact_fields(&self, diags: &mut Diagnostics) {
+        let Some(csv_path) = &self.config.contacts else {
+            return;
+        };
+        let parsed = match contacts::read_csv(csv_path) {
+            Ok(p) => p,
+            Err(e) => {
+                diags.push(Diagnostic::error(
+                    csv_path,
+                    format!("cannot read the contacts CSV: {e}"),
+                ));
+                return;
+            }
+        };
+        let csv_name = display_path(&self.config.root, csv_path);
+        for p in &parsed.rejected {
+            diags.push(Diagnostic::warning(csv_path, p.to_string()));
+        }
+        let used_templates: std::collections::BTreeSet<&str> = self
+            .sequences
+            .values()
+            .flat_map(|s| s.steps.iter().map(|st| st.template.as_str()))
+            .collect();
+        let columns: std::collections::BTreeSet<String> = parsed.columns.iter().cloned().collect();
+        for name in used_templates {
+            for use_ in self
+                .templates
+                .fields_without_fallback(name, &parsed.always_present)
+            {
+                let msg = if columns.contains(&use_.field) {
+                    let empty: Vec<String> = parsed
+                        .contacts
+                        .iter()
+                        .filter(|c| !c.fields.contains_key(&use_.field))
+                        .take(3)
+                        .map(|c| c.email.clone())
+                        .collect();
+                    format!(
+                        "field '{}' has no default and is empty for some contacts in {} (e.g. {})",
+                        use_.field,
+                        csv_name.display(),
+                        empty.join(", ")
+                    )
+                } else {
+                    format!(
+                        "field '{}' has no default and {} has no '{}' column",
+                        use_.field,
+                        csv_name.display(),
+                        use_.field
+                    )
+                };
+                diags.push(
+                    Diagnostic::error(&use_.path, msg)
+                        .at(use_.location.clone(), &use_.source)
+                        .with_help(format!("add `defaults: {{ {}: \"...\" }}` to the template's front matter, or fill the column", use_.field)),
+                );
+            }
+        }
+    }
+
+    pub fn sequence(&self, name: &str) -> Option<&Sequence> {
+        self.sequences.get(name)
+    }
+
+    /// Window, time zone and days off that apply to a contact in a sequence.
+    pub fn contact_schedule(&self, seq: &Sequence, c: &Contact) -> (Window, Tz, Holidays) {
+        let window = seq
+            .window
+            .clone()
+            .unwrap_or_else(|| self.config.window.clone());
+        let tz = c
+            .timezone
+            .as_deref()
+            .and_then(|t| t.parse::<Tz>().ok())
+            .unwrap_or(self.config.timezone);
+        (window, tz, self.config.holidays_for(c.country.as_deref()))
+    }
+}

@@ -1,0 +1,643 @@
+//! The send loop: claim due enrollments per mailbox, render, commit `sending`, hand to
+//! SMTP, record outcomes. One `Scheduler` owns the in-flight work of its daemon; the
+//! database is the truth, so a restart picks up exactly where the last commit left off.
+//!
+//! Order of durability for each message (see README, "Nothing sent twice"):
+//! 1. claim (lease) the enrollment;
+//! 2. commit the message row as `sending` in the transaction that re-checks the
+//!    enrollment is still active, at that step, and not suppressed;
+//! 3. SMTP;
+//! 4. commit `sent` (or `deferred` / `failed`), the events and the enrollment's advance.
+//!
+//! A crash between 2 and 4 leaves `sending`; when its lease runs out the message becomes
+//! `in_doubt` and its enrollment is held for an operator: never re-sent blindly.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use chrono::{DateTime, Duration, Utc};
+use futures_util::stream::{self, StreamExt};
+use serde_json::{json, Map, Value};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, info_span, warn, Instrument};
+
+use crate::config::Mailbox;
+use crate::engine::{self, Context, Outcome, Transition};
+use crate::mail::compose::{self, content_hash, new_message_id, subject_for, Draft, Thread};
+use crate::mail::send::{SendOutcome, Sender};
+use crate::model::{Contact, EnrollmentUpdate, NewEvent};
+use crate::project::Project;
+use crate::schedule::{mailbox_day, next_in_window, next_slot, MailboxUsage};
+use crate::store::{self, Begin, Claimed, Finish, MessageUpdate, Store};
+use crate::template::{RenderError, Rendered};
+
+/// What one round did, for `run --once`, logs and tests.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Round {
+    pub claimed: usize,
+    pub sent: usize,
+    pub deferred: usize,
+    pub failed: usize,
+    pub held: usize,
+    /// Claimed but not sent now (outside the window, stopped meanwhile).
+    pub released: usize,
+}
+
+impl Round {
+    fn add(&mut self, o: Round) {
+        self.claimed += o.claimed;
+        self.sent += o.sent;
+        self.deferred += o.deferred;
+        self.failed += o.failed;
+        self.held += o.held;
+        self.released += o.released;
+    }
+}
+
+pub struct Scheduler {
+    project: Arc<Project>,
+    store: Store,
+    senders: HashMap<String, Sender>,
+    /// This daemon's name on its claims; unique per process so two daemons on one
+    /// database never mistake each other's leases for their own.
+    owner: String,
+}
+
+/// Work prepared for one claimed enrollment.
+struct Prepared {
+    claimed: Claimed,
+    index: usize,
+    rendered: Rendered,
+    subject: String,
+    thread: Option<Thread>,
+}
+
+impl Scheduler {
+    pub fn new(project: Arc<Project>, store: Store) -> Scheduler {
+        let senders = project
+            .config
+            .mailboxes
+            .iter()
+            .map(|(n, m)| (n.clone(), Sender::new(m)))
+            .collect();
+        let owner = format!(
+            "{}:{}:{:08x}",
+            hostname(),
+            std::process::id(),
+            fastrand::u32(..)
+        );
+        Scheduler {
+            project,
+            store,
+            senders,
+            owner,
+        }
+    }
+
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    /// Runs until `shutdown`, then finishes the batch in hand and returns.
+    pub async fn run(&self, shutdown: CancellationToken) -> Result<(), store::Error> {
+        let mut last_doubt_check = DateTime::<Utc>::MIN_UTC;
+        loop {
+            if shutdown.is_cancelled() {
+                break;
+            }
+            let now = Utc::now();
+            if now - last_doubt_check > Duration::seconds(5) {
+                self.check_in_doubt(now).await?;
+                last_doubt_check = now;
+            }
+            let round = self.round(now).await?;
+            if round.claimed > 0 {
+                continue; // more may be due right away
+            }
+            let wake = self.next_wake(now).await?;
+            let sleep = (wake - Utc::now())
+                .clamp(Duration::milliseconds(20), self.project.config.send.poll);
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(sleep.to_std().unwrap_or_default()) => {}
+            }
+        }
+        self.store.release_claims(&self.owner).await?;
+        for s in self.senders.values() {
+            s.close().await;
+        }
+        Ok(())
+    }
+
+    /// Does what is due now, round after round, until nothing due is left (or only what
+    /// pacing holds back), then returns the totals. For `run --once` and tests.
+    pub async fn run_once(&self) -> Result<Round, store::Error> {
+        let mut total = Round::default();
+        self.check_in_doubt(Utc::now()).await?;
+        loop {
+            let r = self.round(Utc::now()).await?;
+            total.add(r);
+            if r.claimed == 0 || (r.sent + r.deferred + r.failed + r.held == 0) {
+                break;
+            }
+        }
+        for s in self.senders.values() {
+            s.close().await;
+        }
+        Ok(total)
+    }
+
+    async fn check_in_doubt(&self, now: DateTime<Utc>) -> Result<(), store::Error> {
+        for d in self.store.mark_in_doubt(now).await? {
+            warn!(
+                message_id = %d.message_id, contact = %d.email, sequence = %d.sequence, step = %d.step_id,
+                "message in doubt: its daemon stopped after handing it to SMTP and before recording the reply; \
+                 enrollment held (see `followup in-doubt`)"
+            );
+        }
+        Ok(())
+    }
+
+    /// When something may next be due: the earliest enrollment or pacing slot.
+    async fn next_wake(&self, now: DateTime<Utc>) -> Result<DateTime<Utc>, store::Error> {
+        let mut wake = now + self.project.config.send.poll;
+        for (name, mailbox) in &self.project.config.mailboxes {
+            if let Some(due) = self.store.next_due(name).await? {
+                let slot = self
+                    .slot(mailbox, now)
+                    .await?
+                    .map(|(t, _)| t)
+                    .unwrap_or(due);
+                wake = wake.min(due.max(slot));
+            }
+        }
+        Ok(wake)
+    }
+
+    /// The mailbox's next free slot and how many it may send in one go from there.
+    async fn slot(
+        &self,
+        m: &Mailbox,
+        now: DateTime<Utc>,
+    ) -> Result<Option<(DateTime<Utc>, usize)>, store::Error> {
+        let p = &m.pacing;
+        if p.daily_limit.is_none() && p.min_gap <= Duration::zero() {
+            return Ok(Some((now, self.project.config.send.batch)));
+        }
+        let day = mailbox_day(p, now);
+        let day_start = day
+            .and_hms_opt(0, 0, 0)
+            .and_then(|t| t.and_local_timezone(p.tz).earliest())
+            .map(|t| t.with_timezone(&Utc))
+            .unwrap_or(now - Duration::days(1));
+        let (sent_today, last_send) = self.store.mailbox_usage(&m.name, day_start).await?;
+        let usage = MailboxUsage {
+            last_send,
+            sent_today: sent_today.max(0) as u32,
+        };
+        let sample = fastrand::f64() * 2.0 - 1.0;
+        Ok(next_slot(p, &usage, now, sample).map(|t| (t, 1)))
+    }
+
+    /// One pass over all mailboxes.
+    pub async fn round(&self, now: DateTime<Utc>) -> Result<Round, store::Error> {
+        let mut total = Round::default();
+        for (name, mailbox) in &self.project.config.mailboxes {
+            let Some((slot, allowed)) = self.slot(mailbox, now).await? else {
+                continue;
+            };
+            if slot > now {
+                continue;
+            }
+            let settings = &self.project.config.send;
+            let claimed = self
+                .store
+                .claim(name, now, allowed, now + settings.lease, &self.owner)
+                .await?;
+            if claimed.is_empty() {
+                continue;
+            }
+            total.add(self.process(mailbox, claimed).await?);
+        }
+        Ok(total)
+    }
+
+    async fn process(
+        &self,
+        mailbox: &Mailbox,
+        claimed: Vec<Claimed>,
+    ) -> Result<Round, store::Error> {
+        let now = Utc::now();
+        let mut round = Round {
+            claimed: claimed.len(),
+            ..Round::default()
+        };
+        let mut finishes: Vec<Finish> = Vec::new();
+        let mut rules = Vec::new();
+        let mut prepared: Vec<Prepared> = Vec::new();
+
+        for c in claimed {
+            match self.prepare(mailbox, c, now) {
+                Ok(p) => prepared.push(p),
+                Err((finish, kind)) => {
+                    match kind {
+                        Skip::Held => round.held += 1,
+                        Skip::Released => round.released += 1,
+                    }
+                    finishes.push(finish);
+                }
+            }
+        }
+
+        // Commit `sending` for the whole batch before any SMTP.
+        let begins: Vec<Begin> = prepared
+            .iter()
+            .map(|p| Begin {
+                enrollment_id: p.claimed.enrollment.id,
+                step_id: p.claimed.enrollment.step_id.clone(),
+                step_index: p.index as i64,
+                message_id: new_message_id(mailbox.domain()),
+                subject: p.subject.clone(),
+                content_hash: content_hash(&p.subject, &p.rendered),
+            })
+            .collect();
+        let settings = &self.project.config.send;
+        let begun = self
+            .store
+            .begin_sends(&begins, &self.owner, now, now + settings.lease)
+            .await?;
+        let begun_by_enrollment: HashMap<i64, _> =
+            begun.into_iter().map(|b| (b.enrollment_id, b)).collect();
+
+        let mut to_send = Vec::new();
+        for p in prepared {
+            match begun_by_enrollment.get(&p.claimed.enrollment.id) {
+                Some(b) => to_send.push((p, b.clone())),
+                None => {
+                    let (f, t) = self.reconcile(&p).await?;
+                    if let Some(rule) = t {
+                        rules.push((p.claimed.contact.id, rule));
+                    }
+                    round.released += 1;
+                    finishes.extend(f);
+                }
+            }
+        }
+
+        let Some(sender) = self.senders.get(&mailbox.name) else {
+            return Ok(round);
+        };
+        let parallel = sender.parallelism();
+        let results: Vec<(Prepared, store::Begun, Outcome)> = stream::iter(to_send)
+            .map(|(p, b)| {
+                let span = info_span!(
+                    "send",
+                    contact = %p.claimed.contact.email,
+                    sequence = %p.claimed.enrollment.sequence,
+                    step = %p.claimed.enrollment.step_id,
+                    message_id = %b.message_id,
+                );
+                async move {
+                    let outcome = self.deliver(mailbox, sender, &p, &b).await;
+                    (p, b, outcome)
+                }
+                .instrument(span)
+            })
+            .buffer_unordered(parallel)
+            .collect()
+            .await;
+
+        for (p, b, outcome) in results {
+            let e = &p.claimed.enrollment;
+            match &outcome {
+                Outcome::Sent { reply, .. } => {
+                    round.sent += 1;
+                    info!(contact = %p.claimed.contact.email, sequence = %e.sequence, step = %e.step_id, message_id = %b.message_id, mailbox = %mailbox.name, reply = %reply, "sent");
+                }
+                Outcome::Transient {
+                    reply, attempts, ..
+                } => {
+                    round.deferred += 1;
+                    warn!(contact = %p.claimed.contact.email, sequence = %e.sequence, step = %e.step_id, message_id = %b.message_id, attempts, reply = %reply, "send failed temporarily; will retry");
+                }
+                Outcome::Permanent { reply, .. } => {
+                    round.failed += 1;
+                    warn!(contact = %p.claimed.contact.email, sequence = %e.sequence, step = %e.step_id, message_id = %b.message_id, reply = %reply, "send failed permanently; enrollment stopped");
+                }
+                Outcome::Held { .. } => round.held += 1,
+            }
+            let tr = self.transition(&p, &outcome);
+            if let Some(rule) = tr.rule.clone() {
+                rules.push((p.claimed.contact.id, rule));
+            }
+            finishes.push(finish(tr, Some(b.row_id)));
+        }
+        self.store
+            .finish_sends(&finishes, Some(&self.owner), Utc::now())
+            .await?;
+        for (contact_id, rule) in rules {
+            self.store.apply_rule(contact_id, &rule, Utc::now()).await?;
+        }
+        Ok(round)
+    }
+
+    fn context_for<'a>(
+        &'a self,
+        p: &'a Prepared,
+        window: &'a crate::schedule::Window,
+        holidays: &'a crate::schedule::Holidays,
+        tz: chrono_tz::Tz,
+    ) -> Option<Context<'a>> {
+        let seq = self.project.sequence(&p.claimed.enrollment.sequence)?;
+        Some(Context {
+            sequence: seq,
+            window,
+            tz,
+            holidays,
+            send: &self.project.config.send,
+        })
+    }
+
+    fn transition(&self, p: &Prepared, outcome: &Outcome) -> Transition {
+        let seq = self.project.sequence(&p.claimed.enrollment.sequence);
+        let (window, tz, holidays) = match seq {
+            Some(s) => self.project.contact_schedule(s, &p.claimed.contact),
+            None => (
+                self.project.config.window.clone(),
+                self.project.config.timezone,
+                self.project.config.holidays.clone(),
+            ),
+        };
+        match self.context_for(p, &window, &holidays, tz) {
+            Some(cx) => engine::after(&cx, &p.claimed.enrollment, p.index, outcome),
+            // Cannot happen: prepare() only returns work for known sequences.
+            None => Transition {
+                enrollment: p.claimed.enrollment.unchanged(),
+                message: None,
+                events: vec![],
+                rule: None,
+            },
+        }
+    }
+
+    /// Renders the step, or says why this enrollment is not sent now.
+    fn prepare(
+        &self,
+        mailbox: &Mailbox,
+        c: Claimed,
+        now: DateTime<Utc>,
+    ) -> Result<Prepared, (Finish, Skip)> {
+        let e = &c.enrollment;
+        let hold = |reason: String| {
+            let mut u = e.unchanged();
+            u.state = "held".into();
+            u.reason = Some(reason.clone());
+            u.next_run_at = None;
+            warn!(contact = %c.contact.email, sequence = %e.sequence, step = %e.step_id, reason = %reason, "enrollment held");
+            let ev = NewEvent {
+                contact_id: Some(e.contact_id),
+                enrollment_id: Some(e.id),
+                message_id: None,
+                kind: "held".into(),
+                data: json!({ "step": e.step_id, "reason": reason }),
+            };
+            (
+                Finish {
+                    message: None,
+                    enrollment: u,
+                    events: vec![ev],
+                },
+                Skip::Held,
+            )
+        };
+        let Some(seq) = self.project.sequence(&e.sequence) else {
+            return Err(hold(format!(
+                "sequence '{}' is no longer in sequences/",
+                e.sequence
+            )));
+        };
+        let Some((index, step)) = seq.step(&e.step_id) else {
+            return Err(hold(format!(
+                "step '{}' is no longer in sequence '{}'",
+                e.step_id, seq.name
+            )));
+        };
+        // The window is checked again at send time: the clock moved since the enrollment
+        // was scheduled, and a retry's backoff may have ended outside it.
+        let (window, tz, holidays) = self.project.contact_schedule(seq, &c.contact);
+        match next_in_window(now, &window, tz, &holidays) {
+            Some(t) if t > now => {
+                let mut u = e.unchanged();
+                u.next_run_at = Some(t);
+                return Err((
+                    Finish {
+                        message: None,
+                        enrollment: u,
+                        events: vec![],
+                    },
+                    Skip::Released,
+                ));
+            }
+            None => return Err(hold("no send time: the window never opens".into())),
+            Some(_) => {}
+        }
+        let fields = template_fields(&c.contact, mailbox);
+        let rendered = match self.project.templates.render(&step.template, &fields) {
+            Ok(r) => r,
+            Err(RenderError::MissingField {
+                field,
+                path,
+                line,
+                column,
+            }) => {
+                return Err(hold(format!(
+                    "missing field '{field}' (used at {path}:{line}:{column}, no default)"
+                )))
+            }
+            Err(other) => return Err(hold(other.to_string())),
+        };
+        let thread = match (step.thread, &e.thread_message_id, &e.thread_subject) {
+            (true, Some(id), Some(subject)) => Some(Thread {
+                root_message_id: id.clone(),
+                root_subject: subject.clone(),
+            }),
+            _ => None,
+        };
+        let subject = subject_for(&rendered.subject, thread.as_ref());
+        Ok(Prepared {
+            claimed: c,
+            index,
+            rendered,
+            subject,
+            thread,
+        })
+    }
+
+    /// A claimed enrollment whose `sending` row could not be written: its step already
+    /// has a message (a crash after SMTP but before the advance, or an operator paused
+    /// it mid-send), or it was stopped or suppressed meanwhile.
+    async fn reconcile(
+        &self,
+        p: &Prepared,
+    ) -> Result<(Option<Finish>, Option<crate::sequence::Rule>), store::Error> {
+        let e = &p.claimed.enrollment;
+        match self.store.step_message(e.id, &e.step_id).await? {
+            Some(m) if m.status == "sent" => {
+                // Already sent: advance as if we had just sent it; no second mail.
+                let outcome = Outcome::Sent {
+                    at: m.sent_at.unwrap_or_else(Utc::now),
+                    message_id: m.message_id.clone(),
+                    subject: m.subject.clone(),
+                    reply: "already sent".into(),
+                };
+                let mut tr = self.transition(p, &outcome);
+                tr.events.retain(|ev| ev.kind != "sent");
+                tr.message = None;
+                let rule = tr.rule.take();
+                Ok((Some(finish(tr, None)), rule))
+            }
+            _ => {
+                if self.store.is_suppressed(&p.claimed.contact.email).await? {
+                    let mut u = e.unchanged();
+                    u.state = "stopped".into();
+                    u.reason = Some("suppressed".into());
+                    u.next_run_at = None;
+                    let ev = NewEvent {
+                        contact_id: Some(e.contact_id),
+                        enrollment_id: Some(e.id),
+                        message_id: None,
+                        kind: "stopped".into(),
+                        data: json!({ "reason": "suppressed" }),
+                    };
+                    return Ok((
+                        Some(Finish {
+                            message: None,
+                            enrollment: u,
+                            events: vec![ev],
+                        }),
+                        None,
+                    ));
+                }
+                // Stopped, paused or re-claimed meanwhile: only drop our claim, which
+                // finish_sends does when it finds the enrollment no longer ours.
+                Ok((
+                    Some(Finish {
+                        message: None,
+                        enrollment: e.unchanged(),
+                        events: vec![],
+                    }),
+                    None,
+                ))
+            }
+        }
+    }
+
+    /// Composes with the Message-ID the store gave (a retry keeps its first one) and
+    /// hands the message to the mailbox's transport.
+    async fn deliver(
+        &self,
+        mailbox: &Mailbox,
+        sender: &Sender,
+        p: &Prepared,
+        b: &store::Begun,
+    ) -> Outcome {
+        let now = Utc::now();
+        let c = &p.claimed.contact;
+        let rendered = Rendered {
+            subject: p.subject.clone(),
+            ..p.rendered.clone()
+        };
+        let draft = Draft {
+            from: &mailbox.from,
+            to_email: &c.email,
+            to_name: c.name.as_deref(),
+            message_id: &b.message_id,
+            date: SystemTime::now(),
+            rendered: &rendered,
+            thread: p.thread.as_ref(),
+        };
+        let message = match compose::compose(&draft) {
+            Ok(m) => m,
+            Err(e) => {
+                return Outcome::Permanent {
+                    at: now,
+                    reply: e.to_string(),
+                }
+            }
+        };
+        let envelope = message.envelope().clone();
+        let raw = message.formatted();
+        match sender.send(&envelope, &raw, &b.message_id).await {
+            SendOutcome::Sent { reply } => Outcome::Sent {
+                at: Utc::now(),
+                message_id: b.message_id.clone(),
+                subject: p.subject.clone(),
+                reply,
+            },
+            SendOutcome::Transient { reply } => Outcome::Transient {
+                at: Utc::now(),
+                reply,
+                attempts: b.attempts,
+            },
+            SendOutcome::Permanent { reply } => Outcome::Permanent {
+                at: Utc::now(),
+                reply,
+            },
+        }
+    }
+}
+
+enum Skip {
+    Held,
+    Released,
+}
+
+fn finish(tr: Transition, row_id: Option<i64>) -> Finish {
+    let message = match (row_id, tr.message) {
+        (Some(row_id), Some(m)) => Some(MessageUpdate {
+            row_id,
+            status: m.status.to_string(),
+            smtp_reply: m.reply,
+            sent_at: m.sent_at,
+        }),
+        _ => None,
+    };
+    let events = tr
+        .events
+        .into_iter()
+        .map(|mut ev| {
+            ev.message_id = ev.message_id.or(row_id);
+            ev
+        })
+        .collect();
+    Finish {
+        message,
+        enrollment: tr.enrollment,
+        events,
+    }
+}
+
+/// What a template sees: the contact's fields, its address, and the sender.
+pub fn template_fields(c: &Contact, mailbox: &Mailbox) -> Map<String, Value> {
+    let mut fields = c.fields.clone();
+    fields.insert("email".into(), Value::String(c.email.clone()));
+    fields.insert(
+        "sender".into(),
+        json!({ "name": mailbox.from.name.clone().unwrap_or_default(), "email": mailbox.from.email.to_string() }),
+    );
+    fields
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "followup".into())
+}
+
+/// For callers that need an `EnrollmentUpdate` without the engine (operator commands).
+pub fn unchanged(e: &crate::model::Enrollment) -> EnrollmentUpdate {
+    e.unchanged()
+}

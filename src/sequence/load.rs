@@ -1,0 +1,610 @@
+//! YAML → [`Sequence`], with every problem reported at its `file:line:column`.
+//!
+//! The YAML is read with marked-yaml, which keeps a span on every node (serde_yaml is
+//! archived, and serde-based loaders only place syntax errors). The tree is walked by
+//! hand rather than through serde so that *all* problems are collected in one pass and
+//! each gets its own position and a did-you-mean.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use marked_yaml::types::{MarkedMappingNode, MarkedScalarNode};
+use marked_yaml::{LoadError, Node};
+
+use super::{Rule, Sequence, Step};
+use crate::diagnostic::{did_you_mean, Diagnostic, Diagnostics, Location};
+use crate::schedule::{parse_wait, Window};
+
+/// Names a sequence may refer to, so that references are checked as it loads.
+#[derive(Debug, Default, Clone)]
+pub struct Known {
+    pub mailboxes: BTreeSet<String>,
+    pub templates: BTreeSet<String>,
+}
+
+const SEQUENCE_KEYS: &[&str] = &[
+    "name",
+    "description",
+    "sender",
+    "window",
+    "steps",
+    "on_reply",
+    "on_finish",
+];
+const STEP_KEYS: &[&str] = &["id", "wait", "template", "thread"];
+const RULE_KEYS: &[&str] = &["stage", "tag", "tags"];
+
+/// Loads every `*.yaml` / `*.yml` in `dir`, sorted by file name.
+pub fn load_dir(dir: &Path, known: &Known) -> (Vec<(PathBuf, Sequence)>, Diagnostics) {
+    let mut diags = Diagnostics::default();
+    let mut out = Vec::new();
+    let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
+        Ok(rd) => rd
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
+            .collect(),
+        Err(e) => {
+            diags.push(Diagnostic::error(
+                dir,
+                format!("cannot read the sequences folder: {e}"),
+            ));
+            return (out, diags);
+        }
+    };
+    files.sort();
+    let mut names: HashMap<String, PathBuf> = HashMap::new();
+    for path in files {
+        let text = match std::fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) => {
+                diags.push(Diagnostic::error(&path, format!("cannot read: {e}")));
+                continue;
+            }
+        };
+        let (seq, d) = load_str(&path, &text, known);
+        diags.extend(d);
+        if let Some(seq) = seq {
+            if let Some(other) = names.get(&seq.name) {
+                diags.push(Diagnostic::error(
+                    &path,
+                    format!(
+                        "sequence name '{}' is already used by {}",
+                        seq.name,
+                        other.display()
+                    ),
+                ));
+                continue;
+            }
+            names.insert(seq.name.clone(), path.clone());
+            out.push((path, seq));
+        }
+    }
+    (out, diags)
+}
+
+/// Parses one sequence file. Returns the sequence only if it has no errors.
+pub fn load_str(path: &Path, text: &str, known: &Known) -> (Option<Sequence>, Diagnostics) {
+    let mut cx = Cx {
+        path,
+        source: Arc::from(text),
+        diags: Diagnostics::default(),
+        known,
+    };
+    let root = match marked_yaml::parse_yaml_with_options(
+        0,
+        text,
+        marked_yaml::LoaderOptions::default().error_on_duplicate_keys(true),
+    ) {
+        Ok(n) => n,
+        Err(e) => {
+            cx.load_error(e);
+            return (None, cx.diags);
+        }
+    };
+    let seq = cx.sequence(&root);
+    let seq = if cx.diags.has_errors() { None } else { seq };
+    (seq, cx.diags)
+}
+
+struct Cx<'a> {
+    path: &'a Path,
+    source: Arc<str>,
+    diags: Diagnostics,
+    known: &'a Known,
+}
+
+fn location(node: &Node) -> Location {
+    let (line, column) = node
+        .span()
+        .start()
+        .map(|m| (m.line(), m.column()))
+        .unwrap_or((1, 1));
+    let len = match node {
+        Node::Scalar(s) => s.as_str().chars().count().max(1),
+        _ => 1,
+    };
+    Location::new(line, column, len)
+}
+
+fn scalar_location(s: &MarkedScalarNode) -> Location {
+    let (line, column) = s
+        .span()
+        .start()
+        .map(|m| (m.line(), m.column()))
+        .unwrap_or((1, 1));
+    Location::new(line, column, s.as_str().chars().count().max(1))
+}
+
+impl Cx<'_> {
+    fn error_at(&mut self, loc: Location, msg: impl Into<String>) -> &mut Diagnostic {
+        let d = Diagnostic::error(self.path, msg).at(loc, &self.source);
+        self.diags.push(d);
+        self.diags.items.last_mut().expect("just pushed")
+    }
+
+    fn error(&mut self, node: &Node, msg: impl Into<String>) -> &mut Diagnostic {
+        self.error_at(location(node), msg)
+    }
+
+    fn load_error(&mut self, e: LoadError) {
+        let (marker, msg) = match &e {
+            LoadError::ScanError(m, se) => (*m, format!("YAML syntax error: {}", se.info())),
+            LoadError::TopLevelMustBeMapping(m) => (
+                *m,
+                "a sequence file is a mapping (name:, steps: ...)".into(),
+            ),
+            LoadError::TopLevelMustBeSequence(m) => (*m, "expected a list".into()),
+            LoadError::UnexpectedAnchor(m) => {
+                (*m, "YAML anchors and aliases are not supported here".into())
+            }
+            LoadError::MappingKeyMustBeScalar(m) => (*m, "a key must be a plain word".into()),
+            LoadError::UnexpectedTag(m) => {
+                (*m, "YAML tags (!something) are not supported here".into())
+            }
+            LoadError::DuplicateKey(inner) => {
+                let first = inner.prev_key.span().start().map(|m| m.line()).unwrap_or(0);
+                let m = inner
+                    .key
+                    .span()
+                    .start()
+                    .copied()
+                    .unwrap_or_else(|| marked_yaml::Marker::new(0, 0, 1, 1));
+                (
+                    m,
+                    format!(
+                        "duplicate key '{}' (first given on line {first})",
+                        inner.key.as_str()
+                    ),
+                )
+            }
+        };
+        let loc = Location::new(marker.line(), marker.column(), 1);
+        self.error_at(loc, msg);
+    }
+
+    /// Checks a mapping's keys against the allowed ones; unknown keys are errors with a
+    /// did-you-mean.
+    fn check_keys(&mut self, map: &MarkedMappingNode, allowed: &[&str], what: &str) {
+        for key in map.keys() {
+            if !allowed.contains(&key.as_str()) {
+                let loc = scalar_location(key);
+                let msg = format!("unknown key '{}' in {what}", key.as_str());
+                let help = match did_you_mean(key.as_str(), allowed.iter().copied()) {
+                    Some(s) => format!("did you mean '{s}'?"),
+                    None => format!("expected one of: {}", allowed.join(", ")),
+                };
+                self.error_at(loc, msg).help = Some(help);
+            }
+        }
+    }
+
+    fn mapping<'n>(&mut self, node: &'n Node, what: &str) -> Option<&'n MarkedMappingNode> {
+        match node.as_mapping() {
+            Some(m) => Some(m),
+            None => {
+                self.error(node, format!("{what} must be a mapping of keys to values"));
+                None
+            }
+        }
+    }
+
+    fn string(&mut self, node: &Node, what: &str) -> Option<String> {
+        match node.as_scalar() {
+            Some(s) if !s.as_str().trim().is_empty() => Some(s.as_str().to_string()),
+            Some(_) => {
+                self.error(node, format!("{what} is empty"));
+                None
+            }
+            None => {
+                self.error(
+                    node,
+                    format!("{what} must be a single value, not a list or mapping"),
+                );
+                None
+            }
+        }
+    }
+
+    fn sequence(&mut self, root: &Node) -> Option<Sequence> {
+        let map = self.mapping(root, "a sequence")?;
+        self.check_keys(map, SEQUENCE_KEYS, "sequence");
+
+        let name = match map.get_node("name") {
+            Some(n) => self.string(n, "name"),
+            None => {
+                self.error(root, "missing 'name'");
+                None
+            }
+        };
+        if let Some(n) = &name {
+            if !n
+                .chars()
+                .all(|c| c.is_alphanumeric() || c == '-' || c == '_')
+            {
+                let node = map.get_node("name").expect("present");
+                self.error(
+                    node,
+                    format!("name '{n}' may contain only letters, digits, '-' and '_'"),
+                )
+                .help = Some("it is used on the command line: followup enroll NAME".into());
+            }
+        }
+        let description = map
+            .get_scalar("description")
+            .map(|s| s.as_str().to_string());
+
+        let senders = match map.get_node("sender") {
+            None => {
+                self.error(
+                    root,
+                    "missing 'sender': the mailbox (or list of mailboxes) that sends this sequence",
+                );
+                Vec::new()
+            }
+            Some(node) => self.senders(node),
+        };
+
+        let window = map.get_node("window").and_then(|node| {
+            let text = self.string(node, "window")?;
+            match text.parse::<Window>() {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    self.error(node, e.to_string()).help =
+                        Some("for example \"Mon-Fri 09:00-17:00\", \"Mon-Fri 09:00-12:00,14:00-17:00\" or \"always\"".into());
+                    None
+                }
+            }
+        });
+
+        let steps = match map.get_node("steps") {
+            None => {
+                self.error(root, "missing 'steps'");
+                Vec::new()
+            }
+            Some(node) => self.steps(node),
+        };
+
+        let on_reply = map
+            .get_node("on_reply")
+            .and_then(|n| self.rule(n, "on_reply"));
+        let on_finish = map
+            .get_node("on_finish")
+            .and_then(|n| self.rule(n, "on_finish"));
+
+        Some(Sequence {
+            name: name?,
+            description,
+            senders,
+            window,
+            steps,
+            on_reply,
+            on_finish,
+        })
+    }
+
+    fn senders(&mut self, node: &Node) -> Vec<String> {
+        let items: Vec<&Node> = match node {
+            Node::Sequence(s) => s.iter().collect(),
+            other => vec![other],
+        };
+        if items.is_empty() {
+            self.error(node, "'sender' lists no mailbox");
+        }
+        let mut out = Vec::new();
+        for item in items {
+            let Some(name) = self.string(item, "sender") else {
+                continue;
+            };
+            if !self.known.mailboxes.contains(&name) {
+                let help =
+                    match did_you_mean(&name, self.known.mailboxes.iter().map(String::as_str)) {
+                        Some(s) => format!("did you mean '{s}'?"),
+                        None if self.known.mailboxes.is_empty() => {
+                            "followup.toml defines no mailbox".to_string()
+                        }
+                        None => format!(
+                            "mailboxes in followup.toml: {}",
+                            self.known
+                                .mailboxes
+                                .iter()
+                                .cloned()
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    };
+                self.error(item, format!("unknown mailbox '{name}'")).help = Some(help);
+            } else if out.contains(&name) {
+                self.error(item, format!("mailbox '{name}' is listed twice"));
+            } else {
+                out.push(name);
+            }
+        }
+        out
+    }
+
+    fn steps(&mut self, node: &Node) -> Vec<Step> {
+        let Some(list) = node.as_sequence() else {
+            self.error(
+                node,
+                "'steps' must be a list (each item starting with '- id: ...')",
+            );
+            return Vec::new();
+        };
+        if list.is_empty() {
+            self.error(node, "'steps' is empty: a sequence needs at least one step");
+        }
+        let mut seen: HashMap<String, usize> = HashMap::new();
+        let mut steps = Vec::new();
+        for (i, item) in list.iter().enumerate() {
+            let Some(map) = self.mapping(item, "a step") else {
+                continue;
+            };
+            self.check_keys(map, STEP_KEYS, "step");
+            let id = match map.get_node("id") {
+                Some(n) => self.string(n, "id"),
+                None => {
+                    self.error(item, format!("step {} has no 'id'", i + 1));
+                    None
+                }
+            };
+            if let (Some(id), Some(node)) = (&id, map.get_node("id")) {
+                if let Some(first) = seen.get(id) {
+                    let first = *first;
+                    self.error(
+                        node,
+                        format!("duplicate step id '{id}' (first used on line {first})"),
+                    )
+                    .help = Some("step ids name the steps in status and must be unique".into());
+                } else {
+                    seen.insert(id.clone(), location(node).line);
+                }
+            }
+            let wait = match map.get_node("wait") {
+                None => chrono::Duration::zero(),
+                Some(n) => {
+                    let text = self.string(n, "wait").unwrap_or_default();
+                    match parse_wait(&text) {
+                        Ok(d) => d,
+                        Err(e) => {
+                            self.error(n, e.to_string()).help =
+                                Some("a number and a unit: 30s, 10m, 2h, 3d or 2w".into());
+                            chrono::Duration::zero()
+                        }
+                    }
+                }
+            };
+            let template = match map.get_node("template") {
+                None => {
+                    self.error(
+                        item,
+                        format!("step {} has no 'template'", id.as_deref().unwrap_or("?")),
+                    );
+                    None
+                }
+                Some(n) => {
+                    let t = self.string(n, "template");
+                    if let Some(t) = &t {
+                        if !self.known.templates.contains(t) {
+                            let help = match did_you_mean(
+                                t,
+                                self.known.templates.iter().map(String::as_str),
+                            ) {
+                                Some(s) => format!("did you mean '{s}'?"),
+                                None => format!("no templates/{t}.hbs"),
+                            };
+                            self.error(n, format!("unknown template '{t}'")).help = Some(help);
+                        }
+                    }
+                    t
+                }
+            };
+            let thread = match map.get_node("thread") {
+                None => false,
+                Some(n) => match n.as_scalar().and_then(|s| s.as_bool()) {
+                    Some(b) => b,
+                    None => {
+                        self.error(n, "'thread' is true or false");
+                        false
+                    }
+                },
+            };
+            if thread && i == 0 {
+                let n = map.get_node("thread").expect("present");
+                self.error(
+                    n,
+                    "the first step cannot be threaded: there is no earlier mail to reply to",
+                );
+            }
+            if let (Some(id), Some(template)) = (id, template) {
+                steps.push(Step {
+                    id,
+                    wait,
+                    template,
+                    thread,
+                });
+            }
+        }
+        steps
+    }
+
+    fn rule(&mut self, node: &Node, what: &str) -> Option<Rule> {
+        let map = self.mapping(node, what)?;
+        self.check_keys(map, RULE_KEYS, what);
+        let stage = map.get_node("stage").and_then(|n| self.string(n, "stage"));
+        let mut tags = Vec::new();
+        for key in ["tag", "tags"] {
+            match map.get_node(key) {
+                Some(Node::Sequence(list)) => {
+                    for t in list.iter() {
+                        tags.extend(self.string(t, "tag"));
+                    }
+                }
+                Some(n) => tags.extend(self.string(n, "tag")),
+                None => {}
+            }
+        }
+        Some(Rule { stage, tags })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn known() -> Known {
+        Known {
+            mailboxes: ["sales".to_string(), "support".to_string()].into(),
+            templates: [
+                "intro".to_string(),
+                "bump".to_string(),
+                "breakup".to_string(),
+            ]
+            .into(),
+        }
+    }
+
+    fn errors(text: &str) -> Vec<String> {
+        let (_, d) = load_str(Path::new("sequences/intro.yaml"), text, &known());
+        d.items.iter().map(|d| d.to_string()).collect()
+    }
+
+    const GOOD: &str = "name: intro\nsender: sales\nwindow: Mon-Fri 09:00-17:00\nsteps:\n  - id: first\n    template: intro\n  - id: bump\n    wait: 3d\n    template: bump\n    thread: true\n";
+
+    #[test]
+    fn loads_a_good_sequence() {
+        let (s, d) = load_str(Path::new("x.yaml"), GOOD, &known());
+        assert!(d.is_empty(), "{:?}", d.items);
+        let s = s.unwrap();
+        assert_eq!(s.name, "intro");
+        assert_eq!(s.senders, vec!["sales"]);
+        assert_eq!(s.steps.len(), 2);
+        assert_eq!(s.steps[1].wait, chrono::Duration::days(3));
+        assert!(s.steps[1].thread);
+    }
+
+    #[test]
+    fn unknown_key_points_at_the_key_with_did_you_mean() {
+        let e = errors(&GOOD.replace("    wait: 3d", "    wiat: 3d"));
+        assert_eq!(
+            e,
+            vec!["sequences/intro.yaml:8:5: error: unknown key 'wiat' in step\n  |\n8 |     wiat: 3d\n  |     ^^^^ did you mean 'wait'?"]
+        );
+    }
+
+    #[test]
+    fn semantic_errors_point_at_the_value() {
+        let text = GOOD
+            .replace("template: bump", "template: bumpp")
+            .replace("3d", "3x")
+            .replace("sender: sales", "sender: sale");
+        let e = errors(&text);
+        assert_eq!(e.len(), 3, "{e:#?}");
+        assert!(
+            e[0].starts_with("sequences/intro.yaml:2:9: error: unknown mailbox 'sale'"),
+            "{}",
+            e[0]
+        );
+        assert!(e[0].ends_with("^^^^ did you mean 'sales'?"), "{}", e[0]);
+        assert!(
+            e[1].starts_with("sequences/intro.yaml:8:11: error: bad wait '3x'"),
+            "{}",
+            e[1]
+        );
+        assert!(
+            e[2].starts_with("sequences/intro.yaml:9:15: error: unknown template 'bumpp'"),
+            "{}",
+            e[2]
+        );
+        assert!(
+            e[2].contains("9 |     template: bumpp\n  |               ^^^^^ did you mean 'bump'?"),
+            "{}",
+            e[2]
+        );
+    }
+
+    #[test]
+    fn duplicate_step_ids() {
+        let e = errors(&GOOD.replace("id: bump", "id: first"));
+        assert_eq!(e.len(), 1);
+        assert!(
+            e[0].starts_with(
+                "sequences/intro.yaml:7:9: error: duplicate step id 'first' (first used on line 5)"
+            ),
+            "{}",
+            e[0]
+        );
+    }
+
+    #[test]
+    fn syntax_error_has_position() {
+        let e = errors("name: intro\nsteps:\n  - id: [first\n");
+        assert_eq!(e.len(), 1);
+        assert!(
+            e[0].starts_with("sequences/intro.yaml:4:1: error: YAML syntax error"),
+            "{}",
+            e[0]
+        );
+    }
+
+    #[test]
+    fn bad_window_and_missing_parts() {
+        let e = errors("name: intro\nsender: sales\nwindow: Mon-Fri 9-5\nsteps: []\n");
+        assert!(
+            e[0].starts_with("sequences/intro.yaml:3:9: error:"),
+            "{}",
+            e[0]
+        );
+        assert!(e[1].contains("'steps' is empty"), "{}", e[1]);
+    }
+
+    #[test]
+    fn sender_list_and_rules() {
+        let text = "name: intro\nsender: [sales, support]\non_reply: { stage: replied, tag: warm }\nsteps:\n  - id: a\n    template: intro\n";
+        let (s, d) = load_str(Path::new("x.yaml"), text, &known());
+        assert!(d.is_empty(), "{:?}", d.items);
+        let s = s.unwrap();
+        assert_eq!(s.senders, vec!["sales", "support"]);
+        assert_eq!(
+            s.on_reply,
+            Some(Rule {
+                stage: Some("replied".into()),
+                tags: vec!["warm".into()]
+            })
+        );
+    }
+
+    #[test]
+    fn duplicate_yaml_keys_are_errors() {
+        let e = errors(
+            "name: intro\nname: other\nsender: sales\nsteps:\n  - id: a\n    template: intro\n",
+        );
+        assert!(
+            e[0].starts_with(
+                "sequences/intro.yaml:2:1: error: duplicate key 'name' (first given on line 1)"
+            ),
+            "{}",
+            e[0]
+        );
+    }
+}

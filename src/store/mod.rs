@@ -1,0 +1,667 @@
+//! The only module that speaks SQL. One database holds all of followup's state: a SQLite
+//! file by default, PostgreSQL when several daemons share the work. The same statements
+//! run on both (times are Unix milliseconds, JSON is text, placeholders are `$N`, which
+//! SQLite accepts too); where the dialects differ (`FOR UPDATE SKIP LOCKED`) the query
+//! says so. Work is batched: per-statement cost, not SQLite itself, bounds throughput
+//! (see NOTES.md), so claims, `sending` marks and outcomes each take one statement per
+//! batch.
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::time::Duration as StdDuration;
+
+use chrono::{DateTime, TimeZone, Utc};
+use serde_json::{Map, Value};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{QueryBuilder, Row};
+
+pub use crate::model::{
+    Contact, Enrollment, EnrollmentUpdate, NewContact, NewEnrollment, NewEvent, Upserted,
+};
+
+/// Errors from the store. Messages name what was being done.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("unsupported database URL '{0}': use sqlite://FILE or postgres://USER@HOST/DB")]
+    Url(String),
+    #[error("cannot open the database {url}: {source}")]
+    Connect { url: String, source: sqlx::Error },
+    #[error("database migrations failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("corrupt {what} in the database: {detail}")]
+    Corrupt { what: &'static str, detail: String },
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Which database the store talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Clone)]
+enum Pool {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// A cheap-to-clone handle on the database.
+#[derive(Clone)]
+pub struct Store {
+    pool: Pool,
+}
+
+/// Runs `$body` with `$pool` bound to the concrete pool. The body is compiled once per
+/// database, so the same statement text and decoding serve both.
+macro_rules! with_pool {
+    ($store:expr, $pool:ident => $body:expr) => {
+        match &$store.pool {
+            Pool::Sqlite($pool) => $body,
+            Pool::Postgres($pool) => $body,
+        }
+    };
+}
+
+/// Writes enrollment updates with one multi-row `UPDATE ... FROM (VALUES ...)` per chunk
+/// (both SQLite ≥ 3.33 and PostgreSQL take it; VALUES columns are `column1..N` in both).
+/// The claim lease is released by the same statement. A macro rather than a function so
+/// that it compiles against each database's concrete transaction type.
+macro_rules! update_enrollments {
+    ($tx:expr, $updates:expr, $now:expr, $owner:expr) => {
+        for chunk in $updates.chunks(CHUNK) {
+            let mut qb = QueryBuilder::new(
+                "UPDATE enrollments SET state = v.column2, reason = v.column3, step_index = v.column4, \
+                 step_id = v.column5, priority = v.column6, next_run_at = v.column7, paused_until = v.column8, \
+                 attempts = v.column9, thread_message_id = v.column10, thread_subject = v.column11, \
+                 last_sent_at = v.column12, updated_at = v.column13, locked_until = NULL, locked_by = NULL FROM (",
+            );
+            qb.push_values(chunk.iter(), |mut b, u: &EnrollmentUpdate| {
+                b.push_bind(u.id)
+                    .push_bind(u.state.clone())
+                    .push_bind(u.reason.clone())
+                    .push_bind(u.step_index)
+                    .push_bind(u.step_id.clone())
+                    .push_bind(if u.step_index == 0 { 1i64 } else { 0i64 })
+                    .push_bind(u.next_run_at.map(ms))
+                    .push_bind(u.paused_until.map(ms))
+                    .push_bind(u.attempts)
+                    .push_bind(u.thread_message_id.clone())
+                    .push_bind(u.thread_subject.clone())
+                    .push_bind(u.last_sent_at.map(ms))
+                    .push_bind(ms($now));
+            });
+            qb.push(") AS v WHERE enrollments.id = v.column1");
+            // A daemon only writes back enrollments it still holds: an operator may
+            // have stopped or paused one while its mail was in flight.
+            let owner: Option<&str> = $owner;
+            if let Some(owner) = owner {
+                qb.push(" AND enrollments.locked_by = ").push_bind(owner.to_string());
+            }
+            qb.build().execute(&mut *$tx).await?;
+        }
+    };
+}
+
+/// Appends events, one multi-row INSERT per chunk.
+macro_rules! insert_events {
+    ($tx:expr, $events:expr, $now:expr) => {
+        for chunk in $events.chunks(CHUNK) {
+            let mut qb = QueryBuilder::new(
+                "INSERT INTO events (at, contact_id, enrollment_id, message_id, kind, data) ",
+            );
+            qb.push_values(chunk.iter(), |mut b, e: &NewEvent| {
+                b.push_bind(ms($now))
+                    .push_bind(e.contact_id)
+                    .push_bind(e.enrollment_id)
+                    .push_bind(e.message_id)
+                    .push_bind(e.kind.clone())
+                    .push_bind(e.data.to_string());
+            });
+            qb.build().execute(&mut *$tx).await?;
+        }
+    };
+}
+
+pub fn ms(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+pub fn from_ms(v: i64) -> DateTime<Utc> {
+    Utc.timestamp_millis_opt(v)
+        .single()
+        .unwrap_or(DateTime::<Utc>::MIN_UTC)
+}
+
+/// Rows per multi-row statement: well under both databases' bind-parameter limits.
+const CHUNK: usize = 200;
+
+impl Store {
+    /// Opens (creating a SQLite file if needed) and migrates the database.
+    pub async fn open(url: &str) -> Result<Store> {
+        let store = Store::connect(url).await?;
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// Opens without migrating.
+    pub async fn connect(url: &str) -> Result<Store> {
+        let connect_err = |source| Error::Connect {
+            url: redact(url),
+            source,
+        };
+        if url.starts_with("sqlite:") {
+            let opts = SqliteConnectOptions::from_str(url)
+                .map_err(connect_err)?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+                .foreign_keys(true)
+                // Two processes on one file take turns; a writer waits rather than fails.
+                .busy_timeout(StdDuration::from_secs(30));
+            let pool = SqlitePoolOptions::new()
+                .max_connections(4)
+                .connect_with(opts)
+                .await
+                .map_err(connect_err)?;
+            Ok(Store {
+                pool: Pool::Sqlite(pool),
+            })
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            let opts = PgConnectOptions::from_str(url).map_err(connect_err)?;
+            let pool = PgPoolOptions::new()
+                .max_connections(8)
+                .acquire_timeout(StdDuration::from_secs(30))
+                .connect_with(opts)
+                .await
+                .map_err(connect_err)?;
+            Ok(Store {
+                pool: Pool::Postgres(pool),
+            })
+        } else {
+            Err(Error::Url(redact(url)))
+        }
+    }
+
+    pub fn kind(&self) -> Kind {
+        match self.pool {
+            Pool::Sqlite(_) => Kind::Sqlite,
+            Pool::Postgres(_) => Kind::Postgres,
+        }
+    }
+
+    pub async fn migrate(&self) -> Result<()> {
+        match &self.pool {
+            Pool::Sqlite(p) => sqlx::migrate!("migrations/sqlite").run(p).await?,
+            Pool::Postgres(p) => sqlx::migrate!("migrations/postgres").run(p).await?,
+        }
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        with_pool!(self, p => p.close().await)
+    }
+
+    /// True when the database answers (for health checks).
+    pub async fn ping(&self) -> bool {
+        with_pool!(self, p => sqlx::query("SELECT 1").execute(p).await.is_ok())
+    }
+}
+
+/// A database URL without its password, for messages and logs.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let userinfo = &url[s + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Contacts
+
+fn parse_fields(text: &str) -> Result<Map<String, Value>> {
+    match serde_json::from_str(text) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(_) | Err(_) => Err(Error::Corrupt {
+            what: "contact fields",
+            detail: text.chars().take(80).collect(),
+        }),
+    }
+}
+
+fn contact_from_row<R: Row>(row: &R) -> Result<Contact>
+where
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+    for<'a> i64: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> String: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> Option<String>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+{
+    let fields: String = row.try_get("fields")?;
+    Ok(Contact {
+        id: row.try_get("id")?,
+        email: row.try_get("email")?,
+        name: row.try_get("name")?,
+        fields: parse_fields(&fields)?,
+        timezone: row.try_get("timezone")?,
+        country: row.try_get("country")?,
+        stage: row.try_get("stage")?,
+        owner_mailbox: row.try_get("owner_mailbox")?,
+        suppressed_reason: row.try_get("suppressed_reason")?,
+    })
+}
+
+const CONTACT_COLUMNS: &str =
+    "id, email, name, fields, timezone, country, stage, owner_mailbox, suppressed_reason";
+
+impl Store {
+    /// Inserts new contacts and merges fields into existing ones (a column present in
+    /// the import overwrites; fields the import lacks are kept). One round trip per
+    /// chunk for the lookup and one for the write.
+    pub async fn upsert_contacts(
+        &self,
+        contacts: &[NewContact],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<Upserted>> {
+        let mut out = Vec::with_capacity(contacts.len());
+        for chunk in contacts.chunks(CHUNK) {
+            let existing: HashMap<String, Contact> = self
+                .contacts_by_email(&chunk.iter().map(|c| c.email.clone()).collect::<Vec<_>>())
+                .await?
+                .into_iter()
+                .map(|c| (c.email.clone(), c))
+                .collect();
+            let mut rows = Vec::with_capacity(chunk.len());
+            for c in chunk {
+                let (fields, name, tz, country, created, changed) = match existing.get(&c.email) {
+                    Some(old) => {
+                        let mut merged = old.fields.clone();
+                        for (k, v) in &c.fields {
+                            merged.insert(k.clone(), v.clone());
+                        }
+                        let name = c.name.clone().or_else(|| old.name.clone());
+                        let tz = c.timezone.clone().or_else(|| old.timezone.clone());
+                        let country = c.country.clone().or_else(|| old.country.clone());
+                        let changed = merged != old.fields
+                            || name != old.name
+                            || tz != old.timezone
+                            || country != old.country;
+                        (merged, name, tz, country, false, changed)
+                    }
+                    None => (
+                        c.fields.clone(),
+                        c.name.clone(),
+                        c.timezone.clone(),
+                        c.country.clone(),
+                        true,
+                        true,
+                    ),
+                };
+                rows.push((
+                    c.email.clone(),
+                    domain_of(&c.email),
+                    name,
+                    Value::Object(fields).to_string(),
+                    tz,
+                    country,
+                    created,
+                    changed,
+                ));
+            }
+            let to_write: Vec<_> = rows.iter().filter(|r| r.7).collect();
+            if !to_write.is_empty() {
+                with_pool!(self, p => {
+                    let mut qb = QueryBuilder::new(
+                        "INSERT INTO contacts (email, domain, name, fields, timezone, country, created_at, updated_at) ",
+                    );
+                    qb.push_values(to_write.iter(), |mut b, r| {
+                        b.push_bind(&r.0).push_bind(&r.1).push_bind(&r.2).push_bind(&r.3)
+                            .push_bind(&r.4).push_bind(&r.5).push_bind(ms(now)).push_bind(ms(now));
+                    });
+                    qb.push(
+                        " ON CONFLICT (email) DO UPDATE SET name = excluded.name, fields = excluded.fields, \
+                         timezone = excluded.timezone, country = excluded.country, updated_at = excluded.updated_at",
+                    );
+                    qb.build().execute(p).await?;
+                });
+            }
+            let ids: HashMap<String, i64> = self
+                .contacts_by_email(&chunk.iter().map(|c| c.email.clone()).collect::<Vec<_>>())
+                .await?
+                .into_iter()
+                .map(|c| (c.email, c.id))
+                .collect();
+            for r in rows {
+                let id = *ids.get(&r.0).ok_or(Error::Corrupt {
+                    what: "contact",
+                    detail: format!("{} vanished", r.0),
+                })?;
+                out.push(Upserted {
+                    id,
+                    email: r.0,
+                    created: r.6,
+                    changed: r.7,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    pub async fn contacts_by_email(&self, emails: &[String]) -> Result<Vec<Contact>> {
+        if emails.is_empty() {
+            return Ok(Vec::new());
+        }
+        with_pool!(self, p => {
+            let mut qb = QueryBuilder::new(format!("SELECT {CONTACT_COLUMNS} FROM contacts WHERE email IN ("));
+            let mut sep = qb.separated(", ");
+            for e in emails {
+                sep.push_bind(e);
+            }
+            qb.push(")");
+            let rows = qb.build().fetch_all(p).await?;
+            rows.iter().map(contact_from_row).collect()
+        })
+    }
+
+    pub async fn contact(&self, email: &str) -> Result<Option<Contact>> {
+        Ok(self
+            .contacts_by_email(&[email.to_string()])
+            .await?
+            .into_iter()
+            .next())
+    }
+
+    /// Field names (and how many contacts have a non-empty value) across stored contacts.
+    pub async fn contact_count(&self) -> Result<i64> {
+        with_pool!(self, p => Ok(sqlx::query_scalar("SELECT count(*) FROM contacts").fetch_one(p).await?))
+    }
+}
+
+pub fn domain_of(email: &str) -> String {
+    email
+        .rsplit_once('@')
+        .map(|(_, d)| d.to_string())
+        .unwrap_or_default()
+}
+
+// ---------------------------------------------------------------------------------------
+// Enrollments
+
+const ENROLLMENT_COLUMNS: &str = "e.id, e.contact_id, c.email, e.sequence, e.mailbox, e.state, e.reason, \
+     e.step_index, e.step_id, e.next_run_at, e.paused_until, e.thread_message_id, e.thread_subject, \
+     e.last_sent_at, e.attempts";
+
+fn enrollment_from_row<R: Row>(row: &R) -> Result<Enrollment>
+where
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+    for<'a> i64: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> Option<i64>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> String: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+    for<'a> Option<String>: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
+{
+    let opt_time = |v: Option<i64>| v.map(from_ms);
+    Ok(Enrollment {
+        id: row.try_get("id")?,
+        contact_id: row.try_get("contact_id")?,
+        email: row.try_get("email")?,
+        sequence: row.try_get("sequence")?,
+        mailbox: row.try_get("mailbox")?,
+        state: row.try_get("state")?,
+        reason: row.try_get("reason")?,
+        step_index: row.try_get("step_index")?,
+        step_id: row.try_get("step_id")?,
+        next_run_at: opt_time(row.try_get("next_run_at")?),
+        paused_until: opt_time(row.try_get("paused_until")?),
+        thread_message_id: row.try_get("thread_message_id")?,
+        thread_subject: row.try_get("thread_subject")?,
+        last_sent_at: opt_time(row.try_get("last_sent_at")?),
+        attempts: row.try_get("attempts")?,
+    })
+}
+
+impl Store {
+    /// Live enrollments per mailbox in a sequence, to give new contacts the least busy one.
+    pub async fn mailbox_loads(&self, sequence: &str) -> Result<HashMap<String, i64>> {
+        with_pool!(self, p => {
+            let rows = sqlx::query(
+                "SELECT mailbox, count(*) AS n FROM enrollments WHERE sequence = $1 AND state IN ('active', 'paused', 'held') GROUP BY mailbox",
+            )
+            .bind(sequence)
+            .fetch_all(p)
+            .await?;
+            rows.iter().map(|r| Ok((r.try_get("mailbox")?, r.try_get("n")?))).collect()
+        })
+    }
+
+    /// Enrolls contacts; a contact already in the sequence (in any state) is left alone.
+    /// Returns the (enrollment id, contact id) of those newly enrolled. The contact's
+    /// owner becomes the mailbox if it had none, so replies stay with one rep.
+    pub async fn enroll(
+        &self,
+        items: &[NewEnrollment],
+        now: DateTime<Utc>,
+    ) -> Result<Vec<(i64, i64)>> {
+        let mut created = Vec::new();
+        for chunk in items.chunks(CHUNK) {
+            with_pool!(self, p => {
+                let mut tx = p.begin().await?;
+                let mut qb = QueryBuilder::new(
+                    "INSERT INTO enrollments (contact_id, sequence, mailbox, state, step_index, step_id, priority, next_run_at, created_at, updated_at) ",
+                );
+                qb.push_values(chunk.iter(), |mut b, e| {
+                    b.push_bind(e.contact_id).push_bind(&e.sequence).push_bind(&e.mailbox).push_bind("active")
+                        .push_bind(0i64).push_bind(&e.step_id).push_bind(1i64).push_bind(ms(e.next_run_at))
+                        .push_bind(ms(now)).push_bind(ms(now));
+                });
+                qb.push(" ON CONFLICT (contact_id, sequence) DO NOTHING RETURNING id, contact_id");
+                let rows = qb.build().fetch_all(&mut *tx).await?;
+                let mut new_ids = Vec::new();
+                for r in &rows {
+                    new_ids.push((r.try_get::<i64, _>("id")?, r.try_get::<i64, _>("contact_id")?));
+                }
+                if !new_ids.is_empty() {
+                    let mut qb = QueryBuilder::new("INSERT INTO events (at, contact_id, enrollment_id, kind, data) ");
+                    qb.push_values(new_ids.iter(), |mut b, (eid, cid)| {
+                        let seq = chunk.iter().find(|e| e.contact_id == *cid).map(|e| e.sequence.as_str()).unwrap_or("");
+                        b.push_bind(ms(now)).push_bind(*cid).push_bind(*eid).push_bind("enrolled")
+                            .push_bind(serde_json::json!({ "sequence": seq }).to_string());
+                    });
+                    qb.build().execute(&mut *tx).await?;
+                    for e in chunk.iter().filter(|e| new_ids.iter().any(|(_, c)| *c == e.contact_id)) {
+                        sqlx::query("UPDATE contacts SET owner_mailbox = $1 WHERE id = $2 AND owner_mailbox IS NULL")
+                            .bind(&e.mailbox)
+                            .bind(e.contact_id)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
+                }
+                tx.commit().await?;
+                created.extend(new_ids);
+            });
+        }
+        Ok(created)
+    }
+
+    pub async fn enrollment(&self, sequence: &str, email: &str) -> Result<Option<Enrollment>> {
+        with_pool!(self, p => {
+            let row = sqlx::query(&format!(
+                "SELECT {ENROLLMENT_COLUMNS} FROM enrollments e JOIN contacts c ON c.id = e.contact_id WHERE e.sequence = $1 AND c.email = $2"
+            ))
+            .bind(sequence)
+            .bind(email)
+            .fetch_optional(p)
+            .await?;
+            row.as_ref().map(enrollment_from_row).transpose()
+        })
+    }
+
+    pub async fn enrollments_by_id(&self, ids: &[i64]) -> Result<Vec<Enrollment>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        with_pool!(self, p => {
+            let mut qb = QueryBuilder::new(format!(
+                "SELECT {ENROLLMENT_COLUMNS} FROM enrollments e JOIN contacts c ON c.id = e.contact_id WHERE e.id IN ("
+            ));
+            let mut sep = qb.separated(", ");
+            for id in ids {
+                sep.push_bind(*id);
+            }
+            qb.push(") ORDER BY e.id");
+            let rows = qb.build().fetch_all(p).await?;
+            rows.iter().map(enrollment_from_row).collect()
+        })
+    }
+
+    /// Applies enrollment changes and appends events in one transaction.
+    pub async fn apply(
+        &self,
+        updates: &[EnrollmentUpdate],
+        events: &[NewEvent],
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        with_pool!(self, p => {
+            let mut tx = p.begin().await?;
+            update_enrollments!(tx, updates, now, None);
+            insert_events!(tx, events, now);
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+}
+
+mod send;
+mod status;
+
+pub use send::{Begin, Begun, Claimed, Finish, InDoubt, MessageUpdate};
+pub use status::{Count, Status};
+
+// ---------------------------------------------------------------------------------------
+// Lifecycle and suppression
+
+impl Store {
+    /// Sets the contact's stage and adds tags, recording what changed.
+    pub async fn apply_rule(
+        &self,
+        contact_id: i64,
+        rule: &crate::sequence::Rule,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        with_pool!(self, p => {
+            let mut tx = p.begin().await?;
+            let row = sqlx::query("SELECT stage, tags FROM contacts WHERE id = $1").bind(contact_id).fetch_optional(&mut *tx).await?;
+            let Some(row) = row else { return Ok(()) };
+            let old_stage: String = row.try_get("stage")?;
+            let tags_text: String = row.try_get("tags")?;
+            let mut tags: Vec<String> = serde_json::from_str(&tags_text).unwrap_or_default();
+            let mut events = Vec::new();
+            if let Some(stage) = &rule.stage {
+                if *stage != old_stage {
+                    events.push(NewEvent { contact_id: Some(contact_id), enrollment_id: None, message_id: None, kind: "stage_changed".into(), data: serde_json::json!({ "from": old_stage, "to": stage }) });
+                }
+            }
+            for t in &rule.tags {
+                if !tags.contains(t) {
+                    tags.push(t.clone());
+                    events.push(NewEvent { contact_id: Some(contact_id), enrollment_id: None, message_id: None, kind: "tagged".into(), data: serde_json::json!({ "tag": t }) });
+                }
+            }
+            if events.is_empty() {
+                return Ok(());
+            }
+            sqlx::query("UPDATE contacts SET stage = $1, tags = $2, updated_at = $3 WHERE id = $4")
+                .bind(rule.stage.clone().unwrap_or(old_stage))
+                .bind(serde_json::to_string(&tags).unwrap_or_else(|_| "[]".into()))
+                .bind(ms(now))
+                .bind(contact_id)
+                .execute(&mut *tx)
+                .await?;
+            insert_events!(tx, events, now);
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    /// Whether an address (or its whole domain) must never be mailed.
+    pub async fn is_suppressed(&self, email: &str) -> Result<bool> {
+        let domain = format!("@{}", domain_of(email));
+        with_pool!(self, p => {
+            let n: i64 = sqlx::query_scalar(
+                "SELECT (SELECT count(*) FROM suppressions WHERE pattern = $1 OR pattern = $2) + \
+                 (SELECT count(*) FROM contacts WHERE email = $1 AND suppressed_at IS NOT NULL)",
+            )
+            .bind(email)
+            .bind(&domain)
+            .fetch_one(p)
+            .await?;
+            Ok(n > 0)
+        })
+    }
+
+    /// Held enrollments whose reason is a missing field are given another chance after
+    /// their contacts' fields changed (a re-import that fills the gap).
+    pub async fn retry_held_for_fields(
+        &self,
+        contact_ids: &[i64],
+        now: DateTime<Utc>,
+    ) -> Result<u64> {
+        let mut n = 0;
+        for chunk in contact_ids.chunks(CHUNK) {
+            n += with_pool!(self, p => {
+                let mut qb = QueryBuilder::new("UPDATE enrollments SET state = 'active', reason = NULL, next_run_at = ");
+                qb.push_bind(ms(now)).push(", updated_at = ").push_bind(ms(now));
+                qb.push(" WHERE state = 'held' AND reason LIKE 'missing field%' AND contact_id IN (");
+                let mut sep = qb.separated(", ");
+                for id in chunk {
+                    sep.push_bind(*id);
+                }
+                qb.push(")");
+                qb.build().execute(p).await?.rows_affected()
+            });
+        }
+        Ok(n)
+    }
+}
+
+impl Store {
+    /// A contact's history, oldest first: (when, kind, data).
+    pub async fn timeline(&self, contact_id: i64) -> Result<Vec<(DateTime<Utc>, String, Value)>> {
+        with_pool!(self, p => {
+            let rows = sqlx::query("SELECT at, kind, data FROM events WHERE contact_id = $1 ORDER BY at, id")
+                .bind(contact_id)
+                .fetch_all(p)
+                .await?;
+            rows.iter()
+                .map(|r| {
+                    let data: String = r.try_get("data")?;
+                    Ok((from_ms(r.try_get("at")?), r.try_get("kind")?, serde_json::from_str(&data).unwrap_or(Value::Null)))
+                })
+                .collect()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(
+            redact("postgres://followup:secret@127.0.0.1/db"),
+            "postgres://followup:***@127.0.0.1/db"
+        );
+        assert_eq!(redact("sqlite://followup.db"), "sqlite://followup.db");
+    }
+}

@@ -1,0 +1,414 @@
+//! The send path's statements: claim due enrollments, commit `sending` before SMTP,
+//! record outcomes, and turn messages whose daemon died mid-send into `in_doubt`.
+
+use chrono::{DateTime, Utc};
+use sqlx::{QueryBuilder, Row};
+
+use super::{
+    contact_from_row, from_ms, ms, Contact, Enrollment, EnrollmentUpdate, Error, NewEvent, Pool,
+    Result, Store, CHUNK, CONTACT_COLUMNS,
+};
+
+/// A due enrollment this daemon now holds, with its contact.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub enrollment: Enrollment,
+    pub contact: Contact,
+}
+
+/// A message about to be handed to SMTP.
+#[derive(Debug, Clone)]
+pub struct Begin {
+    pub enrollment_id: i64,
+    pub step_id: String,
+    pub step_index: i64,
+    /// The Message-ID to use if this is the step's first attempt; a retry keeps the
+    /// Message-ID of its first attempt.
+    pub message_id: String,
+    pub subject: String,
+    pub content_hash: String,
+}
+
+/// A message committed as `sending`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Begun {
+    pub row_id: i64,
+    pub enrollment_id: i64,
+    pub message_id: String,
+    pub attempts: i64,
+}
+
+/// A message's new status.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MessageUpdate {
+    pub row_id: i64,
+    pub status: String,
+    pub smtp_reply: Option<String>,
+    pub sent_at: Option<DateTime<Utc>>,
+}
+
+/// The outcome of one send (or of a claim that did not lead to a send).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Finish {
+    pub message: Option<MessageUpdate>,
+    pub enrollment: EnrollmentUpdate,
+    pub events: Vec<NewEvent>,
+}
+
+/// A message that may or may not have reached the SMTP server.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InDoubt {
+    pub row_id: i64,
+    pub message_id: String,
+    pub enrollment_id: i64,
+    pub email: String,
+    pub sequence: String,
+    pub step_id: String,
+    pub mailbox: String,
+    pub since: DateTime<Utc>,
+}
+
+/// A step's existing message, found when a claim could not begin a send.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepMessage {
+    pub row_id: i64,
+    pub message_id: String,
+    pub subject: String,
+    pub status: String,
+    pub sent_at: Option<DateTime<Utc>>,
+}
+
+impl Store {
+    /// Claims up to `limit` due enrollments of one mailbox: follow-ups first (so that when
+    /// a daily limit binds, threads already started are continued), then first steps,
+    /// each in order of due time. The claim is a lease: another daemon may take the
+    /// enrollment back after `lease_until`. On PostgreSQL concurrent daemons skip each
+    /// other's rows (`FOR UPDATE SKIP LOCKED`); on SQLite the single writer serialises.
+    pub async fn claim(
+        &self,
+        mailbox: &str,
+        now: DateTime<Utc>,
+        limit: usize,
+        lease_until: DateTime<Utc>,
+        owner: &str,
+    ) -> Result<Vec<Claimed>> {
+        let skip_locked = match self.pool {
+            Pool::Sqlite(_) => "",
+            Pool::Postgres(_) => " FOR UPDATE SKIP LOCKED",
+        };
+        let sql = format!(
+            "UPDATE enrollments SET locked_until = $1, locked_by = $2 WHERE id IN (\
+               SELECT id FROM enrollments WHERE state = 'active' AND mailbox = $3 AND priority = $4 \
+               AND next_run_at <= $5 AND (locked_until IS NULL OR locked_until < $5) \
+               ORDER BY next_run_at LIMIT $6{skip_locked}) RETURNING id"
+        );
+        let mut ids: Vec<i64> = Vec::new();
+        for priority in [0i64, 1] {
+            let want = limit.saturating_sub(ids.len());
+            if want == 0 {
+                break;
+            }
+            let got: Vec<i64> = with_pool!(self, p => sqlx::query_scalar(&sql)
+                .bind(ms(lease_until))
+                .bind(owner)
+                .bind(mailbox)
+                .bind(priority)
+                .bind(ms(now))
+                .bind(want as i64)
+                .fetch_all(p)
+                .await?);
+            ids.extend(got);
+        }
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let enrollments = self.enrollments_by_id(&ids).await?;
+        let contact_ids: Vec<i64> = enrollments.iter().map(|e| e.contact_id).collect();
+        let contacts = self.contacts_by_id(&contact_ids).await?;
+        enrollments
+            .into_iter()
+            .map(|e| {
+                let contact = contacts
+                    .iter()
+                    .find(|c| c.id == e.contact_id)
+                    .cloned()
+                    .ok_or(Error::Corrupt {
+                        what: "enrollment",
+                        detail: format!("{} has no contact", e.id),
+                    })?;
+                Ok(Claimed {
+                    enrollment: e,
+                    contact,
+                })
+            })
+            .collect()
+    }
+
+    pub async fn contacts_by_id(&self, ids: &[i64]) -> Result<Vec<Contact>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        with_pool!(self, p => {
+            let mut qb = QueryBuilder::new(format!("SELECT {CONTACT_COLUMNS} FROM contacts WHERE id IN ("));
+            let mut sep = qb.separated(", ");
+            for id in ids {
+                sep.push_bind(*id);
+            }
+            qb.push(")");
+            let rows = qb.build().fetch_all(p).await?;
+            rows.iter().map(contact_from_row).collect()
+        })
+    }
+
+    /// Commits the batch's messages as `sending`, in one transaction that re-checks each
+    /// enrollment is still active, still at that step, still held by this daemon, and
+    /// that its address is not suppressed. Only the returned messages may be sent; the
+    /// rest were stopped, paused or already sent meanwhile. A step that was deferred
+    /// (4xx) goes back to `sending` under its first Message-ID.
+    pub async fn begin_sends(
+        &self,
+        items: &[Begin],
+        owner: &str,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+    ) -> Result<Vec<Begun>> {
+        let mut out = Vec::with_capacity(items.len());
+        for chunk in items.chunks(CHUNK) {
+            with_pool!(self, p => {
+                let mut qb = QueryBuilder::new(
+                    "INSERT INTO messages (message_id, enrollment_id, contact_id, sequence, step_id, step_index, mailbox, \
+                     subject, content_hash, status, attempts, locked_until, sent_at, created_at, updated_at) \
+                     SELECT v.column2, e.id, e.contact_id, e.sequence, e.step_id, e.step_index, e.mailbox, v.column3, v.column4, \
+                     'sending', 1, ",
+                );
+                qb.push_bind(ms(lease_until)).push(", ").push_bind(ms(now)).push(", ").push_bind(ms(now)).push(", ").push_bind(ms(now));
+                qb.push(" FROM (");
+                qb.push_values(chunk.iter(), |mut b, i| {
+                    b.push_bind(i.enrollment_id)
+                        .push_bind(i.message_id.clone())
+                        .push_bind(i.subject.clone())
+                        .push_bind(i.content_hash.clone())
+                        .push_bind(i.step_id.clone());
+                });
+                qb.push(
+                    ") AS v JOIN enrollments e ON e.id = v.column1 JOIN contacts c ON c.id = e.contact_id \
+                     WHERE e.state = 'active' AND e.step_id = v.column5 AND e.locked_by = ",
+                );
+                qb.push_bind(owner.to_string());
+                qb.push(
+                    " AND c.suppressed_at IS NULL \
+                     AND NOT EXISTS (SELECT 1 FROM suppressions s WHERE s.pattern = c.email OR s.pattern = '@' || c.domain) \
+                     ON CONFLICT (enrollment_id, step_id) DO UPDATE SET status = 'sending', \
+                     attempts = messages.attempts + 1, locked_until = excluded.locked_until, \
+                     sent_at = excluded.sent_at, updated_at = excluded.updated_at \
+                     WHERE messages.status = 'deferred' \
+                     RETURNING id, enrollment_id, message_id, attempts",
+                );
+                let rows = qb.build().fetch_all(p).await?;
+                for r in rows {
+                    out.push(Begun {
+                        row_id: r.try_get("id")?,
+                        enrollment_id: r.try_get("enrollment_id")?,
+                        message_id: r.try_get("message_id")?,
+                        attempts: r.try_get("attempts")?,
+                    });
+                }
+            });
+        }
+        Ok(out)
+    }
+
+    /// Records outcomes: message status, the enrollment's new state, events; one
+    /// transaction per call. With `owner`, enrollments this daemon no longer holds are
+    /// left as they are (their message status and events are still recorded).
+    pub async fn finish_sends(
+        &self,
+        items: &[Finish],
+        owner: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        if items.is_empty() {
+            return Ok(());
+        }
+        let messages: Vec<&MessageUpdate> =
+            items.iter().filter_map(|f| f.message.as_ref()).collect();
+        let updates: Vec<EnrollmentUpdate> = items.iter().map(|f| f.enrollment.clone()).collect();
+        let events: Vec<NewEvent> = items
+            .iter()
+            .flat_map(|f| f.events.iter().cloned())
+            .collect();
+        with_pool!(self, p => {
+            let mut tx = p.begin().await?;
+            for chunk in messages.chunks(CHUNK) {
+                let mut qb = QueryBuilder::new(
+                    "UPDATE messages SET status = v.column2, smtp_reply = v.column3, sent_at = v.column4, \
+                     locked_until = NULL, updated_at = v.column5 FROM (",
+                );
+                qb.push_values(chunk.iter(), |mut b, m| {
+                    b.push_bind(m.row_id)
+                        .push_bind(m.status.clone())
+                        .push_bind(m.smtp_reply.clone())
+                        .push_bind(m.sent_at.map(ms))
+                        .push_bind(ms(now));
+                });
+                qb.push(") AS v WHERE messages.id = v.column1");
+                qb.build().execute(&mut *tx).await?;
+            }
+            update_enrollments!(tx, updates, now, owner);
+            insert_events!(tx, events, now);
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
+    /// The message already recorded for an enrollment's step, if any.
+    pub async fn step_message(
+        &self,
+        enrollment_id: i64,
+        step_id: &str,
+    ) -> Result<Option<StepMessage>> {
+        with_pool!(self, p => {
+            let row = sqlx::query(
+                "SELECT id, message_id, subject, status, sent_at FROM messages WHERE enrollment_id = $1 AND step_id = $2",
+            )
+            .bind(enrollment_id)
+            .bind(step_id)
+            .fetch_optional(p)
+            .await?;
+            match row {
+                None => Ok(None),
+                Some(r) => Ok(Some(StepMessage {
+                    row_id: r.try_get("id")?,
+                    message_id: r.try_get("message_id")?,
+                    subject: r.try_get("subject")?,
+                    status: r.try_get("status")?,
+                    sent_at: r.try_get::<Option<i64>, _>("sent_at")?.map(from_ms),
+                })),
+            }
+        })
+    }
+
+    /// Messages left in `sending` past their lease belong to a daemon that died between
+    /// committing `sending` and committing the outcome: SMTP may have accepted them.
+    /// They become `in_doubt` and their enrollments are held until an operator (or, with
+    /// IMAP, a look into the Sent folder) decides. Never re-sent blindly.
+    pub async fn mark_in_doubt(&self, now: DateTime<Utc>) -> Result<Vec<InDoubt>> {
+        let found = with_pool!(self, p => {
+            let mut tx = p.begin().await?;
+            let rows = sqlx::query(
+                "UPDATE messages SET status = 'in_doubt', locked_until = NULL, updated_at = $1 \
+                 WHERE status = 'sending' AND locked_until < $1 RETURNING id, enrollment_id, message_id",
+            )
+            .bind(ms(now))
+            .fetch_all(&mut *tx)
+            .await?;
+            let mut found = Vec::new();
+            for r in &rows {
+                let row_id: i64 = r.try_get("id")?;
+                let enrollment_id: i64 = r.try_get("enrollment_id")?;
+                let message_id: String = r.try_get("message_id")?;
+                sqlx::query(
+                    "UPDATE enrollments SET state = 'held', reason = $1, locked_until = NULL, locked_by = NULL, \
+                     next_run_at = NULL, updated_at = $2 WHERE id = $3 AND state = 'active'",
+                )
+                .bind(format!("in doubt: {message_id} may have been sent"))
+                .bind(ms(now))
+                .bind(enrollment_id)
+                .execute(&mut *tx)
+                .await?;
+                sqlx::query(
+                    "INSERT INTO events (at, contact_id, enrollment_id, message_id, kind, data) \
+                     SELECT $1, contact_id, enrollment_id, id, 'in_doubt', $2 FROM messages WHERE id = $3",
+                )
+                .bind(ms(now))
+                .bind(serde_json::json!({ "message_id": message_id }).to_string())
+                .bind(row_id)
+                .execute(&mut *tx)
+                .await?;
+                found.push(row_id);
+            }
+            tx.commit().await?;
+            found
+        });
+        if found.is_empty() {
+            return Ok(Vec::new());
+        }
+        let all = self.in_doubt().await?;
+        Ok(all
+            .into_iter()
+            .filter(|d| found.contains(&d.row_id))
+            .collect())
+    }
+
+    /// Every message in doubt.
+    pub async fn in_doubt(&self) -> Result<Vec<InDoubt>> {
+        with_pool!(self, p => {
+            let rows = sqlx::query(
+                "SELECT m.id, m.message_id, m.enrollment_id, c.email, m.sequence, m.step_id, m.mailbox, m.updated_at \
+                 FROM messages m JOIN contacts c ON c.id = m.contact_id WHERE m.status = 'in_doubt' ORDER BY m.id",
+            )
+            .fetch_all(p)
+            .await?;
+            rows.iter()
+                .map(|r| {
+                    Ok(InDoubt {
+                        row_id: r.try_get("id")?,
+                        message_id: r.try_get("message_id")?,
+                        enrollment_id: r.try_get("enrollment_id")?,
+                        email: r.try_get("email")?,
+                        sequence: r.try_get("sequence")?,
+                        step_id: r.try_get("step_id")?,
+                        mailbox: r.try_get("mailbox")?,
+                        since: from_ms(r.try_get("updated_at")?),
+                    })
+                })
+                .collect()
+        })
+    }
+
+    /// Sends counted against a mailbox's daily limit since `since` (the start of its
+    /// local day), including those in flight, and the time of its latest send.
+    pub async fn mailbox_usage(
+        &self,
+        mailbox: &str,
+        since: DateTime<Utc>,
+    ) -> Result<(i64, Option<DateTime<Utc>>)> {
+        with_pool!(self, p => {
+            let row = sqlx::query("SELECT count(*) AS n, max(sent_at) AS last FROM messages WHERE mailbox = $1 AND sent_at >= $2")
+                .bind(mailbox)
+                .bind(ms(since))
+                .fetch_one(p)
+                .await?;
+            Ok((row.try_get("n")?, row.try_get::<Option<i64>, _>("last")?.map(from_ms)))
+        })
+    }
+
+    /// When the mailbox's next enrollment falls due (ignoring claims).
+    pub async fn next_due(&self, mailbox: &str) -> Result<Option<DateTime<Utc>>> {
+        let mut best: Option<i64> = None;
+        for priority in [0i64, 1] {
+            let v: Option<i64> = with_pool!(self, p => sqlx::query_scalar(
+                "SELECT min(next_run_at) FROM enrollments WHERE state = 'active' AND mailbox = $1 AND priority = $2",
+            )
+            .bind(mailbox)
+            .bind(priority)
+            .fetch_one(p)
+            .await?);
+            best = match (best, v) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+        Ok(best.map(from_ms))
+    }
+
+    /// Releases claims this daemon holds without changing anything else (shutdown).
+    pub async fn release_claims(&self, owner: &str) -> Result<()> {
+        with_pool!(self, p => sqlx::query("UPDATE enrollments SET locked_until = NULL, locked_by = NULL WHERE locked_by = $1")
+            .bind(owner)
+            .execute(p)
+            .await
+            .map(|_| ())?);
+        Ok(())
+    }
+}

@@ -1,0 +1,902 @@
+//! Templates: what each step says. One file per template, `templates/NAME.hbs`:
+//!
+//! ```text
+//! ---
+//! subject: Quick question about {{company}}
+//! defaults:
+//!   first_name: there
+//! ---
+//! Hi {{first_name}},
+//! ...plain-text body...
+//! ```
+//!
+//! and, optionally, `templates/NAME.html` beside it for the HTML part. Both bodies are
+//! Handlebars in strict mode: a field that a contact lacks is an error, unless `defaults`
+//! gives a fallback. The HTML part is escaped (contact data can never inject markup); the
+//! subject and text part are not (they are not HTML), and the subject is made one line.
+//! A message always has both parts: the text is made from the HTML when the `.hbs` has
+//! no body, and the HTML from the text when there is no `.html` file.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use handlebars::{Handlebars, RenderErrorReason};
+use serde_json::{Map, Value};
+
+use crate::diagnostic::{Diagnostic, Diagnostics, Location};
+
+/// A template as written: where each part starts in its file, for diagnostics.
+#[derive(Debug, Clone)]
+pub struct Template {
+    pub name: String,
+    pub path: PathBuf,
+    pub html_path: Option<PathBuf>,
+    pub defaults: BTreeMap<String, String>,
+    /// Which part is which file and where it starts (line offset), per part.
+    parts: Vec<Part>,
+}
+
+#[derive(Debug, Clone)]
+struct Part {
+    kind: PartKind,
+    path: PathBuf,
+    /// Line in the file where the part's first line is (1-based).
+    first_line: usize,
+    /// Column of the part's first character on that line (1-based); the subject
+    /// starts after `subject: `.
+    first_column: usize,
+    source: Arc<str>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum PartKind {
+    Subject,
+    Text,
+    Html,
+}
+
+impl PartKind {
+    fn suffix(self) -> &'static str {
+        match self {
+            PartKind::Subject => "subject",
+            PartKind::Text => "text",
+            PartKind::Html => "html",
+        }
+    }
+}
+
+/// A rendered message body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rendered {
+    pub subject: String,
+    pub text: String,
+    pub html: String,
+}
+
+/// Why a template could not be rendered for a contact.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RenderError {
+    #[error("unknown template '{0}'")]
+    UnknownTemplate(String),
+    /// The contact lacks a field the template uses and the template gives no default.
+    #[error("missing field '{field}' ({path}:{line}:{column})")]
+    MissingField {
+        field: String,
+        path: String,
+        line: usize,
+        column: usize,
+    },
+    #[error("{0}")]
+    Other(String),
+}
+
+/// A field used by a template with no fallback, and where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldUse {
+    pub field: String,
+    pub path: PathBuf,
+    pub location: Location,
+    pub source: Arc<str>,
+}
+
+/// All templates of a project, compiled.
+pub struct Templates {
+    /// HTML parts: escaped.
+    html: Handlebars<'static>,
+    /// Subjects and text parts: not escaped (they are not HTML).
+    plain: Handlebars<'static>,
+    by_name: BTreeMap<String, Template>,
+}
+
+impl std::fmt::Debug for Templates {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Templates")
+            .field("names", &self.by_name.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// Field names every render has, whatever the contact: they never need a default.
+pub const BUILTIN_FIELDS: &[&str] = &["email", "sender"];
+
+impl Templates {
+    pub fn names(&self) -> BTreeSet<String> {
+        self.by_name.keys().cloned().collect()
+    }
+
+    pub fn get(&self, name: &str) -> Option<&Template> {
+        self.by_name.get(name)
+    }
+
+    /// Loads every `*.hbs` in `dir` (and its `.html` sibling). Problems are collected,
+    /// and a template with errors is left out.
+    pub fn load_dir(dir: &Path) -> (Templates, Diagnostics) {
+        let mut t = Templates::empty();
+        let mut diags = Diagnostics::default();
+        let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
+            Ok(rd) => rd.filter_map(|e| e.ok().map(|e| e.path())).collect(),
+            Err(e) => {
+                diags.push(Diagnostic::error(
+                    dir,
+                    format!("cannot read the templates folder: {e}"),
+                ));
+                return (t, diags);
+            }
+        };
+        files.sort();
+        for path in &files {
+            match path.extension().and_then(|e| e.to_str()) {
+                Some("hbs") => {
+                    let html_path = path.with_extension("html");
+                    let html = if files.contains(&html_path) {
+                        match std::fs::read_to_string(&html_path) {
+                            Ok(h) => Some((html_path, h)),
+                            Err(e) => {
+                                diags.push(Diagnostic::error(
+                                    &html_path,
+                                    format!("cannot read: {e}"),
+                                ));
+                                continue;
+                            }
+                        }
+                    } else {
+                        None
+                    };
+                    match std::fs::read_to_string(path) {
+                        Ok(text) => diags.extend(t.add(path, &text, html)),
+                        Err(e) => diags.push(Diagnostic::error(path, format!("cannot read: {e}"))),
+                    }
+                }
+                Some("html") if !files.contains(&path.with_extension("hbs")) => {
+                    diags.push(Diagnostic::warning(
+                        path,
+                        "HTML part without a .hbs beside it (which holds the subject): ignored",
+                    ));
+                }
+                _ => {}
+            }
+        }
+        (t, diags)
+    }
+
+    fn empty() -> Templates {
+        let mut html = Handlebars::new();
+        html.set_strict_mode(true);
+        let mut plain = Handlebars::new();
+        plain.set_strict_mode(true);
+        plain.register_escape_fn(handlebars::no_escape);
+        Templates {
+            html,
+            plain,
+            by_name: BTreeMap::new(),
+        }
+    }
+
+    /// Adds one template from its `.hbs` text and optional HTML (path, text).
+    pub fn add(&mut self, path: &Path, text: &str, html: Option<(PathBuf, String)>) -> Diagnostics {
+        let mut diags = Diagnostics::default();
+        let source: Arc<str> = Arc::from(text);
+        let name = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("")
+            .to_string();
+        let Some(front) = split_front_matter(text) else {
+            diags.push(
+                Diagnostic::error(
+                    path,
+                    "a template starts with a '---' line, then `subject: ...`, then '---'",
+                )
+                .at(Location::new(1, 1, 1), &source)
+                .with_help("see `followup init` for an example"),
+            );
+            return diags;
+        };
+        let mut subject: Option<(String, Location)> = None;
+        let mut defaults = BTreeMap::new();
+        match marked_yaml::parse_yaml(0, front.yaml) {
+            Err(e) => {
+                let (line, col) = match &e {
+                    marked_yaml::LoadError::ScanError(m, _) => (m.line(), m.column()),
+                    _ => (1, 1),
+                };
+                diags.push(Diagnostic::error(path, format!("front matter: {e}")).at(
+                    Location::new(line + front.yaml_first_line - 1, col, 1),
+                    &source,
+                ));
+            }
+            Ok(node) => {
+                let map = node.as_mapping();
+                for (key, value) in map.into_iter().flat_map(|m| m.iter()) {
+                    let m = key.span().start();
+                    let loc = Location::new(
+                        m.map(|m| m.line()).unwrap_or(1) + front.yaml_first_line - 1,
+                        m.map(|m| m.column()).unwrap_or(1),
+                        key.as_str().chars().count(),
+                    );
+                    match key.as_str() {
+                        "subject" => match value.as_scalar() {
+                            Some(s) => {
+                                let m = s.span().start();
+                                let loc = Location::new(
+                                    m.map(|m| m.line()).unwrap_or(1) + front.yaml_first_line - 1,
+                                    m.map(|m| m.column()).unwrap_or(1),
+                                    s.as_str().chars().count(),
+                                );
+                                subject = Some((s.as_str().to_string(), loc));
+                            }
+                            None => diags.push(
+                                Diagnostic::error(path, "subject must be one line of text")
+                                    .at(loc, &source),
+                            ),
+                        },
+                        "defaults" => match value.as_mapping() {
+                            Some(m) => {
+                                for (k, v) in m.iter() {
+                                    match v.as_scalar() {
+                                        Some(v) => {
+                                            defaults.insert(
+                                                k.as_str().to_string(),
+                                                v.as_str().to_string(),
+                                            );
+                                        }
+                                        None => diags.push(
+                                            Diagnostic::error(
+                                                path,
+                                                format!(
+                                                    "default for '{}' must be text",
+                                                    k.as_str()
+                                                ),
+                                            )
+                                            .at(loc.clone(), &source),
+                                        ),
+                                    }
+                                }
+                            }
+                            None => diags.push(
+                                Diagnostic::error(
+                                    path,
+                                    "defaults is a mapping: field: fallback text",
+                                )
+                                .at(loc, &source),
+                            ),
+                        },
+                        "description" => {}
+                        other => {
+                            let help = match crate::diagnostic::did_you_mean(
+                                other,
+                                ["subject", "defaults", "description"],
+                            ) {
+                                Some(s) => format!("did you mean '{s}'?"),
+                                None => "expected subject, defaults or description".to_string(),
+                            };
+                            diags.push(
+                                Diagnostic::error(
+                                    path,
+                                    format!("unknown key '{other}' in template front matter"),
+                                )
+                                .at(loc, &source)
+                                .with_help(help),
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        let Some((subject, subject_loc)) = subject else {
+            if !diags.has_errors() {
+                diags.push(
+                    Diagnostic::error(path, "the template has no subject")
+                        .at(Location::new(front.yaml_first_line, 1, 1), &source)
+                        .with_help("add `subject: ...` between the '---' lines"),
+                );
+            }
+            return diags;
+        };
+        if subject.contains(['\r', '\n']) {
+            diags.push(
+                Diagnostic::error(path, "the subject must be one line")
+                    .at(subject_loc.clone(), &source),
+            );
+        }
+        let mut parts = vec![Part {
+            kind: PartKind::Subject,
+            path: path.to_path_buf(),
+            first_line: subject_loc.line,
+            first_column: subject_loc.column,
+            source: source.clone(),
+        }];
+        let mut bodies = vec![(PartKind::Subject, subject)];
+        if !front.body.trim().is_empty() {
+            parts.push(Part {
+                kind: PartKind::Text,
+                path: path.to_path_buf(),
+                first_line: front.body_first_line,
+                first_column: 1,
+                source: source.clone(),
+            });
+            bodies.push((PartKind::Text, front.body.to_string()));
+        }
+        let mut html_path = None;
+        if let Some((hp, h)) = html {
+            parts.push(Part {
+                kind: PartKind::Html,
+                path: hp.clone(),
+                first_line: 1,
+                first_column: 1,
+                source: Arc::from(h.as_str()),
+            });
+            bodies.push((PartKind::Html, h));
+            html_path = Some(hp);
+        }
+        if bodies.len() == 1 {
+            diags.push(
+                Diagnostic::error(path, "the template has no body")
+                    .at(Location::new(front.body_first_line.saturating_sub(1).max(1), 1, 3), &source)
+                    .with_help(format!("write the text after the closing '---', or put HTML in templates/{name}.html")),
+            );
+            return diags;
+        }
+        for (kind, body) in &bodies {
+            let registry = if *kind == PartKind::Html {
+                &mut self.html
+            } else {
+                &mut self.plain
+            };
+            let key = format!("{name}.{}", kind.suffix());
+            if let Err(e) = registry.register_template_string(&key, body) {
+                let part = parts
+                    .iter()
+                    .find(|p| p.kind == *kind)
+                    .expect("part registered above");
+                let (line, col) = e.pos().unwrap_or((1, 1));
+                diags.push(
+                    Diagnostic::error(&part.path, format!("template syntax error: {}", e.reason()))
+                        .at(part.location(line, col, 1), &part.source),
+                );
+            }
+        }
+        if !diags.has_errors() {
+            self.by_name.insert(
+                name.clone(),
+                Template {
+                    name,
+                    path: path.to_path_buf(),
+                    html_path,
+                    defaults,
+                    parts,
+                },
+            );
+        }
+        diags
+    }
+
+    /// Renders a template for a contact. `fields` are the contact's fields (empty values
+    /// count as missing); the template's defaults fill the gaps.
+    pub fn render(&self, name: &str, fields: &Map<String, Value>) -> Result<Rendered, RenderError> {
+        let t = self
+            .by_name
+            .get(name)
+            .ok_or_else(|| RenderError::UnknownTemplate(name.to_string()))?;
+        let mut data = Map::new();
+        for (k, v) in &t.defaults {
+            data.insert(k.clone(), Value::String(v.clone()));
+        }
+        for (k, v) in fields {
+            let present = match v {
+                Value::Null => false,
+                Value::String(s) => !s.trim().is_empty(),
+                _ => true,
+            };
+            if present {
+                data.insert(k.clone(), v.clone());
+            }
+        }
+        let data = Value::Object(data);
+        let mut out = Rendered {
+            subject: String::new(),
+            text: String::new(),
+            html: String::new(),
+        };
+        for part in &t.parts {
+            let key = format!("{name}.{}", part.kind.suffix());
+            let registry = if part.kind == PartKind::Html {
+                &self.html
+            } else {
+                &self.plain
+            };
+            let rendered = registry.render(&key, &data).map_err(|e| match e.reason() {
+                RenderErrorReason::MissingVariable(Some(field)) => {
+                    let loc = part.location(
+                        e.line_no.unwrap_or(1),
+                        e.column_no.unwrap_or(1),
+                        field.len(),
+                    );
+                    RenderError::MissingField {
+                        field: field.clone(),
+                        path: part.path.display().to_string(),
+                        line: loc.line,
+                        column: loc.column,
+                    }
+                }
+                _ => RenderError::Other(format!("{}: {e}", part.path.display())),
+            })?;
+            match part.kind {
+                PartKind::Subject => out.subject = one_line(&rendered),
+                PartKind::Text => out.text = rendered,
+                PartKind::Html => out.html = rendered,
+            }
+        }
+        if out.text.trim().is_empty() {
+            out.text = html_to_text(&out.html);
+        }
+        if out.html.is_empty() {
+            out.html = text_to_html(&out.text);
+        }
+        Ok(out)
+    }
+
+    /// Fields that the template uses and that neither a default nor `available` provides,
+    /// each with the place of its first use. Found by rendering in strict mode against
+    /// the available fields and adding each missing one until the render succeeds, so it
+    /// sees exactly what a real render would need.
+    pub fn fields_without_fallback(
+        &self,
+        name: &str,
+        available: &BTreeSet<String>,
+    ) -> Vec<FieldUse> {
+        let Some(t) = self.by_name.get(name) else {
+            return Vec::new();
+        };
+        let mut fields = Map::new();
+        for f in available
+            .iter()
+            .map(String::as_str)
+            .chain(BUILTIN_FIELDS.iter().copied())
+        {
+            fields.insert(f.to_string(), Value::String("x".into()));
+        }
+        fields.insert(
+            "sender".into(),
+            serde_json::json!({"name": "x", "email": "x@example.com"}),
+        );
+        let mut out = Vec::new();
+        // Each round finds one missing field; a template cannot use more fields than it
+        // has characters, so this bound only guards against a runaway.
+        for _ in 0..256 {
+            match self.render(name, &fields) {
+                Err(RenderError::MissingField {
+                    field,
+                    path,
+                    line,
+                    column,
+                }) => {
+                    let part = t
+                        .parts
+                        .iter()
+                        .find(|p| p.path.display().to_string() == path);
+                    out.push(FieldUse {
+                        field: field.clone(),
+                        path: PathBuf::from(&path),
+                        location: Location::new(line, column, field.chars().count()),
+                        source: part
+                            .map(|p| p.source.clone())
+                            .unwrap_or_else(|| Arc::from("")),
+                    });
+                    insert_path(&mut fields, &field);
+                }
+                _ => break,
+            }
+        }
+        out
+    }
+}
+
+impl Part {
+    /// A position inside the part → a position in its file.
+    fn location(&self, line: usize, column: usize, len: usize) -> Location {
+        let file_line = self.first_line + line.saturating_sub(1);
+        let file_col = if line <= 1 {
+            self.first_column + column.saturating_sub(1)
+        } else {
+            column
+        };
+        Location::new(file_line, file_col, len)
+    }
+}
+
+/// Sets `a.b.c` in a JSON object to a placeholder, creating the objects on the way.
+fn insert_path(fields: &mut Map<String, Value>, path: &str) {
+    let mut parts = path.split('.').peekable();
+    let mut cur = fields;
+    while let Some(p) = parts.next() {
+        if parts.peek().is_none() {
+            cur.insert(p.to_string(), Value::String("x".into()));
+            return;
+        }
+        let entry = cur
+            .entry(p.to_string())
+            .or_insert_with(|| Value::Object(Map::new()));
+        if !entry.is_object() {
+            *entry = Value::Object(Map::new());
+        }
+        match entry {
+            Value::Object(m) => cur = m,
+            _ => return,
+        }
+    }
+}
+
+struct FrontMatter<'a> {
+    yaml: &'a str,
+    yaml_first_line: usize,
+    body: &'a str,
+    body_first_line: usize,
+}
+
+/// `---\n<yaml>\n---\n<body>`: a BOM and CRLF line ends are fine.
+fn split_front_matter(text: &str) -> Option<FrontMatter<'_>> {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let mut lines = text.split_inclusive('\n');
+    let first = lines.next()?;
+    if first.trim_end() != "---" {
+        return None;
+    }
+    let yaml_start = first.len();
+    let mut offset = yaml_start;
+    let mut line_no = 1;
+    for line in lines {
+        line_no += 1;
+        if line.trim_end() == "---" {
+            return Some(FrontMatter {
+                yaml: &text[yaml_start..offset],
+                yaml_first_line: 2,
+                body: &text[offset + line.len()..],
+                body_first_line: line_no + 1,
+            });
+        }
+        offset += line.len();
+    }
+    None
+}
+
+/// Subjects are one line: any line break or control character a field brings in
+/// becomes a space (lettre would encode it anyway; this keeps the subject readable).
+fn one_line(s: &str) -> String {
+    let cleaned: String = s
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    cleaned.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// The HTML part made from a text part: escaped, paragraphs and line breaks kept.
+pub fn text_to_html(text: &str) -> String {
+    let mut html = String::from("<!DOCTYPE html>\n<html><body>\n");
+    for para in text
+        .replace("\r\n", "\n")
+        .split("\n\n")
+        .filter(|p| !p.trim().is_empty())
+    {
+        let escaped: Vec<String> = para
+            .trim_matches('\n')
+            .lines()
+            .map(handlebars::html_escape)
+            .collect();
+        html.push_str("<p>");
+        html.push_str(&escaped.join("<br>\n"));
+        html.push_str("</p>\n");
+    }
+    html.push_str("</body></html>\n");
+    html
+}
+
+/// A readable text part made from HTML: tags dropped, block elements and `<br>` become
+/// line breaks, links keep their address as `text (url)`, entities decoded.
+pub fn html_to_text(html: &str) -> String {
+    let mut out = String::new();
+    let mut rest = html;
+    let mut skip_depth = 0usize; // inside <style>/<script>/<head>
+    let mut pending_href: Vec<Option<String>> = Vec::new();
+    while let Some(lt) = rest.find('<') {
+        if skip_depth == 0 {
+            push_text(&mut out, &rest[..lt]);
+        }
+        let Some(gt) = rest[lt..].find('>') else {
+            rest = "";
+            break;
+        };
+        let tag = &rest[lt + 1..lt + gt];
+        rest = &rest[lt + gt + 1..];
+        let closing = tag.starts_with('/');
+        let name: String = tag
+            .trim_start_matches('/')
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric())
+            .collect::<String>()
+            .to_ascii_lowercase();
+        match name.as_str() {
+            "style" | "script" | "head" | "title" => {
+                if closing {
+                    skip_depth = skip_depth.saturating_sub(1);
+                } else {
+                    skip_depth += 1;
+                }
+            }
+            "br" => out.push('\n'),
+            "p" | "div" | "tr" | "h1" | "h2" | "h3" | "h4" | "h5" | "h6" | "ul" | "ol"
+            | "table" | "blockquote"
+                if !out.ends_with("\n\n") && !out.is_empty() =>
+            {
+                out.push_str(if out.ends_with('\n') { "\n" } else { "\n\n" });
+            }
+            "li" if !closing => {
+                if !out.ends_with('\n') && !out.is_empty() {
+                    out.push('\n');
+                }
+                out.push_str("- ");
+            }
+            "a" if !closing => pending_href.push(attr(tag, "href")),
+            "a" => {
+                if let Some(Some(href)) = pending_href.pop() {
+                    if href.starts_with("http") && !out.ends_with(&href) {
+                        out.push_str(&format!(" ({href})"));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    if skip_depth == 0 {
+        push_text(&mut out, rest);
+    }
+    let lines: Vec<&str> = out.lines().map(str::trim_end).collect();
+    let mut text = lines.join("\n");
+    while text.contains("\n\n\n") {
+        text = text.replace("\n\n\n", "\n\n");
+    }
+    text.trim().to_string() + "\n"
+}
+
+fn push_text(out: &mut String, raw: &str) {
+    let decoded = decode_entities(raw);
+    let mut last_space = out.ends_with([' ', '\n']) || out.is_empty();
+    for c in decoded.chars() {
+        if c.is_whitespace() {
+            if !last_space {
+                out.push(' ');
+                last_space = true;
+            }
+        } else {
+            out.push(c);
+            last_space = false;
+        }
+    }
+}
+
+fn attr(tag: &str, name: &str) -> Option<String> {
+    let lower = tag.to_ascii_lowercase();
+    let i = lower.find(&format!("{name}="))?;
+    let v = &tag[i + name.len() + 1..];
+    let (q, v) = match v.chars().next()? {
+        c @ ('"' | '\'') => (c, &v[1..]),
+        _ => (' ', v),
+    };
+    let end = v.find(q).unwrap_or(v.len());
+    Some(decode_entities(&v[..end]))
+}
+
+fn decode_entities(s: &str) -> String {
+    if !s.contains('&') {
+        return s.to_string();
+    }
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(amp) = rest.find('&') {
+        out.push_str(&rest[..amp]);
+        let tail = &rest[amp..];
+        let end = tail[..tail.len().min(12)].find(';');
+        let decoded = end.and_then(|e| {
+            let ent = &tail[1..e];
+            let c = match ent {
+                "amp" => Some('&'),
+                "lt" => Some('<'),
+                "gt" => Some('>'),
+                "quot" => Some('"'),
+                "apos" | "#39" | "#x27" => Some('\''),
+                "nbsp" => Some(' '),
+                _ if ent.starts_with("#x") => u32::from_str_radix(&ent[2..], 16)
+                    .ok()
+                    .and_then(char::from_u32),
+                _ if ent.starts_with('#') => ent[1..].parse().ok().and_then(char::from_u32),
+                _ => None,
+            };
+            c.map(|c| (c, e))
+        });
+        match decoded {
+            Some((c, e)) => {
+                out.push(c);
+                rest = &tail[e + 1..];
+            }
+            None => {
+                out.push('&');
+                rest = &tail[1..];
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn templates(hbs: &str, html: Option<&str>) -> (Templates, Diagnostics) {
+        let mut t = Templates::empty();
+        let d = t.add(
+            Path::new("templates/intro.hbs"),
+            hbs,
+            html.map(|h| (PathBuf::from("templates/intro.html"), h.to_string())),
+        );
+        (t, d)
+    }
+
+    fn fields(v: Value) -> Map<String, Value> {
+        match v {
+            Value::Object(m) => m,
+            _ => unreachable!(),
+        }
+    }
+
+    const HBS: &str = "---\nsubject: Hello {{first_name}} at {{company}}\ndefaults:\n  first_name: there\n---\nHi {{first_name}},\n\n{{company}} & us.\n";
+
+    #[test]
+    fn renders_with_fields_and_defaults() {
+        let (t, d) = templates(HBS, Some("<p>Hi {{first_name}} from {{company}}</p>"));
+        assert!(d.is_empty(), "{:?}", d.items);
+        let r = t
+            .render(
+                "intro",
+                &fields(json!({"company": "AT&T <Labs>", "first_name": ""})),
+            )
+            .unwrap();
+        assert_eq!(r.subject, "Hello there at AT&T <Labs>");
+        assert_eq!(
+            r.text, "Hi there,\n\nAT&T <Labs> & us.\n",
+            "text is not HTML-escaped"
+        );
+        assert_eq!(
+            r.html, "<p>Hi there from AT&amp;T &lt;Labs&gt;</p>",
+            "HTML is escaped"
+        );
+    }
+
+    #[test]
+    fn missing_field_is_an_error_with_its_place() {
+        let (t, _) = templates(HBS, None);
+        let e = t
+            .render("intro", &fields(json!({"first_name": "Li"})))
+            .unwrap_err();
+        assert_eq!(
+            e,
+            RenderError::MissingField {
+                field: "company".into(),
+                path: "templates/intro.hbs".into(),
+                line: 2,
+                column: 34
+            }
+        );
+    }
+
+    #[test]
+    fn subject_cannot_carry_line_breaks() {
+        let (t, _) = templates(HBS, None);
+        let r = t
+            .render(
+                "intro",
+                &fields(json!({"company": "X\r\nBcc: evil@example.com"})),
+            )
+            .unwrap();
+        assert_eq!(r.subject, "Hello there at X Bcc: evil@example.com");
+    }
+
+    #[test]
+    fn text_made_from_html_and_html_from_text() {
+        let (t, d) = templates(
+            "---\nsubject: Hi\n---\n",
+            Some("<html><head><style>p{}</style></head><body><p>Hello &amp; welcome,</p><p>See <a href=\"https://example.com/case\">our case</a>.<br>Bye</p></body></html>"),
+        );
+        assert!(d.is_empty(), "{:?}", d.items);
+        let r = t.render("intro", &Map::new()).unwrap();
+        assert_eq!(
+            r.text,
+            "Hello & welcome,\n\nSee our case (https://example.com/case).\nBye\n"
+        );
+        let (t, _) = templates(
+            "---\nsubject: Hi\n---\nLine <one>\nline two\n\nPara\n",
+            None,
+        );
+        let r = t.render("intro", &Map::new()).unwrap();
+        assert!(
+            r.html
+                .contains("<p>Line &lt;one&gt;<br>\nline two</p>\n<p>Para</p>"),
+            "{}",
+            r.html
+        );
+    }
+
+    #[test]
+    fn syntax_errors_point_into_the_file() {
+        let (_, d) = templates("---\nsubject: Hi\n---\nHello\n{{#if x}}oops\n", None);
+        let e = d.items[0].to_string();
+        assert!(e.starts_with("templates/intro.hbs:"), "{e}");
+        assert!(e.contains("template syntax error"), "{e}");
+    }
+
+    #[test]
+    fn front_matter_problems() {
+        let (_, d) = templates("Hello\n", None);
+        assert!(d.items[0]
+            .to_string()
+            .starts_with("templates/intro.hbs:1:1: error: a template starts with a '---' line"));
+        let (_, d) = templates("---\nsubjet: Hi\n---\nBody\n", None);
+        let e = d.items[0].to_string();
+        assert!(
+            e.starts_with(
+                "templates/intro.hbs:2:1: error: unknown key 'subjet' in template front matter"
+            ),
+            "{e}"
+        );
+        assert!(e.contains("did you mean 'subject'?"), "{e}");
+    }
+
+    #[test]
+    fn finds_fields_without_fallback() {
+        let (t, _) = templates(HBS, Some("<p>{{title}} {{first_name}}</p>"));
+        let available: BTreeSet<String> = ["email".to_string()].into();
+        let uses = t.fields_without_fallback("intro", &available);
+        let got: Vec<(String, String, usize, usize)> = uses
+            .iter()
+            .map(|u| {
+                (
+                    u.field.clone(),
+                    u.path.display().to_string(),
+                    u.location.line,
+                    u.location.column,
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                ("company".into(), "templates/intro.hbs".into(), 2, 34),
+                ("title".into(), "templates/intro.html".into(), 1, 4),
+            ]
+        );
+        let available: BTreeSet<String> = ["company".to_string(), "title".to_string()].into();
+        assert!(t.fields_without_fallback("intro", &available).is_empty());
+    }
+}
