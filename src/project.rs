@@ -113,13 +113,11 @@ impl Project {
         for p in &parsed.rejected {
             diags.push(Diagnostic::warning(csv_path, p.to_string()));
         }
-        let used_templates: std::collections::BTreeSet<&str> = self
-            .sequences
-            .values()
-            .flat_map(|s| s.steps.iter().map(|st| st.template.as_str()))
-            .collect();
+        // Every template, not only those of sequences that loaded: a sequence with an
+        // error elsewhere still sends these templates once it is fixed.
+        let used_templates = self.templates.names();
         let columns: std::collections::BTreeSet<String> = parsed.columns.iter().cloned().collect();
-        for name in used_templates {
+        for name in &used_templates {
             for use_ in self
                 .templates
                 .fields_without_fallback(name, &parsed.always_present)

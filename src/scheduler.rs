@@ -451,9 +451,12 @@ impl Scheduler {
                 line,
                 column,
             }) => {
+                let root = &self.project.config.root;
+                let path = crate::diagnostic::display_path(root, std::path::Path::new(&path));
                 return Err(hold(format!(
-                    "missing field '{field}' (used at {path}:{line}:{column}, no default)"
-                )))
+                    "missing field '{field}' (used at {}:{line}:{column}, no default)",
+                    path.display()
+                )));
             }
             Err(other) => return Err(hold(other.to_string())),
         };

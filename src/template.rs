@@ -239,11 +239,18 @@ impl Templates {
                         "subject" => match value.as_scalar() {
                             Some(s) => {
                                 let m = s.span().start();
-                                let loc = Location::new(
-                                    m.map(|m| m.line()).unwrap_or(1) + front.yaml_first_line - 1,
-                                    m.map(|m| m.column()).unwrap_or(1),
-                                    s.as_str().chars().count(),
-                                );
+                                let line =
+                                    m.map(|m| m.line()).unwrap_or(1) + front.yaml_first_line - 1;
+                                let mut column = m.map(|m| m.column()).unwrap_or(1);
+                                // A quoted scalar's span starts at its quote; the text one later.
+                                let at = text
+                                    .lines()
+                                    .nth(line - 1)
+                                    .and_then(|l| l.chars().nth(column - 1));
+                                if matches!(at, Some('"' | '\'')) {
+                                    column += 1;
+                                }
+                                let loc = Location::new(line, column, s.as_str().chars().count());
                                 subject = Some((s.as_str().to_string(), loc));
                             }
                             None => diags.push(
@@ -371,8 +378,16 @@ impl Templates {
                     .find(|p| p.kind == *kind)
                     .expect("part registered above");
                 let (line, col) = e.pos().unwrap_or((1, 1));
+                let reason = e.reason().to_string();
+                // pest lists every token it could have accepted; that reads as noise.
+                let reason = if reason.contains("expected escape, expression") {
+                    "invalid Handlebars syntax: an unclosed {{#block}}, or a stray {{ or }}"
+                        .to_string()
+                } else {
+                    reason
+                };
                 diags.push(
-                    Diagnostic::error(&part.path, format!("template syntax error: {}", e.reason()))
+                    Diagnostic::error(&part.path, format!("template syntax error: {reason}"))
                         .at(part.location(line, col, 1), &part.source),
                 );
             }
@@ -610,6 +625,23 @@ pub fn text_to_html(text: &str) -> String {
     }
     html.push_str("</body></html>\n");
     html
+}
+
+/// Escapes text for HTML: the five characters that matter, nothing else (handlebars'
+/// own escaper also encodes `=` and backticks, which makes plain text ugly).
+fn escape_html(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// A readable text part made from HTML: tags dropped, block elements and `<br>` become

@@ -1,0 +1,300 @@
+//! `followup check`, contact import and enrollment commands, as a user sees them.
+
+use crate::support::{Db, Options, Project};
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).to_string()
+}
+
+#[test]
+fn check_reports_every_problem_with_file_line_column() {
+    let p = Project::new(Db::Sqlite, &Options::default());
+    p.write(
+        "sequences/intro.yaml",
+        "name: intro\nsender: sale\nwindow: Mon-Fri 09:00-17:00\nsteps:\n  - id: first\n    template: first\n  - id: bump\n    wiat: 3d\n    template: bumpp\n  - id: bump\n    wait: 3x\n    template: last\n",
+    );
+    p.write(
+        "templates/broken.hbs",
+        "---\nsubject: Hi\n---\nHello {{#if x}}\n",
+    );
+    p.write("contacts.csv", "email,first_name\nli@prospect.example,Li\n");
+    let cfg = std::fs::read_to_string(&p.config).unwrap().replace(
+        "window = \"always\"",
+        "window = \"always\"\ncontacts = \"contacts.csv\"",
+    );
+    std::fs::write(&p.config, cfg).unwrap();
+    let out = p.run(&["check"]);
+    assert_eq!(out.status.code(), Some(1));
+    let e = stderr(&out);
+    let expect = [
+        "sequences/intro.yaml:2:9: error: unknown mailbox 'sale'\n  |\n2 | sender: sale\n  |         ^^^^ did you mean 'sales'?",
+        "sequences/intro.yaml:8:5: error: unknown key 'wiat' in step\n  |\n8 |     wiat: 3d\n  |     ^^^^ did you mean 'wait'?",
+        "sequences/intro.yaml:9:15: error: unknown template 'bumpp'\n  |\n9 |     template: bumpp\n  |               ^^^^^ did you mean 'bump'?",
+        "sequences/intro.yaml:10:9: error: duplicate step id 'bump' (first used on line 7)",
+        "sequences/intro.yaml:11:11: error: bad wait '3x'",
+        "templates/broken.hbs:",
+        "templates/first.hbs:2:23: error: field 'company' has no default and contacts.csv has no 'company' column\n  |\n2 | subject: \"Samples for {{company}}\"\n  |                       ^^^^^^^ add `defaults: { company: \"...\" }`",
+    ];
+    for x in expect {
+        assert!(e.contains(x), "expected\n{x}\nin\n{e}");
+    }
+    // `run` refuses to start on the same errors, and says nothing was changed.
+    let out = p.run(&["run", "--once"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("unknown mailbox 'sale'"));
+    assert!(
+        !p.path("followup.db").exists(),
+        "no database was even created"
+    );
+}
+
+#[test]
+fn check_accepts_the_starter_project_and_json_lists_problems() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(crate::support::BIN)
+        .arg("init")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let cfg = dir.path().join("followup.toml");
+    let out = std::process::Command::new(crate::support::BIN)
+        .arg("--config")
+        .arg(&cfg)
+        .arg("check")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    // The starter runs at once into its outbox.
+    let out = std::process::Command::new(crate::support::BIN)
+        .arg("--config")
+        .arg(&cfg)
+        .args(["run", "--once"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let eml: Vec<_> = std::fs::read_dir(dir.path().join("outbox"))
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .collect();
+    assert_eq!(eml.len(), 2, "one first mail per sample contact");
+    // A broken template shows up in --json.
+    std::fs::write(
+        dir.path().join("templates/bump.hbs"),
+        "---\nsubject: x\n---\n{{#each}}\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(crate::support::BIN)
+        .arg("--config")
+        .arg(&cfg)
+        .args(["check", "--json"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["ok"], false);
+    assert_eq!(v["problems"][0]["path"], "templates/bump.hbs");
+    assert!(v["problems"][0]["line"].as_u64().unwrap() >= 4, "{v}");
+}
+
+#[test]
+fn import_reports_bad_rows_and_never_enrolls_twice() {
+    let p = Project::new(Db::Sqlite, &Options::default());
+    p.write(
+        "leads.csv",
+        "email,first_name,company\na@prospect.example,A,Acme\nnot-an-address,B,Bad\nA@Prospect.Example,,Acme Corp\nc@prospect.example,C,Cee\n",
+    );
+    let out = p.run(&[
+        "contacts",
+        "import",
+        p.path("leads.csv").to_str().unwrap(),
+        "--sequence",
+        "intro",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "bad rows make the exit code 1");
+    let e = stderr(&out);
+    assert!(
+        e.contains("leads.csv: row 3: 'not-an-address' has no '@'"),
+        "{e}"
+    );
+    assert!(
+        e.contains("leads.csv: row 4: same address as row 2 (a@prospect.example): merged"),
+        "{e}"
+    );
+    let o = String::from_utf8_lossy(&out.stdout);
+    assert!(o.contains("imported 2 contact(s): 2 new"), "{o}");
+    assert!(o.contains("enrolled 2 in 'intro'"), "{o}");
+    // Re-import: fields updated, nobody enrolled twice.
+    p.write(
+        "leads.csv",
+        "email,first_name,company\na@prospect.example,Anna,Acme\nc@prospect.example,C,Cee\n",
+    );
+    let o = p.ok(&[
+        "contacts",
+        "import",
+        p.path("leads.csv").to_str().unwrap(),
+        "--sequence",
+        "intro",
+    ]);
+    assert!(o.contains("1 updated, 1 unchanged"), "{o}");
+    assert!(o.contains("enrolled 0 in 'intro' (2 already in it)"), "{o}");
+    let show = p.ok(&["contacts", "show", "a@prospect.example"]);
+    assert!(show.contains("first_name: Anna"), "{show}");
+    assert!(show.contains("company: Acme"), "{show}");
+    assert_eq!(p.counts()["first"]["scheduled"], 2);
+    // Dry run changes nothing.
+    p.write("more.csv", "email\nnew@prospect.example\n");
+    let o = p.ok(&[
+        "contacts",
+        "import",
+        p.path("more.csv").to_str().unwrap(),
+        "--sequence",
+        "intro",
+        "--dry-run",
+    ]);
+    assert!(
+        o.contains("dry run: 1 contact(s) would be imported (1 new"),
+        "{o}"
+    );
+    assert_eq!(p.counts()["first"]["scheduled"], 2);
+}
+
+#[test]
+fn enroll_pause_resume_unenroll() {
+    let p = Project::new(Db::Sqlite, &Options::default());
+    p.write(
+        "one.csv",
+        "email,first_name,company\na@prospect.example,A,Acme\nb@prospect.example,B,Bee\n",
+    );
+    p.ok(&["contacts", "import", p.path("one.csv").to_str().unwrap()]);
+    assert_eq!(p.counts()["first"]["scheduled"], 0);
+    let o = p.ok(&[
+        "enroll",
+        "intro",
+        "a@prospect.example",
+        "B@prospect.example",
+    ]);
+    assert!(o.contains("enrolled 2"), "{o}");
+    let o = p.ok(&["enroll", "intro", "a@prospect.example"]);
+    assert!(o.contains("enrolled 0 in 'intro' (1 already in it)"), "{o}");
+    let out = p.run(&["enroll", "intro", "nobody@prospect.example"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("nobody@prospect.example: no such contact"));
+    assert!(p
+        .ok(&["pause", "intro", "a@prospect.example"])
+        .contains("active -> paused"));
+    assert_eq!(p.counts()["first"]["paused"], 1);
+    assert!(p
+        .ok(&["resume", "intro", "a@prospect.example"])
+        .contains("paused -> active"));
+    assert!(p
+        .ok(&["unenroll", "intro", "b@prospect.example"])
+        .contains("active -> stopped"));
+    let out = p.run(&["resume", "intro", "b@prospect.example"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("cannot resume: stopped"));
+    let c = p.counts();
+    assert_eq!((c["first"]["scheduled"], c["first"]["stopped"]), (1, 1));
+}
+
+#[test]
+fn missing_field_holds_the_contact_until_reimport() {
+    let tmp = tempfile::tempdir().unwrap();
+    let smtp = crate::support::Smtp::start(&tmp.path().join("smtp"), "accept");
+    let p = Project::new(
+        Db::Sqlite,
+        &Options {
+            smtp_port: smtp.port,
+            ..Options::default()
+        },
+    );
+    // No company for b: the first template uses {{company}} with no default.
+    p.write(
+        "c.csv",
+        "email,first_name,company\na@prospect.example,A,Acme\nb@prospect.example,B,\n",
+    );
+    p.ok(&[
+        "contacts",
+        "import",
+        p.path("c.csv").to_str().unwrap(),
+        "--sequence",
+        "intro",
+    ]);
+    p.ok(&["run", "--once"]);
+    assert_eq!(
+        smtp.received().len(),
+        1,
+        "only the complete contact got mail"
+    );
+    let status = p.ok(&["status", "intro"]);
+    assert!(
+        status.contains("held x1: missing field 'company' (used at"),
+        "{status}"
+    );
+    assert!(status.contains("templates/first.hbs:2:23"), "{status}");
+    p.write("fix.csv", "email,company\nb@prospect.example,Bee Ltd\n");
+    let o = p.ok(&["contacts", "import", p.path("fix.csv").to_str().unwrap()]);
+    assert!(
+        o.contains("1 held enrollment(s) will be tried again"),
+        "{o}"
+    );
+    p.ok(&["run", "--once"]);
+    let got = smtp.received();
+    assert_eq!(got.len(), 2);
+    assert_eq!(got[1].header("Subject"), Some("Samples for Bee Ltd"));
+}
+
+#[test]
+fn preview_prints_the_exact_message_and_simulate_the_times() {
+    let p = Project::new(
+        Db::Sqlite,
+        &Options {
+            waits: ("3d", "1w"),
+            ..Options::default()
+        },
+    );
+    p.write(
+        "c.csv",
+        "email,name,first_name,company,timezone\nli@prospect.example,李雷,雷,Acme,Asia/Shanghai\n",
+    );
+    let cfg = std::fs::read_to_string(&p.config).unwrap().replace(
+        "window = \"always\"",
+        "window = \"Mon-Fri 09:00-17:00\"\ncontacts = \"c.csv\"",
+    );
+    std::fs::write(&p.config, cfg).unwrap();
+    let out = p.ok(&[
+        "preview",
+        "intro",
+        "--step",
+        "bump",
+        "--contact",
+        "li@prospect.example",
+    ]);
+    assert!(
+        out.contains("To: =?utf-8?b?5p2O6Zu3?= <li@prospect.example>\r\n"),
+        "{out}"
+    );
+    assert!(out.contains("Subject: Re: Samples for Acme\r\n"), "{out}");
+    assert!(
+        out.contains("In-Reply-To: <first-step@sender.example>\r\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("STEP=3Dbump"),
+        "quoted-printable text part: {out}"
+    );
+    let out = p.ok(&["simulate", "intro", "--contact", "li@prospect.example"]);
+    assert!(out.contains("(Asia/Shanghai)"), "{out}");
+    let lines: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with("first") || l.starts_with("bump") || l.starts_with("last"))
+        .collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    for l in lines {
+        assert!(
+            !l.contains(" Sat ") && !l.contains(" Sun "),
+            "never at the weekend: {l}"
+        );
+        assert!(l.contains(" CST"), "local time in the contact's zone: {l}");
+    }
+}

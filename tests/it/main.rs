@@ -1,0 +1,9 @@
+//! Integration tests: the real `followup` binary against a real SMTP server (aiosmtpd)
+//! and real databases (a SQLite file; PostgreSQL from FOLLOWUP_TEST_PG).
+//! One test binary, as the style guide asks: `cargo test --test it`.
+
+mod support;
+
+mod check;
+mod crash;
+mod send;

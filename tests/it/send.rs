@@ -1,0 +1,276 @@
+//! Sequences to SMTP: what the server receives, in which order and spacing, and what
+//! happens on 451 and 550.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::support::{Db, Options, Project, Smtp};
+
+fn three_steps_to_several_contacts(db: Db) {
+    let tmp = tempfile::tempdir().unwrap();
+    let smtp = Smtp::start(&tmp.path().join("smtp"), "accept");
+    let p = Project::new(
+        db,
+        &Options {
+            smtp_port: smtp.port,
+            waits: ("1s", "2s"),
+            ..Options::default()
+        },
+    );
+    let emails = p.import_contacts(5);
+    let daemon = p.daemon();
+    let got = smtp.wait_for(15, Duration::from_secs(30));
+    // Give a wrongly repeated send the chance to show up before stopping.
+    std::thread::sleep(Duration::from_millis(500));
+    let status = daemon.stop();
+    assert!(status.success(), "daemon exit status {status}");
+    let got = smtp.received();
+    assert_eq!(got.len(), 15, "5 contacts × 3 steps, each once");
+
+    let log = smtp.log();
+    let at = |mid: &str| {
+        log.iter()
+            .find(|l| l["message_id"] == mid)
+            .and_then(|l| l["at"].as_f64())
+            .unwrap()
+    };
+    let mut by_contact: BTreeMap<String, Vec<&crate::support::Received>> = BTreeMap::new();
+    for r in &got {
+        by_contact.entry(r.to_addr()).or_default().push(r);
+    }
+    assert_eq!(by_contact.keys().cloned().collect::<Vec<_>>(), emails);
+    for (email, msgs) in &by_contact {
+        let steps: Vec<String> = msgs.iter().map(|m| m.step()).collect();
+        assert_eq!(steps, ["first", "bump", "last"], "{email}: steps in order");
+        let first = msgs[0];
+        let root_id = first.header("Message-ID").unwrap();
+        assert!(
+            root_id.ends_with("@sender.example>"),
+            "Message-ID at the sender's domain: {root_id}"
+        );
+        assert!(first.header("Date").is_some());
+        assert!(first.header("In-Reply-To").is_none());
+        let i: usize = email[1..5].parse().unwrap();
+        assert_eq!(
+            first.header("Subject").unwrap(),
+            format!("Samples for Company {i}")
+        );
+        assert_eq!(
+            first.header("From").unwrap(),
+            "\"Iris Zhang\" <iris@sender.example>"
+        );
+        assert_eq!(first.header("To").unwrap(), format!("Name{i} <{email}>"));
+        assert!(first.raw.contains("Content-Type: multipart/alternative"));
+        assert!(first.raw.contains("Content-Type: text/plain"));
+        assert!(
+            first
+                .raw
+                .contains(&format!("<p>Hi Name{i} at Company {i}</p>")),
+            "HTML part rendered"
+        );
+        for follow_up in &msgs[1..] {
+            assert_eq!(
+                follow_up.header("Subject").unwrap(),
+                format!("Re: Samples for Company {i}")
+            );
+            assert_eq!(follow_up.header("In-Reply-To"), Some(root_id));
+            assert_eq!(follow_up.header("References"), Some(root_id));
+            assert_ne!(follow_up.header("Message-ID"), Some(root_id));
+        }
+        // Spacing: each follow-up waits its step's wait after the previous send.
+        let t: Vec<f64> = msgs
+            .iter()
+            .map(|m| at(m.header("Message-ID").unwrap()))
+            .collect();
+        assert!(
+            t[1] - t[0] >= 0.95,
+            "{email}: bump {:.2}s after first, wait is 1s",
+            t[1] - t[0]
+        );
+        assert!(
+            t[2] - t[1] >= 1.95,
+            "{email}: last {:.2}s after bump, wait is 2s",
+            t[2] - t[1]
+        );
+        assert!(
+            t[2] - t[0] < 15.0,
+            "{email}: the sequence took {:.1}s",
+            t[2] - t[0]
+        );
+    }
+    let counts = p.counts();
+    for step in ["first", "bump", "last"] {
+        assert_eq!(counts[step]["sent"], 5, "{step}: {:?}", counts[step]);
+        assert_eq!(counts[step]["scheduled"], 0);
+    }
+    assert_eq!(counts["last"]["finished"], 5);
+}
+
+#[test]
+fn three_steps_sqlite() {
+    three_steps_to_several_contacts(Db::Sqlite);
+}
+
+#[test]
+fn three_steps_postgres() {
+    three_steps_to_several_contacts(Db::Postgres);
+}
+
+fn tempfail_then_accept(db: Db) {
+    let tmp = tempfile::tempdir().unwrap();
+    let smtp = Smtp::start(&tmp.path().join("smtp"), "tempfail-first");
+    let p = Project::new(
+        db,
+        &Options {
+            smtp_port: smtp.port,
+            waits: ("0s", "0s"),
+            ..Options::default()
+        },
+    );
+    p.import_contacts(2);
+    let daemon = p.daemon();
+    let got = smtp.wait_for(6, Duration::from_secs(40));
+    std::thread::sleep(Duration::from_millis(300));
+    daemon.stop();
+    assert_eq!(got.len(), 6, "every step delivered after its 451");
+    let log = smtp.log();
+    let mut per_id: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for l in &log {
+        per_id
+            .entry(l["message_id"].as_str().unwrap().to_string())
+            .or_default()
+            .push(l["result"].as_str().unwrap().to_string());
+    }
+    assert_eq!(per_id.len(), 6, "a retry keeps its Message-ID: {per_id:?}");
+    for (id, results) in &per_id {
+        assert_eq!(results, &["451", "250"], "{id}");
+    }
+    let counts = p.counts();
+    assert_eq!(counts["first"]["sent"], 2);
+    assert_eq!(counts["last"]["finished"], 2);
+}
+
+#[test]
+fn tempfail_then_accept_sqlite() {
+    tempfail_then_accept(Db::Sqlite);
+}
+
+#[test]
+fn tempfail_then_accept_postgres() {
+    tempfail_then_accept(Db::Postgres);
+}
+
+#[test]
+fn permanent_failure_stops_with_the_reply() {
+    let tmp = tempfile::tempdir().unwrap();
+    let smtp = Smtp::start(&tmp.path().join("smtp"), "reject");
+    let p = Project::new(
+        Db::Sqlite,
+        &Options {
+            smtp_port: smtp.port,
+            ..Options::default()
+        },
+    );
+    p.import_contacts(2);
+    let out = p.run(&["run", "--once"]);
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("send failed permanently"), "{stderr}");
+    assert!(
+        stderr.contains("contact=c0000@prospect.example"),
+        "{stderr}"
+    );
+    assert!(smtp.received().is_empty());
+    assert_eq!(smtp.log().len(), 2, "one attempt each, no retry of a 5xx");
+    let counts = p.counts();
+    assert_eq!(counts["first"]["failed"], 2);
+    assert_eq!(counts["first"]["stopped"], 2);
+    let text = p.ok(&["status", "intro"]);
+    assert!(
+        text.contains("stopped x1: smtp: permanent error (550): 5.1.1 <c0000@prospect.example>"),
+        "{text}"
+    );
+    assert!(text.contains("User unknown"), "{text}");
+}
+
+#[test]
+fn header_injection_through_contact_fields_is_impossible() {
+    let tmp = tempfile::tempdir().unwrap();
+    let smtp = Smtp::start(&tmp.path().join("smtp"), "accept");
+    let p = Project::new(
+        Db::Sqlite,
+        &Options {
+            smtp_port: smtp.port,
+            ..Options::default()
+        },
+    );
+    // A quoted CSV cell may hold line breaks: a name and a company that try to add a Bcc.
+    p.write(
+        "evil.csv",
+        "email,name,first_name,company\r\nli@prospect.example,\"Li\r\nBcc: victim@elsewhere.example\",Li,\"Acme\r\nBcc: victim@elsewhere.example\"\r\n",
+    );
+    p.ok(&[
+        "contacts",
+        "import",
+        p.path("evil.csv").to_str().unwrap(),
+        "--sequence",
+        "intro",
+    ]);
+    p.ok(&["run", "--once"]);
+    let got = smtp.received();
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        got[0].envelope_to,
+        ["li@prospect.example"],
+        "no extra recipient"
+    );
+    assert!(got[0].header("Bcc").is_none(), "{}", got[0].raw);
+    let head = got[0].raw.split("\r\n\r\n").next().unwrap();
+    assert!(!head.contains("\r\nBcc:"), "{head}");
+}
+
+#[test]
+fn chinese_and_german_names_round_trip() {
+    let tmp = tempfile::tempdir().unwrap();
+    let smtp = Smtp::start(&tmp.path().join("smtp"), "accept");
+    let p = Project::new(
+        Db::Sqlite,
+        &Options {
+            smtp_port: smtp.port,
+            ..Options::default()
+        },
+    );
+    p.write(
+        "intl.csv",
+        "\u{feff}email,name,first_name,company,timezone\r\nli.lei@prospect.example,李雷,雷,深圳远航贸易,Asia/Shanghai\r\njuergen@prospect.example,Jürgen Müller,Jürgen,Müller GmbH,Europe/Berlin\r\n",
+    );
+    p.ok(&[
+        "contacts",
+        "import",
+        p.path("intl.csv").to_str().unwrap(),
+        "--sequence",
+        "intro",
+    ]);
+    p.ok(&["run", "--once"]);
+    let got = smtp.received();
+    assert_eq!(got.len(), 2);
+    let li = got
+        .iter()
+        .find(|r| r.to_addr() == "li.lei@prospect.example")
+        .unwrap();
+    assert_eq!(
+        li.header("To").unwrap(),
+        "=?utf-8?b?5p2O6Zu3?= <li.lei@prospect.example>",
+        "RFC 2047"
+    );
+    let subject = li.header("Subject").unwrap();
+    assert!(subject.contains("=?utf-8?b?"), "{subject}");
+    let show = p.ok(&["contacts", "show", "li.lei@prospect.example"]);
+    assert!(show.contains("li.lei@prospect.example (李雷)"), "{show}");
+    assert!(show.contains("company: 深圳远航贸易"), "{show}");
+    let de = got
+        .iter()
+        .find(|r| r.to_addr() == "juergen@prospect.example")
+        .unwrap();
+    assert!(de.raw.contains("Hi J=C3=BCrgen"), "{}", de.raw);
+}
