@@ -617,7 +617,7 @@ pub fn text_to_html(text: &str) -> String {
         let escaped: Vec<String> = para
             .trim_matches('\n')
             .lines()
-            .map(handlebars::html_escape)
+            .map(escape_html)
             .collect();
         html.push_str("<p>");
         html.push_str(&escaped.join("<br>\n"));
