@@ -614,11 +614,7 @@ pub fn text_to_html(text: &str) -> String {
         .split("\n\n")
         .filter(|p| !p.trim().is_empty())
     {
-        let escaped: Vec<String> = para
-            .trim_matches('\n')
-            .lines()
-            .map(escape_html)
-            .collect();
+        let escaped: Vec<String> = para.trim_matches('\n').lines().map(escape_html).collect();
         html.push_str("<p>");
         html.push_str(&escaped.join("<br>\n"));
         html.push_str("</p>\n");

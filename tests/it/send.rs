@@ -19,7 +19,7 @@ fn three_steps_to_several_contacts(db: Db) {
     );
     let emails = p.import_contacts(5);
     let daemon = p.daemon();
-    let got = smtp.wait_for(15, Duration::from_secs(30));
+    smtp.wait_for(15, Duration::from_secs(30));
     // Give a wrongly repeated send the chance to show up before stopping.
     std::thread::sleep(Duration::from_millis(500));
     let status = daemon.stop();

@@ -206,8 +206,6 @@ impl Received {
 pub struct Project {
     pub dir: tempfile::TempDir,
     pub config: PathBuf,
-    pub db: Db,
-    pub database: String,
 }
 
 pub struct Options<'a> {
@@ -275,12 +273,7 @@ impl Project {
             "---\nsubject: Closing\n---\nLast one\nSTEP=last\n",
         );
         let config = dir.path().join("followup.toml");
-        Project {
-            dir,
-            config,
-            db,
-            database,
-        }
+        Project { dir, config }
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {
