@@ -274,3 +274,40 @@ fn chinese_and_german_names_round_trip() {
         .unwrap();
     assert!(de.raw.contains("Hi J=C3=BCrgen"), "{}", de.raw);
 }
+
+#[test]
+fn server_down_then_up_loses_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = Smtp::free_port();
+    let p = Project::new(
+        Db::Sqlite,
+        &Options {
+            smtp_port: port,
+            waits: ("0s", "0s"),
+            ..Options::default()
+        },
+    );
+    p.import_contacts(3);
+    let daemon = p.daemon();
+    // Nothing listens yet: connection refused is a temporary failure.
+    std::thread::sleep(Duration::from_millis(800));
+    let counts = p.counts();
+    assert_eq!(counts["first"]["deferred"], 3, "{counts:?}");
+    assert_eq!(counts["first"]["sent"], 0);
+    let smtp = Smtp::start_on(&tmp.path().join("smtp"), "accept", port);
+    let got = smtp.wait_for(9, Duration::from_secs(30));
+    std::thread::sleep(Duration::from_millis(300));
+    let log = daemon.log_text();
+    daemon.stop();
+    assert_eq!(
+        got.len(),
+        9,
+        "all three steps for all three contacts once the server is up"
+    );
+    assert!(log.contains("send failed temporarily; will retry"), "{log}");
+    assert!(
+        log.contains("Connection refused") || log.contains("connection refused"),
+        "{log}"
+    );
+    assert_eq!(p.counts()["last"]["finished"], 3);
+}

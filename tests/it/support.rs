@@ -60,6 +60,19 @@ pub struct Smtp {
 
 impl Smtp {
     pub fn start(dir: &Path, mode: &str) -> Smtp {
+        Smtp::start_on(dir, mode, 0)
+    }
+
+    /// A port nothing listens on (yet): bound, read, released.
+    pub fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+
+    pub fn start_on(dir: &Path, mode: &str, port: u16) -> Smtp {
         std::fs::create_dir_all(dir).unwrap();
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/smtpd.py");
         let mut child = Command::new("python3")
@@ -70,7 +83,7 @@ impl Smtp {
                 "--mode",
                 mode,
                 "--port",
-                "0",
+                &port.to_string(),
                 "--exit-on-stdin-eof",
             ])
             .stdin(Stdio::piped())
