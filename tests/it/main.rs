@@ -7,3 +7,4 @@ mod support;
 mod check;
 mod crash;
 mod send;
+mod store;

@@ -29,20 +29,26 @@ pub fn database_url(db: Db, dir: &Path) -> String {
                 )
             });
             let name = format!("followup_t{:016x}", fastrand::u64(..));
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                use sqlx::Connection;
-                let mut c = sqlx::PgConnection::connect(&base)
-                    .await
-                    .expect("connect to FOLLOWUP_TEST_PG");
-                sqlx::query(&format!("CREATE DATABASE {name}"))
-                    .execute(&mut c)
-                    .await
-                    .expect("create test database");
-            });
+            // On a thread of its own: callers may already be inside a tokio runtime.
+            let (url, db) = (base.clone(), name.clone());
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async {
+                    use sqlx::Connection;
+                    let mut c = sqlx::PgConnection::connect(&url)
+                        .await
+                        .expect("connect to FOLLOWUP_TEST_PG");
+                    sqlx::query(&format!("CREATE DATABASE {db}"))
+                        .execute(&mut c)
+                        .await
+                        .expect("create test database");
+                });
+            })
+            .join()
+            .unwrap();
             let (prefix, _) = base
                 .rsplit_once('/')
                 .expect("FOLLOWUP_TEST_PG ends with /DBNAME");

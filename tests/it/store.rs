@@ -1,0 +1,103 @@
+//! The store's claim order and leases, against SQLite and PostgreSQL.
+
+use chrono::{Duration, Utc};
+use followup::model::{NewContact, NewEnrollment};
+use followup::store::Store;
+
+use crate::support::{database_url, Db};
+
+async fn setup(db: Db, dir: &std::path::Path, n: usize) -> (Store, Vec<i64>) {
+    let store = Store::open(&database_url(db, dir)).await.unwrap();
+    let contacts: Vec<NewContact> = (0..n)
+        .map(|i| NewContact {
+            email: format!("c{i}@prospect.example"),
+            name: None,
+            fields: Default::default(),
+            timezone: None,
+            country: None,
+        })
+        .collect();
+    let up = store.upsert_contacts(&contacts, Utc::now()).await.unwrap();
+    let ids = up.iter().map(|u| u.id).collect();
+    (store, ids)
+}
+
+/// When a daily limit binds, follow-ups go before first steps: a follow-up due later
+/// is claimed before a first step due earlier.
+async fn follow_ups_first(db: Db) {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, ids) = setup(db, dir.path(), 3).await;
+    let now = Utc::now();
+    let items: Vec<NewEnrollment> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| NewEnrollment {
+            contact_id: *id,
+            sequence: "intro".into(),
+            mailbox: "sales".into(),
+            step_id: "first".into(),
+            next_run_at: now - Duration::minutes(10 - i as i64),
+        })
+        .collect();
+    let created = store.enroll(&items, now).await.unwrap();
+    assert_eq!(created.len(), 3);
+    assert!(
+        store.enroll(&items, now).await.unwrap().is_empty(),
+        "a contact is in a sequence at most once"
+    );
+    // The last contact has had its first mail: its follow-up is due, but later than the others' first steps.
+    let e = store
+        .enrollments_by_id(&[created[2].0])
+        .await
+        .unwrap()
+        .remove(0);
+    let mut u = e.unchanged();
+    u.step_index = 1;
+    u.step_id = "bump".into();
+    u.next_run_at = Some(now - Duration::minutes(1));
+    store.apply(&[u], &[], now).await.unwrap();
+
+    let lease = now + Duration::seconds(60);
+    let got = store.claim("sales", now, 1, lease, "a").await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(
+        got[0].enrollment.step_id, "bump",
+        "the follow-up goes first"
+    );
+    // Claimed rows are leased: another daemon gets the others, oldest first.
+    let got = store.claim("sales", now, 10, lease, "b").await.unwrap();
+    let emails: Vec<&str> = got.iter().map(|c| c.contact.email.as_str()).collect();
+    assert_eq!(emails, ["c0@prospect.example", "c1@prospect.example"]);
+    assert!(store
+        .claim("sales", now, 10, lease, "c")
+        .await
+        .unwrap()
+        .is_empty());
+    // After the lease, they can be claimed again.
+    let later = lease + Duration::seconds(1);
+    assert_eq!(
+        store
+            .claim("sales", later, 10, later + Duration::seconds(60), "c")
+            .await
+            .unwrap()
+            .len(),
+        3
+    );
+    // Another mailbox's work is not touched.
+    assert!(store
+        .claim("other", later, 10, later, "c")
+        .await
+        .unwrap()
+        .is_empty());
+    store.close().await;
+}
+
+#[tokio::test]
+async fn follow_ups_first_sqlite() {
+    follow_ups_first(Db::Sqlite).await;
+}
+
+#[tokio::test]
+async fn follow_ups_first_postgres() {
+    follow_ups_first(Db::Postgres).await;
+}
