@@ -109,6 +109,100 @@ pub struct Mailbox {
     /// Connections kept open to the SMTP server.
     pub connections: usize,
     pub pacing: Pacing,
+    /// Where replies arrive; None: no reply detection for this mailbox.
+    pub imap: Option<Imap>,
+}
+
+/// How the IMAP watcher reaches a mailbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Imap {
+    pub host: String,
+    pub port: u16,
+    pub security: ImapSecurity,
+    /// The Sent folder's name; None: the folder with the `\Sent` special-use flag.
+    pub sent_folder: Option<String>,
+    /// Also APPEND each message the daemon sends to the Sent folder, so the rep sees
+    /// the whole conversation in the mail client.
+    pub append_sent: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImapSecurity {
+    /// `imap://`: plain (loopback servers, tests); STARTTLS is used when offered.
+    Plain,
+    /// `imap+starttls://`: STARTTLS required.
+    StartTls,
+    /// `imaps://`: implicit TLS.
+    Tls,
+}
+
+impl Imap {
+    pub fn parse(url: &str) -> Result<Imap, String> {
+        let (scheme, rest) = url.split_once("://").ok_or_else(|| {
+            format!("'{url}' is not a URL: expected imap://, imap+starttls:// or imaps://")
+        })?;
+        let (security, default_port) = match scheme {
+            "imap" => (ImapSecurity::Plain, 143),
+            "imap+starttls" => (ImapSecurity::StartTls, 143),
+            "imaps" => (ImapSecurity::Tls, 993),
+            other => {
+                return Err(format!(
+                    "unknown scheme '{other}': expected imap://, imap+starttls:// or imaps://"
+                ))
+            }
+        };
+        let authority = rest.trim_end_matches('/');
+        if authority.contains('@') {
+            return Err("put the user in `user` and the password in `password_env` or `password_file`, not in the URL".into());
+        }
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((h, p)) => (
+                h.to_string(),
+                p.parse::<u16>().map_err(|_| format!("bad port '{p}'"))?,
+            ),
+            None => (authority.to_string(), default_port),
+        };
+        if host.is_empty() {
+            return Err("the URL has no host".into());
+        }
+        Ok(Imap {
+            host,
+            port,
+            security,
+            sent_folder: None,
+            append_sent: false,
+        })
+    }
+}
+
+/// What the reply watcher does with what it finds.
+#[derive(Debug, Clone)]
+pub struct ReplySettings {
+    /// How long an out-of-office reply pauses a contact when no return date can be read.
+    pub default_pause: Duration,
+    /// Temporary bounces of one address before it is suppressed.
+    pub soft_bounce_limit: u32,
+    /// A mailbox is paused when more than `bounce_max_rate` of its last `bounce_window`
+    /// sends bounced permanently.
+    pub bounce_window: u32,
+    pub bounce_max_rate: f64,
+    /// IDLE is re-issued before this (RFC 2177: servers may drop it after 30 minutes).
+    pub idle_renew: Duration,
+    /// How often to look for new mail on servers without IDLE.
+    pub poll: Duration,
+}
+
+impl Default for ReplySettings {
+    fn default() -> Self {
+        ReplySettings {
+            default_pause: Duration::days(7),
+            soft_bounce_limit: 3,
+            bounce_window: 100,
+            bounce_max_rate: 0.05,
+            idle_renew: Duration::minutes(25),
+            poll: Duration::seconds(60),
+        }
+    }
 }
 
 impl Mailbox {
@@ -165,6 +259,7 @@ pub struct Config {
     pub country_holidays: BTreeMap<String, Holidays>,
     pub mailboxes: BTreeMap<String, Mailbox>,
     pub send: SendSettings,
+    pub replies: ReplySettings,
 }
 
 impl Config {
@@ -210,6 +305,8 @@ struct RawConfig {
     #[serde(default)]
     send: RawSend,
     #[serde(default)]
+    replies: RawReplies,
+    #[serde(default)]
     mailboxes: BTreeMap<String, Spanned<RawMailbox>>,
 }
 
@@ -221,6 +318,17 @@ struct RawSend {
     retry_base: Option<Spanned<String>>,
     retry_max: Option<Spanned<String>>,
     max_attempts: Option<u32>,
+    poll: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawReplies {
+    default_pause: Option<Spanned<String>>,
+    soft_bounce_limit: Option<u32>,
+    bounce_window: Option<u32>,
+    bounce_max_rate: Option<f64>,
+    idle_renew: Option<Spanned<String>>,
     poll: Option<Spanned<String>>,
 }
 
@@ -240,6 +348,9 @@ struct RawMailbox {
     window: Option<Spanned<String>>,
     timezone: Option<Spanned<String>>,
     connections: Option<usize>,
+    imap: Option<Spanned<String>>,
+    sent_folder: Option<String>,
+    append_sent: Option<bool>,
 }
 
 /// Turns byte offsets in one file into line/column locations for diagnostics.
@@ -359,6 +470,24 @@ pub fn load(path: &Path, need_secrets: bool) -> Result<Config, Diagnostics> {
         poll: wait_or(&raw.send.poll, defaults.poll, &mut diags),
     };
 
+    let rd = ReplySettings::default();
+    let replies = ReplySettings {
+        default_pause: wait_or(&raw.replies.default_pause, rd.default_pause, &mut diags),
+        soft_bounce_limit: raw
+            .replies
+            .soft_bounce_limit
+            .unwrap_or(rd.soft_bounce_limit)
+            .max(1),
+        bounce_window: raw.replies.bounce_window.unwrap_or(rd.bounce_window).max(1),
+        bounce_max_rate: raw
+            .replies
+            .bounce_max_rate
+            .unwrap_or(rd.bounce_max_rate)
+            .clamp(0.0, 1.0),
+        idle_renew: wait_or(&raw.replies.idle_renew, rd.idle_renew, &mut diags),
+        poll: wait_or(&raw.replies.poll, rd.poll, &mut diags),
+    };
+
     let mut mailboxes = BTreeMap::new();
     for (name, spanned) in &raw.mailboxes {
         let m = spanned.get_ref();
@@ -418,6 +547,24 @@ pub fn load(path: &Path, need_secrets: bool) -> Result<Config, Diagnostics> {
             None => timezone,
         };
         let min_gap = wait_or(&m.min_gap, Duration::zero(), &mut diags);
+        let imap_text = var("IMAP").or_else(|| m.imap.as_ref().map(|i| i.get_ref().clone()));
+        let imap = match imap_text.map(|t| Imap::parse(&t)) {
+            None => None,
+            Some(Ok(mut i)) => {
+                i.sent_folder = m.sent_folder.clone();
+                i.append_sent = m.append_sent.unwrap_or(false);
+                Some(i)
+            }
+            Some(Err(e)) => {
+                let span = m
+                    .imap
+                    .as_ref()
+                    .map(|s| s.span())
+                    .unwrap_or_else(|| spanned.span());
+                diags.push(map.error(span, format!("bad imap URL: {e}")));
+                None
+            }
+        };
         let jitter = m.jitter.unwrap_or(0.2);
         if !(0.0..=1.0).contains(&jitter) {
             diags.push(map.error(
@@ -435,6 +582,7 @@ pub fn load(path: &Path, need_secrets: bool) -> Result<Config, Diagnostics> {
                     user: var("USER").or_else(|| m.user.clone()),
                     password,
                     connections: m.connections.unwrap_or(4).clamp(1, 64),
+                    imap,
                     pacing: Pacing {
                         daily_limit: m.daily_limit,
                         min_gap,
@@ -473,6 +621,7 @@ pub fn load(path: &Path, need_secrets: bool) -> Result<Config, Diagnostics> {
         country_holidays,
         mailboxes,
         send,
+        replies,
     };
     if diags.is_empty() {
         Ok(config)

@@ -225,6 +225,132 @@ fn stop_failed(
     }
 }
 
+/// Something that arrived and concerns an enrollment (decided by the watcher from
+/// the classification and the matching).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Inbound {
+    /// A person answered: the contact, or a colleague at the contact's company.
+    Reply {
+        intent: ReplyIntent,
+        colleague: bool,
+    },
+    /// An out-of-office answer: pause until `until` (the return date plus a day, or the
+    /// default pause), then resume where it was.
+    AutoReply { until: DateTime<Utc> },
+    /// The address bounced for good, complained, or asked to be removed: suppressed
+    /// everywhere.
+    Suppressed { reason: &'static str },
+    /// The rep wrote to the contact by hand (seen in the Sent folder).
+    Manual,
+}
+
+/// What a reply's new text asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplyIntent {
+    Reply,
+    Declined,
+    Unsubscribe,
+}
+
+/// The effect of an inbound message on one live enrollment. `None` when nothing
+/// changes (an enrollment already stopped or finished).
+pub fn on_inbound(
+    sequence: Option<&Sequence>,
+    e: &Enrollment,
+    inbound: &Inbound,
+    data: &serde_json::Value,
+) -> Option<Transition> {
+    if !matches!(e.state.as_str(), "active" | "paused" | "held") {
+        return None;
+    }
+    let mut next = e.unchanged();
+    let stop = |next: &mut EnrollmentUpdate, reason: &str| {
+        next.state = "stopped".into();
+        next.reason = Some(reason.to_string());
+        next.next_run_at = None;
+        next.paused_until = None;
+    };
+    let mut rule = None;
+    let events = match inbound {
+        Inbound::Reply { intent, colleague } => {
+            let (reason, kind) = match intent {
+                ReplyIntent::Reply => ("replied", "replied"),
+                ReplyIntent::Declined => ("declined", "replied"),
+                ReplyIntent::Unsubscribe => ("unsubscribed", "unsubscribed"),
+            };
+            stop(&mut next, reason);
+            if *intent == ReplyIntent::Reply && !colleague {
+                rule = sequence.and_then(|s| s.on_reply.clone());
+            }
+            let mut d = data.clone();
+            if let Some(o) = d.as_object_mut() {
+                o.insert("colleague".into(), json!(colleague));
+            }
+            vec![
+                event(e, kind, d),
+                event(e, "stopped", json!({ "reason": reason })),
+            ]
+        }
+        Inbound::AutoReply { until } => {
+            let mut d = data.clone();
+            if let Some(o) = d.as_object_mut() {
+                o.insert("until".into(), json!(until));
+            }
+            if e.state == "held" {
+                // Held for a person to look at: the pause must not release it.
+                return Some(Transition {
+                    enrollment: next,
+                    message: None,
+                    events: vec![event(e, "auto_replied", d)],
+                    rule: None,
+                });
+            }
+            next.state = "paused".into();
+            next.paused_until = Some(*until);
+            next.reason = Some(format!("out of office until {}", until.format("%Y-%m-%d")));
+            vec![
+                event(e, "auto_replied", d),
+                event(e, "paused", json!({ "until": until })),
+            ]
+        }
+        Inbound::Suppressed { reason } => {
+            stop(&mut next, reason);
+            vec![event(e, "stopped", json!({ "reason": reason }))]
+        }
+        Inbound::Manual => {
+            stop(&mut next, "manual");
+            vec![
+                event(e, "manual", data.clone()),
+                event(e, "stopped", json!({ "reason": "manual" })),
+            ]
+        }
+    };
+    Some(Transition {
+        enrollment: next,
+        message: None,
+        events,
+        rule,
+    })
+}
+
+/// When an out-of-office pause ends: the day after the return date, at local midnight
+/// in the contact's zone (the send window then decides the hour), or after the default
+/// pause when no date could be read.
+pub fn pause_until(
+    return_date: Option<chrono::NaiveDate>,
+    tz: Tz,
+    now: DateTime<Utc>,
+    default_pause: Duration,
+) -> DateTime<Utc> {
+    return_date
+        .and_then(|d| d.succ_opt())
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .and_then(|t| t.and_local_timezone(tz).earliest())
+        .map(|t| t.with_timezone(&Utc))
+        .filter(|t| *t > now)
+        .unwrap_or(now + default_pause)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -245,6 +371,7 @@ mod tests {
             window: None,
             steps: vec![step("first", 0, false), step("bump", 3 * 86400, true)],
             on_reply: None,
+            stop_on_domain_reply: true,
             on_finish: Some(Rule {
                 stage: Some("nurture".into()),
                 tags: vec![],
@@ -374,6 +501,76 @@ mod tests {
             tr.enrollment.reason.as_deref(),
             Some("gave up after 12 attempts: 451 later")
         );
+    }
+
+    #[test]
+    fn a_reply_stops_and_applies_on_reply() {
+        let mut s = seq();
+        s.on_reply = Some(Rule {
+            stage: Some("replied".into()),
+            tags: vec!["warm".into()],
+        });
+        let e = enrollment(1, "bump");
+        let tr = on_inbound(
+            Some(&s),
+            &e,
+            &Inbound::Reply {
+                intent: ReplyIntent::Reply,
+                colleague: false,
+            },
+            &json!({}),
+        )
+        .unwrap();
+        assert_eq!(tr.enrollment.state, "stopped");
+        assert_eq!(tr.enrollment.reason.as_deref(), Some("replied"));
+        assert_eq!(tr.enrollment.next_run_at, None);
+        assert_eq!(tr.rule.unwrap().tags, ["warm"]);
+        let tr = on_inbound(
+            Some(&s),
+            &e,
+            &Inbound::Reply {
+                intent: ReplyIntent::Declined,
+                colleague: false,
+            },
+            &json!({}),
+        )
+        .unwrap();
+        assert_eq!(tr.enrollment.reason.as_deref(), Some("declined"));
+        assert!(tr.rule.is_none(), "a no is not a warm lead");
+        let mut done = enrollment(1, "bump");
+        done.state = "finished".into();
+        assert!(on_inbound(Some(&s), &done, &Inbound::Manual, &json!({})).is_none());
+    }
+
+    #[test]
+    fn an_auto_reply_pauses_until_the_day_after_the_return_date() {
+        let now = t(10, 0);
+        let d = chrono::NaiveDate::from_ymd_opt(2026, 12, 3).unwrap();
+        let until = pause_until(Some(d), chrono_tz::Asia::Shanghai, now, Duration::days(7));
+        assert_eq!(
+            until,
+            Utc.with_ymd_and_hms(2026, 12, 3, 16, 0, 0).unwrap(),
+            "Dec 4 00:00 in Shanghai"
+        );
+        assert_eq!(
+            pause_until(None, chrono_tz::UTC, now, Duration::days(7)),
+            now + Duration::days(7)
+        );
+        let past = chrono::NaiveDate::from_ymd_opt(2026, 1, 3).unwrap();
+        assert_eq!(
+            pause_until(Some(past), chrono_tz::UTC, now, Duration::days(7)),
+            now + Duration::days(7)
+        );
+        let tr = on_inbound(
+            Some(&seq()),
+            &enrollment(1, "bump"),
+            &Inbound::AutoReply { until },
+            &json!({}),
+        )
+        .unwrap();
+        assert_eq!(tr.enrollment.state, "paused");
+        assert_eq!(tr.enrollment.paused_until, Some(until));
+        assert_eq!(tr.enrollment.step_id, "bump", "resumes where it was");
     }
 
     #[test]

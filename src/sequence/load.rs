@@ -31,6 +31,7 @@ const SEQUENCE_KEYS: &[&str] = &[
     "steps",
     "on_reply",
     "on_finish",
+    "stop_on_domain_reply",
 ];
 const STEP_KEYS: &[&str] = &["id", "wait", "template", "thread"];
 const RULE_KEYS: &[&str] = &["stage", "tag", "tags"];
@@ -291,6 +292,16 @@ impl Cx<'_> {
         let on_finish = map
             .get_node("on_finish")
             .and_then(|n| self.rule(n, "on_finish"));
+        let stop_on_domain_reply = match map.get_node("stop_on_domain_reply") {
+            None => true,
+            Some(n) => match n.as_scalar().and_then(|s| s.as_bool()) {
+                Some(b) => b,
+                None => {
+                    self.error(n, "'stop_on_domain_reply' is true or false");
+                    true
+                }
+            },
+        };
 
         Some(Sequence {
             name: name?,
@@ -300,6 +311,7 @@ impl Cx<'_> {
             steps,
             on_reply,
             on_finish,
+            stop_on_domain_reply,
         })
     }
 

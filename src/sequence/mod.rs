@@ -26,6 +26,9 @@ pub struct Sequence {
     pub on_reply: Option<Rule>,
     /// What happens when the last step has been sent.
     pub on_finish: Option<Rule>,
+    /// A reply from someone else at the contact's company (not a free-mail domain)
+    /// stops the contact's sequence too.
+    pub stop_on_domain_reply: bool,
 }
 
 impl Sequence {

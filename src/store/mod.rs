@@ -541,9 +541,11 @@ impl Store {
     }
 }
 
+mod inbound;
 mod send;
 mod status;
 
+pub use inbound::{Checkpoint, InboundRecord, WatchState};
 pub use send::{Begin, Begun, Claimed, Finish, InDoubt, MessageUpdate};
 pub use status::{Count, Status};
 

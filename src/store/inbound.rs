@@ -1,0 +1,354 @@
+//! The reply watcher's statements: checkpoints per IMAP folder, matching what arrived
+//! to enrollments, and recording each inbound message with its effects in one
+//! transaction (so a message is acted on exactly once, even across restarts and
+//! UIDVALIDITY changes).
+
+use chrono::{DateTime, Utc};
+use sqlx::{QueryBuilder, Row};
+
+use super::{
+    contact_from_row, enrollment_from_row, ms, Contact, Enrollment, EnrollmentUpdate, NewEvent,
+    Pool, Result, Store, CHUNK, CONTACT_COLUMNS, ENROLLMENT_COLUMNS,
+};
+use crate::sequence::Rule;
+
+/// Where a watcher is in a folder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Checkpoint {
+    pub uidvalidity: i64,
+    pub last_uid: i64,
+}
+
+/// One inbound message and everything it changes.
+#[derive(Debug, Clone, Default)]
+pub struct InboundRecord {
+    pub mailbox: String,
+    pub folder: String,
+    pub uid: i64,
+    pub message_id: String,
+    pub kind: String,
+    pub from: Option<String>,
+    pub contact_id: Option<i64>,
+    pub enrollment_id: Option<i64>,
+    /// What was decided and why, for `status` and the timeline.
+    pub decision: String,
+    pub updates: Vec<EnrollmentUpdate>,
+    pub events: Vec<NewEvent>,
+    /// (address or @domain, reason)
+    pub suppress: Vec<(String, String)>,
+    /// Contacts whose soft-bounce count goes up by one.
+    pub soft_bounces: Vec<i64>,
+    pub rules: Vec<(i64, Rule)>,
+}
+
+/// A watcher's state for `status`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct WatchState {
+    pub mailbox: String,
+    pub folder: String,
+    pub state: String,
+    pub detail: Option<String>,
+    pub last_uid: i64,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl Store {
+    pub async fn checkpoint(&self, mailbox: &str, folder: &str) -> Result<Option<Checkpoint>> {
+        with_pool!(self, p => {
+            let row = sqlx::query("SELECT uidvalidity, last_uid FROM mailbox_state WHERE mailbox = $1 AND folder = $2")
+                .bind(mailbox)
+                .bind(folder)
+                .fetch_optional(p)
+                .await?;
+            match row {
+                Some(r) => Ok(Some(Checkpoint { uidvalidity: r.try_get("uidvalidity")?, last_uid: r.try_get("last_uid")? })),
+                None => Ok(None),
+            }
+        })
+    }
+
+    pub async fn set_checkpoint(
+        &self,
+        mailbox: &str,
+        folder: &str,
+        c: Checkpoint,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        with_pool!(self, p => {
+            sqlx::query(
+                "INSERT INTO mailbox_state (mailbox, folder, uidvalidity, last_uid, updated_at) VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT (mailbox, folder) DO UPDATE SET uidvalidity = excluded.uidvalidity, last_uid = excluded.last_uid, updated_at = excluded.updated_at",
+            )
+            .bind(mailbox)
+            .bind(folder)
+            .bind(c.uidvalidity)
+            .bind(c.last_uid)
+            .bind(ms(now))
+            .execute(p)
+            .await?;
+            Ok(())
+        })
+    }
+
+    /// Records the watcher's state (connected, idle, polling, reconnecting: error).
+    pub async fn set_watch_state(
+        &self,
+        mailbox: &str,
+        folder: &str,
+        state: &str,
+        detail: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        with_pool!(self, p => {
+            sqlx::query(
+                "INSERT INTO mailbox_state (mailbox, folder, state, detail, updated_at) VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT (mailbox, folder) DO UPDATE SET state = excluded.state, detail = excluded.detail, updated_at = excluded.updated_at",
+            )
+            .bind(mailbox)
+            .bind(folder)
+            .bind(state)
+            .bind(detail)
+            .bind(ms(now))
+            .execute(p)
+            .await?;
+            Ok(())
+        })
+    }
+
+    pub async fn watch_states(&self) -> Result<Vec<WatchState>> {
+        with_pool!(self, p => {
+            let rows = sqlx::query("SELECT mailbox, folder, state, detail, last_uid, updated_at FROM mailbox_state ORDER BY mailbox, folder")
+                .fetch_all(p)
+                .await?;
+            rows.iter()
+                .map(|r| {
+                    Ok(WatchState {
+                        mailbox: r.try_get("mailbox")?,
+                        folder: r.try_get("folder")?,
+                        state: r.try_get("state")?,
+                        detail: r.try_get("detail")?,
+                        last_uid: r.try_get("last_uid")?,
+                        updated_at: super::from_ms(r.try_get("updated_at")?),
+                    })
+                })
+                .collect()
+        })
+    }
+
+    /// Enrollment and contact ids of our messages with these Message-IDs.
+    pub async fn our_messages(&self, message_ids: &[String]) -> Result<Vec<(String, i64, i64)>> {
+        if message_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::new();
+        for chunk in message_ids.chunks(CHUNK) {
+            with_pool!(self, p => {
+                let mut qb = QueryBuilder::new("SELECT message_id, enrollment_id, contact_id FROM messages WHERE message_id IN (");
+                let mut sep = qb.separated(", ");
+                for id in chunk {
+                    sep.push_bind(id.clone());
+                }
+                qb.push(")");
+                for r in qb.build().fetch_all(p).await? {
+                    out.push((r.try_get("message_id")?, r.try_get("enrollment_id")?, r.try_get("contact_id")?));
+                }
+            });
+        }
+        Ok(out)
+    }
+
+    /// Enrollments of these contacts that can still send (active, paused or held).
+    pub async fn live_enrollments(&self, contact_ids: &[i64]) -> Result<Vec<Enrollment>> {
+        if contact_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        with_pool!(self, p => {
+            let mut qb = QueryBuilder::new(format!(
+                "SELECT {ENROLLMENT_COLUMNS} FROM enrollments e JOIN contacts c ON c.id = e.contact_id \
+                 WHERE e.state IN ('active', 'paused', 'held') AND e.contact_id IN ("
+            ));
+            let mut sep = qb.separated(", ");
+            for id in contact_ids {
+                sep.push_bind(*id);
+            }
+            qb.push(") ORDER BY e.id");
+            let rows = qb.build().fetch_all(p).await?;
+            rows.iter().map(enrollment_from_row).collect()
+        })
+    }
+
+    /// Contacts at a domain (for a colleague's reply).
+    pub async fn contacts_at_domain(&self, domain: &str) -> Result<Vec<Contact>> {
+        with_pool!(self, p => {
+            let rows = sqlx::query(&format!("SELECT {CONTACT_COLUMNS} FROM contacts WHERE domain = $1"))
+                .bind(domain)
+                .fetch_all(p)
+                .await?;
+            rows.iter().map(contact_from_row).collect()
+        })
+    }
+
+    /// Records an inbound message, its effects and the folder checkpoint in one
+    /// transaction. Returns false when this Message-ID was already recorded for this
+    /// folder (nothing is applied twice; the checkpoint still advances).
+    pub async fn record_inbound(
+        &self,
+        r: &InboundRecord,
+        checkpoint: Checkpoint,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        with_pool!(self, p => {
+            let mut tx = p.begin().await?;
+            sqlx::query(
+                "INSERT INTO mailbox_state (mailbox, folder, uidvalidity, last_uid, updated_at) VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT (mailbox, folder) DO UPDATE SET uidvalidity = excluded.uidvalidity, last_uid = excluded.last_uid, updated_at = excluded.updated_at",
+            )
+            .bind(&r.mailbox)
+            .bind(&r.folder)
+            .bind(checkpoint.uidvalidity)
+            .bind(checkpoint.last_uid)
+            .bind(ms(now))
+            .execute(&mut *tx)
+            .await?;
+            let inserted: u64 = sqlx::query(
+                "INSERT INTO inbound (mailbox, folder, uid, message_id, kind, from_addr, contact_id, enrollment_id, decision, at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (mailbox, folder, message_id) DO NOTHING",
+            )
+            .bind(&r.mailbox)
+            .bind(&r.folder)
+            .bind(r.uid)
+            .bind(&r.message_id)
+            .bind(&r.kind)
+            .bind(&r.from)
+            .bind(r.contact_id)
+            .bind(r.enrollment_id)
+            .bind(&r.decision)
+            .bind(ms(now))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if inserted == 0 {
+                tx.commit().await?;
+                return Ok(false);
+            }
+            // Replies win over claims: no lease guard, and the lease is cleared, so a
+            // step claimed but not yet `sending` can no longer begin (begin_sends checks
+            // the state and the claim in the transaction that writes `sending`).
+            update_enrollments!(tx, r.updates, now, None);
+            insert_events!(tx, r.events, now);
+            for (pattern, reason) in &r.suppress {
+                sqlx::query("INSERT INTO suppressions (pattern, reason, at) VALUES ($1, $2, $3) ON CONFLICT (pattern) DO NOTHING")
+                    .bind(pattern)
+                    .bind(reason)
+                    .bind(ms(now))
+                    .execute(&mut *tx)
+                    .await?;
+                if !pattern.starts_with('@') {
+                    sqlx::query("UPDATE contacts SET suppressed_reason = $1, suppressed_at = $2 WHERE email = $3 AND suppressed_at IS NULL")
+                        .bind(reason)
+                        .bind(ms(now))
+                        .bind(pattern)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+            }
+            for id in &r.soft_bounces {
+                sqlx::query("UPDATE contacts SET soft_bounces = soft_bounces + 1 WHERE id = $1")
+                    .bind(*id)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            Ok::<bool, super::Error>(true)
+        })?;
+        // Lifecycle rules read and write the contact; applied after the commit, they are
+        // idempotent (a stage set twice is one change, a tag added twice is one tag).
+        for (contact_id, rule) in &r.rules {
+            self.apply_rule(*contact_id, rule, now).await?;
+        }
+        Ok(true)
+    }
+
+    /// The soft-bounce count of a contact.
+    pub async fn soft_bounces(&self, contact_id: i64) -> Result<i64> {
+        with_pool!(self, p => Ok(sqlx::query_scalar("SELECT soft_bounces FROM contacts WHERE id = $1").bind(contact_id).fetch_one(p).await?))
+    }
+
+    /// Paused enrollments whose pause has ended become active again, due now (the
+    /// send window still decides the hour). Returns how many resumed.
+    pub async fn resume_due_pauses(&self, now: DateTime<Utc>) -> Result<u64> {
+        with_pool!(self, p => {
+            let mut tx = p.begin().await?;
+            let rows = sqlx::query(
+                "UPDATE enrollments SET state = 'active', reason = NULL, paused_until = NULL, next_run_at = $1, updated_at = $1 \
+                 WHERE state = 'paused' AND paused_until IS NOT NULL AND paused_until <= $1 RETURNING id, contact_id",
+            )
+            .bind(ms(now))
+            .fetch_all(&mut *tx)
+            .await?;
+            let mut events = Vec::new();
+            for r in &rows {
+                events.push(NewEvent { contact_id: Some(r.try_get("contact_id")?), enrollment_id: Some(r.try_get("id")?), message_id: None, kind: "resumed".into(), data: serde_json::json!({ "after": "pause ended" }) });
+            }
+            insert_events!(tx, events, now);
+            tx.commit().await?;
+            Ok(rows.len() as u64)
+        })
+    }
+
+    /// Adds an address or `@domain` to the suppression list, marks matching contacts
+    /// and stops their live enrollments. Returns the enrollments stopped.
+    pub async fn suppress(&self, pattern: &str, reason: &str, now: DateTime<Utc>) -> Result<u64> {
+        let domain = pattern.strip_prefix('@');
+        with_pool!(self, p => {
+            let mut tx = p.begin().await?;
+            sqlx::query("INSERT INTO suppressions (pattern, reason, at) VALUES ($1, $2, $3) ON CONFLICT (pattern) DO UPDATE SET reason = excluded.reason")
+                .bind(pattern)
+                .bind(reason)
+                .bind(ms(now))
+                .execute(&mut *tx)
+                .await?;
+            let (col, val) = match domain {
+                Some(d) => ("domain", d.to_string()),
+                None => ("email", pattern.to_string()),
+            };
+            if domain.is_none() {
+                sqlx::query("UPDATE contacts SET suppressed_reason = $1, suppressed_at = $2 WHERE email = $3 AND suppressed_at IS NULL")
+                    .bind(reason)
+                    .bind(ms(now))
+                    .bind(pattern)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            let stopped = sqlx::query(&format!(
+                "UPDATE enrollments SET state = 'stopped', reason = 'suppressed', next_run_at = NULL, locked_until = NULL, locked_by = NULL, updated_at = $1 \
+                 WHERE state IN ('active', 'paused', 'held') AND contact_id IN (SELECT id FROM contacts WHERE {col} = $2)"
+            ))
+            .bind(ms(now))
+            .bind(&val)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            tx.commit().await?;
+            Ok(stopped)
+        })
+    }
+
+    /// Removes an address or `@domain` from the suppression list (stopped enrollments
+    /// stay stopped: enroll again by hand if that is meant).
+    pub async fn unsuppress(&self, pattern: &str) -> Result<bool> {
+        with_pool!(self, p => {
+            let mut tx = p.begin().await?;
+            let n = sqlx::query("DELETE FROM suppressions WHERE pattern = $1").bind(pattern).execute(&mut *tx).await?.rows_affected();
+            let m = if pattern.starts_with('@') { 0 } else {
+                sqlx::query("UPDATE contacts SET suppressed_reason = NULL, suppressed_at = NULL WHERE email = $1 AND suppressed_at IS NOT NULL")
+                    .bind(pattern)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected()
+            };
+            tx.commit().await?;
+            Ok(n + m > 0)
+        })
+    }
+}
