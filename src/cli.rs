@@ -19,13 +19,12 @@ use tokio_util::sync::CancellationToken;
 use crate::config;
 use crate::contacts;
 use crate::diagnostic::Diagnostics;
-use crate::engine::{self, Context, Outcome};
 use crate::mail::compose::{self, subject_for, Draft, Thread};
 use crate::model::{Contact, Enrollment, NewEvent};
 use crate::project::Project;
 use crate::schedule::step_due;
 use crate::scheduler::{template_fields, Scheduler};
-use crate::store::{Finish, MessageUpdate, Store};
+use crate::store::Store;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -85,11 +84,24 @@ pub enum Command {
         #[arg(required = true)]
         emails: Vec<String>,
     },
-    /// Resume paused or held contacts
+    /// Resume paused or held contacts, or a mailbox paused for bouncing too much
     Resume {
-        sequence: String,
-        #[arg(required = true)]
+        #[arg(required_unless_present = "mailbox")]
+        sequence: Option<String>,
         emails: Vec<String>,
+        /// Lift a mailbox's pause
+        #[arg(long, conflicts_with_all = ["sequence", "emails"])]
+        mailbox: Option<String>,
+    },
+    /// Never mail an address (or @domain) again
+    Suppress { target: String },
+    /// Take an address (or @domain) off the suppression list
+    Unsuppress { target: String },
+    /// Show what the reply watcher would decide for a message
+    Classify {
+        file: PathBuf,
+        #[arg(long)]
+        json: bool,
     },
     /// Print the exact message a step would send
     Preview {
@@ -277,8 +289,87 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Pause { sequence, emails } => {
             with_contacts(&config_path, &sequence, &emails, Action::Pause).await
         }
-        Command::Resume { sequence, emails } => {
+        Command::Resume {
+            mailbox: Some(m), ..
+        } => {
+            let Some(p) = load_project(&config_path, false) else {
+                return Ok(ExitCode::from(1));
+            };
+            if !p.config.mailboxes.contains_key(&m) {
+                bail!("unknown mailbox '{m}'");
+            }
+            let store = open_store(&p).await?;
+            let lifted = store.resume_mailbox(&m).await?;
+            store.close().await;
+            println!("{m}: {}", if lifted { "resumed" } else { "was not paused" });
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Resume {
+            sequence, emails, ..
+        } => {
+            let sequence = sequence.unwrap_or_default();
+            if emails.is_empty() {
+                bail!("name the contacts to resume: followup resume {sequence} EMAIL...");
+            }
             with_contacts(&config_path, &sequence, &emails, Action::Resume).await
+        }
+        Command::Suppress { target } => {
+            let Some(p) = load_project(&config_path, false) else {
+                return Ok(ExitCode::from(1));
+            };
+            let pattern = suppression_pattern(&target)?;
+            let store = open_store(&p).await?;
+            let stopped = store
+                .suppress(&pattern, "suppressed by operator", Utc::now())
+                .await?;
+            store.close().await;
+            println!("{pattern}: suppressed; {stopped} enrollment(s) stopped");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Unsuppress { target } => {
+            let Some(p) = load_project(&config_path, false) else {
+                return Ok(ExitCode::from(1));
+            };
+            let pattern = suppression_pattern(&target)?;
+            let store = open_store(&p).await?;
+            let removed = store.unsuppress(&pattern).await?;
+            store.close().await;
+            if removed {
+                println!("{pattern}: no longer suppressed (stopped enrollments stay stopped; enroll again if meant)");
+                Ok(ExitCode::SUCCESS)
+            } else {
+                eprintln!("{pattern}: was not suppressed");
+                Ok(ExitCode::from(1))
+            }
+        }
+        Command::Classify { file, json } => {
+            let raw =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let c = crate::mail::classify::classify(&raw);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&c)?);
+            } else {
+                println!("{}: {}", crate::inbound::kind_name(&c.kind), c.reason);
+                if let Some(i) = &c.intent {
+                    println!(
+                        "intent: {}",
+                        serde_json::to_value(i)?.as_str().unwrap_or("")
+                    );
+                }
+                if !c.recipients.is_empty() {
+                    println!("recipients: {}", c.recipients.join(", "));
+                }
+                if let Some(p) = c.permanent {
+                    println!("permanent: {p}");
+                }
+                if let Some(d) = c.return_date {
+                    println!("back on: {d}");
+                }
+                if !c.references.is_empty() {
+                    println!("refers to: {}", c.references.join(" "));
+                }
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Preview {
             sequence,
@@ -463,6 +554,17 @@ async fn cmd_import(
     } else {
         ExitCode::from(1)
     })
+}
+
+/// An address (normalised) or `@domain` (lower-cased).
+fn suppression_pattern(target: &str) -> anyhow::Result<String> {
+    match target.trim().strip_prefix('@') {
+        Some(domain) if domain.contains('.') && !domain.contains('@') => {
+            Ok(format!("@{}", domain.to_lowercase()))
+        }
+        Some(_) => bail!("'{target}' is not a domain: write @example.com"),
+        None => contacts::normalise_email(target).map_err(anyhow::Error::msg),
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -774,6 +876,7 @@ async fn cmd_simulate(
 }
 
 const MESSAGE_COLUMNS: &[&str] = &["sending", "sent", "deferred", "failed", "in_doubt"];
+const RESPONSE_COLUMNS: &[&str] = &["replied", "auto_replied", "bounced", "unsubscribed"];
 const STATE_COLUMNS: &[&str] = &["active", "held", "paused", "stopped", "finished"];
 
 async fn cmd_status(
@@ -838,6 +941,9 @@ async fn cmd_status(
             for s in &STATE_COLUMNS[1..] {
                 row.insert((*s).into(), json!(count(&st.enrollments, seq, step, s)));
             }
+            for r in RESPONSE_COLUMNS {
+                row.insert((*r).into(), json!(count(&st.responses, seq, step, r)));
+            }
             rows.push(Value::Object(row));
         }
         let reasons: Vec<Value> = st
@@ -862,16 +968,25 @@ async fn cmd_status(
             "paused",
             "stopped",
             "finished",
+            "replied",
+            "auto_replied",
+            "bounced",
+            "unsubscribed",
         ];
         write!(out, "  {:<16}", "step")?;
         for c in cols {
-            write!(out, " {:>9}", c.replace('_', " "))?;
+            write!(out, " {:>w$}", c.replace('_', " "), w = c.len().max(7))?;
         }
         writeln!(out)?;
         for r in &rows {
             write!(out, "  {:<16}", r["step"].as_str().unwrap_or(""))?;
             for c in cols {
-                write!(out, " {:>9}", r[c].as_i64().unwrap_or(0))?;
+                write!(
+                    out,
+                    " {:>w$}",
+                    r[c].as_i64().unwrap_or(0),
+                    w = c.len().max(7)
+                )?;
             }
             writeln!(out)?;
         }
@@ -886,12 +1001,35 @@ async fn cmd_status(
         }
         writeln!(out)?;
     }
+    let watchers: Vec<Value> = st
+        .watchers
+        .iter()
+        .map(|(m, f, s, d)| json!({ "mailbox": m, "folder": f, "state": s, "detail": d }))
+        .collect();
+    let paused: Vec<Value> = st
+        .paused_mailboxes
+        .iter()
+        .map(|(m, r)| json!({ "mailbox": m, "reason": r }))
+        .collect();
     if as_json {
         writeln!(
             out,
             "{}",
-            serde_json::to_string_pretty(&json!({ "sequences": out_json }))?
+            serde_json::to_string_pretty(
+                &json!({ "sequences": out_json, "watchers": watchers, "paused_mailboxes": paused })
+            )?
         )?;
+    } else {
+        for (m, f, s, d) in &st.watchers {
+            writeln!(
+                out,
+                "watcher {m}/{f}: {s}{}",
+                d.as_deref().map(|d| format!(" ({d})")).unwrap_or_default()
+            )?;
+        }
+        for (m, r) in &st.paused_mailboxes {
+            writeln!(out, "mailbox {m} PAUSED: {r}")?;
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -972,40 +1110,7 @@ async fn cmd_in_doubt(p: &Project, c: InDoubtCommand) -> anyhow::Result<ExitCode
                 .iter()
                 .find(|d| d.message_id == message_id)
                 .context("listed above")?;
-            let e = store
-                .enrollments_by_id(&[d.enrollment_id])
-                .await?
-                .into_iter()
-                .next()
-                .context("enrollment vanished")?;
-            let now = Utc::now();
-            let mut u = e.unchanged();
-            u.state = "active".into();
-            u.reason = None;
-            u.next_run_at = Some(now);
-            let ev = NewEvent {
-                contact_id: Some(e.contact_id),
-                enrollment_id: Some(e.id),
-                message_id: Some(d.row_id),
-                kind: "released".into(),
-                data: json!({ "message_id": message_id }),
-            };
-            store
-                .finish_sends(
-                    &[Finish {
-                        message: Some(MessageUpdate {
-                            row_id: d.row_id,
-                            status: "deferred".into(),
-                            smtp_reply: Some("released by operator".into()),
-                            sent_at: None,
-                        }),
-                        enrollment: u,
-                        events: vec![ev],
-                    }],
-                    None,
-                    now,
-                )
-                .await?;
+            crate::doubt::release(&store, d, "operator", Utc::now()).await?;
             println!("{message_id}: will be sent again (same Message-ID)");
             ExitCode::SUCCESS
         }
@@ -1014,70 +1119,8 @@ async fn cmd_in_doubt(p: &Project, c: InDoubtCommand) -> anyhow::Result<ExitCode
                 .iter()
                 .find(|d| d.message_id == message_id)
                 .context("listed above")?;
-            let e = store
-                .enrollments_by_id(&[d.enrollment_id])
-                .await?
-                .into_iter()
-                .next()
-                .context("enrollment vanished")?;
-            let seq = p
-                .sequence(&e.sequence)
-                .with_context(|| format!("sequence '{}' is gone", e.sequence))?;
-            let (index, _) = seq
-                .step(&e.step_id)
-                .with_context(|| format!("step '{}' is gone", e.step_id))?;
-            let contact = store.contact(&e.email).await?.context("contact vanished")?;
-            let (window, tz, holidays) = p.contact_schedule(seq, &contact);
-            let now = Utc::now();
-            let subject = store
-                .step_message(e.id, &e.step_id)
-                .await?
-                .map(|m| m.subject)
-                .unwrap_or_default();
-            let cx = Context {
-                sequence: seq,
-                window: &window,
-                tz,
-                holidays: &holidays,
-                send: &p.config.send,
-            };
-            let mut e_active = e.clone();
-            e_active.state = "active".into();
-            let tr = engine::after(
-                &cx,
-                &e_active,
-                index,
-                &Outcome::Sent {
-                    at: d.since,
-                    message_id: message_id.clone(),
-                    subject,
-                    reply: "counted as sent by operator".into(),
-                },
-            );
-            let mut events = tr.events;
-            for ev in &mut events {
-                ev.message_id = Some(d.row_id);
-            }
-            let msg = tr.message.map(|m| MessageUpdate {
-                row_id: d.row_id,
-                status: m.status.into(),
-                smtp_reply: m.reply,
-                sent_at: m.sent_at,
-            });
-            store
-                .finish_sends(
-                    &[Finish {
-                        message: msg,
-                        enrollment: tr.enrollment,
-                        events,
-                    }],
-                    None,
-                    now,
-                )
+            crate::doubt::settle_as_sent(p, &store, d, "counted as sent by operator", Utc::now())
                 .await?;
-            if let Some(rule) = tr.rule {
-                store.apply_rule(e.contact_id, &rule, now).await?;
-            }
             println!("{message_id}: counted as sent; the next step is scheduled");
             ExitCode::SUCCESS
         }

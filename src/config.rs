@@ -128,7 +128,7 @@ pub struct Imap {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ImapSecurity {
-    /// `imap://`: plain (loopback servers, tests); STARTTLS is used when offered.
+    /// `imap://`: plain, no TLS at all (loopback servers, tests).
     Plain,
     /// `imap+starttls://`: STARTTLS required.
     StartTls,

@@ -13,6 +13,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info};
 
+use crate::inbound::Folder;
+use crate::mail::watch::Watcher;
 use crate::project::Project;
 use crate::scheduler::Scheduler;
 use crate::store::Store;
@@ -31,14 +33,33 @@ pub async fn run(
         sequences = project.sequences.len(),
         "followup daemon started"
     );
+    // One watcher per mailbox with IMAP for INBOX, and one for Sent (mail the rep
+    // writes by hand stops that contact's sequence too).
+    for mailbox in project
+        .config
+        .mailboxes
+        .values()
+        .filter(|m| m.imap.is_some())
+    {
+        for folder in [Folder::Inbox, Folder::Sent] {
+            let w = Watcher {
+                project: project.clone(),
+                store: store.clone(),
+                mailbox: mailbox.clone(),
+                folder,
+            };
+            tracker.spawn(w.run(shutdown.child_token()));
+        }
+    }
     let token = shutdown.child_token();
     let sched = tracker.spawn(async move { scheduler.run(token).await });
     tracker.close();
     let result = sched.await.context("scheduler task panicked")?;
     if let Err(e) = &result {
         error!("scheduler stopped: {e}");
-        shutdown.cancel();
     }
+    // The scheduler ends on shutdown or on a fatal error: either way, stop the rest.
+    shutdown.cancel();
     if tokio::time::timeout(Duration::from_secs(30), tracker.wait())
         .await
         .is_err()

@@ -315,7 +315,11 @@ pub fn on_inbound(
         }
         Inbound::Suppressed { reason } => {
             stop(&mut next, reason);
-            vec![event(e, "stopped", json!({ "reason": reason }))]
+            // `bounced` and `unsubscribed` are counted per step by `status`.
+            vec![
+                event(e, reason, data.clone()),
+                event(e, "stopped", json!({ "reason": reason })),
+            ]
         }
         Inbound::Manual => {
             stop(&mut next, "manual");

@@ -109,6 +109,10 @@ impl Scheduler {
             let now = Utc::now();
             if now - last_doubt_check > Duration::seconds(5) {
                 self.check_in_doubt(now).await?;
+                let resumed = self.store.resume_due_pauses(now).await?;
+                if resumed > 0 {
+                    info!(resumed, "out-of-office pauses ended");
+                }
                 last_doubt_check = now;
             }
             let round = self.round(now).await?;
@@ -135,6 +139,7 @@ impl Scheduler {
     pub async fn run_once(&self) -> Result<Round, store::Error> {
         let mut total = Round::default();
         self.check_in_doubt(Utc::now()).await?;
+        self.store.resume_due_pauses(Utc::now()).await?;
         loop {
             let r = self.round(Utc::now()).await?;
             total.add(r);
@@ -155,6 +160,55 @@ impl Scheduler {
                 "message in doubt: its daemon stopped after handing it to SMTP and before recording the reply; \
                  enrollment held (see `followup in-doubt`)"
             );
+        }
+        self.settle_through_sent(now).await
+    }
+
+    /// For mailboxes whose Sent folder holds every message sent (`append_sent`, or a
+    /// server that files them itself), a message in doubt is settled by looking its
+    /// Message-ID up there: found, it was sent; not found, it is sent again.
+    async fn settle_through_sent(&self, now: DateTime<Utc>) -> Result<(), store::Error> {
+        let doubts = self.store.in_doubt().await?;
+        for (name, mailbox) in &self.project.config.mailboxes {
+            let Some(imap) = &mailbox.imap else { continue };
+            if !imap.append_sent {
+                continue;
+            }
+            let mine: Vec<_> = doubts.iter().filter(|d| &d.mailbox == name).collect();
+            if mine.is_empty() {
+                continue;
+            }
+            let ids: Vec<String> = mine.iter().map(|d| d.message_id.clone()).collect();
+            let found = match crate::mail::watch::find_in_sent(mailbox, &ids).await {
+                Ok(f) => f,
+                Err(e) => {
+                    warn!(mailbox = %name, error = %e, "cannot look in the Sent folder; messages stay in doubt");
+                    continue;
+                }
+            };
+            for (d, present) in mine.into_iter().zip(found) {
+                let r = if present {
+                    crate::doubt::settle_as_sent(
+                        &self.project,
+                        &self.store,
+                        d,
+                        "found in the Sent folder",
+                        now,
+                    )
+                    .await
+                } else {
+                    crate::doubt::release(&self.store, d, "not in the Sent folder", now).await
+                };
+                match r {
+                    Ok(()) => {
+                        info!(message_id = %d.message_id, contact = %d.email, found = present, "in-doubt message settled through the Sent folder")
+                    }
+                    Err(crate::doubt::Error::Store(e)) => return Err(e),
+                    Err(e) => {
+                        warn!(message_id = %d.message_id, error = %e, "cannot settle in-doubt message")
+                    }
+                }
+            }
         }
         Ok(())
     }
@@ -204,6 +258,9 @@ impl Scheduler {
     pub async fn round(&self, now: DateTime<Utc>) -> Result<Round, store::Error> {
         let mut total = Round::default();
         for (name, mailbox) in &self.project.config.mailboxes {
+            if self.store.mailbox_pause(name).await?.is_some() {
+                continue;
+            }
             let Some((slot, allowed)) = self.slot(mailbox, now).await? else {
                 continue;
             };
@@ -572,12 +629,21 @@ impl Scheduler {
         let envelope = message.envelope().clone();
         let raw = message.formatted();
         match sender.send(&envelope, &raw, &b.message_id).await {
-            SendOutcome::Sent { reply } => Outcome::Sent {
-                at: Utc::now(),
-                message_id: b.message_id.clone(),
-                subject: p.subject.clone(),
-                reply,
-            },
+            SendOutcome::Sent { reply } => {
+                // Before `sent` is committed, so that a message in doubt is in Sent if
+                // and only if it reached the server (but for the instant in between).
+                if mailbox.imap.as_ref().is_some_and(|i| i.append_sent) {
+                    if let Err(e) = crate::mail::watch::append_sent(mailbox, &raw).await {
+                        warn!(mailbox = %mailbox.name, message_id = %b.message_id, error = %e, "cannot append to the Sent folder");
+                    }
+                }
+                Outcome::Sent {
+                    at: Utc::now(),
+                    message_id: b.message_id.clone(),
+                    subject: p.subject.clone(),
+                    reply,
+                }
+            }
             SendOutcome::Transient { reply } => Outcome::Transient {
                 at: Utc::now(),
                 reply,

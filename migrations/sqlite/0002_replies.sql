@@ -39,3 +39,6 @@ CREATE TABLE mailbox_pauses (
     reason  TEXT NOT NULL,
     at      INTEGER NOT NULL
 );
+
+-- Out-of-office pauses that end by themselves.
+CREATE INDEX enrollments_paused ON enrollments (paused_until) WHERE state = 'paused';

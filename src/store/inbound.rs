@@ -352,3 +352,74 @@ impl Store {
         })
     }
 }
+
+impl Store {
+    /// Why a mailbox is paused, if it is.
+    pub async fn mailbox_pause(&self, mailbox: &str) -> Result<Option<String>> {
+        with_pool!(self, p => Ok(sqlx::query_scalar("SELECT reason FROM mailbox_pauses WHERE mailbox = $1").bind(mailbox).fetch_optional(p).await?))
+    }
+
+    pub async fn mailbox_pauses(&self) -> Result<Vec<(String, String)>> {
+        with_pool!(self, p => {
+            let rows = sqlx::query("SELECT mailbox, reason FROM mailbox_pauses ORDER BY mailbox").fetch_all(p).await?;
+            rows.iter().map(|r| Ok((r.try_get("mailbox")?, r.try_get("reason")?))).collect()
+        })
+    }
+
+    pub async fn pause_mailbox(
+        &self,
+        mailbox: &str,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool> {
+        with_pool!(self, p => Ok(sqlx::query("INSERT INTO mailbox_pauses (mailbox, reason, at) VALUES ($1, $2, $3) ON CONFLICT (mailbox) DO NOTHING")
+            .bind(mailbox)
+            .bind(reason)
+            .bind(ms(now))
+            .execute(p)
+            .await?
+            .rows_affected() > 0))
+    }
+
+    pub async fn resume_mailbox(&self, mailbox: &str) -> Result<bool> {
+        with_pool!(self, p => Ok(sqlx::query("DELETE FROM mailbox_pauses WHERE mailbox = $1").bind(mailbox).execute(p).await?.rows_affected() > 0))
+    }
+
+    /// Of the mailbox's last `window` sent messages, how many bounced permanently.
+    pub async fn recent_bounces(&self, mailbox: &str, window: u32) -> Result<(i64, i64)> {
+        with_pool!(self, p => {
+            let row = sqlx::query(
+                "SELECT count(*) AS sent, \
+                 coalesce(sum(CASE WHEN EXISTS (SELECT 1 FROM contacts c WHERE c.id = recent.contact_id AND c.suppressed_reason = 'bounced') THEN 1 ELSE 0 END), 0) AS bounced \
+                 FROM (SELECT contact_id FROM messages WHERE mailbox = $1 AND status = 'sent' ORDER BY sent_at DESC LIMIT $2) AS recent",
+            )
+            .bind(mailbox)
+            .bind(window as i64)
+            .fetch_one(p)
+            .await?;
+            Ok((row.try_get("sent")?, row.try_get("bounced")?))
+        })
+    }
+
+    /// The latest sent message of each enrollment (replies are counted against it).
+    pub async fn last_sent_messages(
+        &self,
+        enrollment_ids: &[i64],
+    ) -> Result<std::collections::HashMap<i64, i64>> {
+        let mut out = std::collections::HashMap::new();
+        for chunk in enrollment_ids.chunks(CHUNK) {
+            with_pool!(self, p => {
+                let mut qb = QueryBuilder::new("SELECT enrollment_id, max(id) AS id FROM messages WHERE status = 'sent' AND enrollment_id IN (");
+                let mut sep = qb.separated(", ");
+                for id in chunk {
+                    sep.push_bind(*id);
+                }
+                qb.push(") GROUP BY enrollment_id");
+                for r in qb.build().fetch_all(p).await? {
+                    out.insert(r.try_get::<i64, _>("enrollment_id")?, r.try_get::<i64, _>("id")?);
+                }
+            });
+        }
+        Ok(out)
+    }
+}

@@ -20,6 +20,13 @@ pub struct Count {
 pub struct Status {
     pub messages: Vec<Count>,
     pub enrollments: Vec<Count>,
+    /// Replies, auto-replies, bounces and unsubscribes per step whose mail they answered
+    /// (distinct enrollments).
+    pub responses: Vec<Count>,
+    /// Reply watchers: (mailbox, folder, state, detail).
+    pub watchers: Vec<(String, String, String, Option<String>)>,
+    /// Mailboxes paused for bouncing too much: (mailbox, reason).
+    pub paused_mailboxes: Vec<(String, String)>,
     /// (sequence, state, reason, n) for held, stopped and failed enrollments.
     pub reasons: Vec<(String, String, String, i64)>,
 }
@@ -64,6 +71,30 @@ impl Store {
                 .map(|r| Ok((r.try_get("sequence")?, r.try_get("state")?, r.try_get("reason")?, r.try_get("n")?)))
                 .collect::<Result<Vec<_>>>()?
         });
+        let resp_sql = format!(
+            "SELECT m.sequence AS sequence, m.step_id AS step_id, ev.kind AS what, count(DISTINCT ev.enrollment_id) AS n \
+             FROM events ev JOIN messages m ON m.id = ev.message_id \
+             WHERE ev.kind IN ('replied', 'auto_replied', 'bounced', 'unsubscribed', 'manual'){} \
+             GROUP BY m.sequence, m.step_id, ev.kind",
+            if sequence.is_some() { " AND m.sequence = $1" } else { "" }
+        );
+        status.responses = with_pool!(self, p => {
+            let mut q = sqlx::query(&resp_sql);
+            if let Some(s) = sequence {
+                q = q.bind(s);
+            }
+            let rows = q.fetch_all(p).await?;
+            rows.iter()
+                .map(|r| Ok(Count { sequence: r.try_get("sequence")?, step_id: r.try_get("step_id")?, what: r.try_get("what")?, n: r.try_get("n")? }))
+                .collect::<Result<Vec<_>>>()?
+        });
+        status.watchers = self
+            .watch_states()
+            .await?
+            .into_iter()
+            .map(|w| (w.mailbox, w.folder, w.state, w.detail))
+            .collect();
+        status.paused_mailboxes = self.mailbox_pauses().await?;
         Ok(status)
     }
 }

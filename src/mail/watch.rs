@@ -1,0 +1,421 @@
+//! The IMAP watcher: one task per mailbox and folder (INBOX, and Sent), built on
+//! async-imap. It catches up from its checkpoint (UIDVALIDITY + last UID), then waits
+//! with IDLE (re-issued before RFC 2177's 29-minute limit) or polls where the server has
+//! no IDLE, and hands each new message to `inbound::handle`. Any error closes the
+//! connection; it reconnects with backoff, and logs each change of state once.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration as StdDuration;
+
+use async_imap::extensions::idle::IdleResponse;
+use async_imap::types::NameAttribute;
+use chrono::Utc;
+use futures_util::TryStreamExt;
+use secrecy::ExposeSecret;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn, Instrument};
+
+use crate::config::{ImapSecurity, Mailbox};
+use crate::inbound::{self, Folder};
+use crate::project::Project;
+use crate::store::{Checkpoint, Store};
+
+/// Anything async-imap can talk over: plain TCP or TLS.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + fmt::Debug {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + fmt::Debug> Io for T {}
+
+type Session = async_imap::Session<Box<dyn Io>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot connect to {0}: {1}")]
+    Connect(String, std::io::Error),
+    #[error("TLS with {0}: {1}")]
+    Tls(String, String),
+    #[error("IMAP: {0}")]
+    Imap(#[from] async_imap::error::Error),
+    #[error("login as {0} refused: {1}")]
+    Login(String, String),
+    #[error("mailbox has no user or password for IMAP")]
+    NoCredentials,
+    #[error("no Sent folder: set sent_folder, or give a folder the \\Sent special-use flag")]
+    NoSentFolder,
+    #[error("{0}")]
+    Store(#[from] crate::store::Error),
+    #[error("timed out")]
+    Timeout,
+}
+
+/// How long one IMAP command may take.
+const COMMAND_TIMEOUT: StdDuration = StdDuration::from_secs(60);
+
+async fn timed<T, E: Into<Error>>(
+    f: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, Error> {
+    match tokio::time::timeout(COMMAND_TIMEOUT, f).await {
+        Ok(r) => r.map_err(Into::into),
+        Err(_) => Err(Error::Timeout),
+    }
+}
+
+/// Opens an authenticated session.
+pub async fn connect(mailbox: &Mailbox) -> Result<Session, Error> {
+    let imap = mailbox.imap.as_ref().ok_or(Error::NoCredentials)?;
+    let addr = format!("{}:{}", imap.host, imap.port);
+    let tcp = timed(async {
+        TcpStream::connect((imap.host.as_str(), imap.port))
+            .await
+            .map_err(|e| Error::Connect(addr.clone(), e))
+    })
+    .await?;
+    let _ = tcp.set_nodelay(true);
+    let stream: Box<dyn Io> = match imap.security {
+        ImapSecurity::Plain | ImapSecurity::StartTls => Box::new(tcp),
+        ImapSecurity::Tls => Box::new(tls(&imap.host, tcp).await?),
+    };
+    let mut client = async_imap::Client::new(stream);
+    // The greeting.
+    timed(async {
+        client
+            .read_response()
+            .await
+            .map_err(|e| Error::Connect(addr.clone(), e))
+    })
+    .await?;
+    if imap.security == ImapSecurity::StartTls {
+        timed(client.run_command_and_check_ok("STARTTLS", None)).await?;
+        let inner = client.into_inner();
+        // `inner` is the boxed TCP stream; TLS goes on top of it.
+        let tls_stream = tls_over(&imap.host, inner).await?;
+        client = async_imap::Client::new(Box::new(tls_stream));
+    }
+    let user = mailbox.user.clone().ok_or(Error::NoCredentials)?;
+    let password = mailbox.password.as_ref().ok_or(Error::NoCredentials)?;
+    match timed(async { Ok::<_, Error>(client.login(&user, password.expose_secret()).await) })
+        .await?
+    {
+        Ok(s) => Ok(s),
+        Err((e, _)) => Err(Error::Login(user, e.to_string())),
+    }
+}
+
+fn tls_config() -> Arc<tokio_rustls::rustls::ClientConfig> {
+    let roots = tokio_rustls::rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    Arc::new(
+        tokio_rustls::rustls::ClientConfig::builder_with_provider(Arc::new(
+            tokio_rustls::rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map(|b| b.with_root_certificates(roots).with_no_client_auth())
+        .unwrap_or_else(|_| {
+            tokio_rustls::rustls::ClientConfig::builder()
+                .with_root_certificates(tokio_rustls::rustls::RootCertStore::empty())
+                .with_no_client_auth()
+        }),
+    )
+}
+
+async fn tls(
+    host: &str,
+    tcp: TcpStream,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, Error> {
+    let name = tokio_rustls::rustls::pki_types::ServerName::try_from(host.to_string())
+        .map_err(|e| Error::Tls(host.into(), e.to_string()))?;
+    let connector = tokio_rustls::TlsConnector::from(tls_config());
+    timed(async {
+        connector
+            .connect(name, tcp)
+            .await
+            .map_err(|e| Error::Tls(host.into(), e.to_string()))
+    })
+    .await
+}
+
+async fn tls_over(
+    host: &str,
+    io: Box<dyn Io>,
+) -> Result<tokio_rustls::client::TlsStream<Box<dyn Io>>, Error> {
+    let name = tokio_rustls::rustls::pki_types::ServerName::try_from(host.to_string())
+        .map_err(|e| Error::Tls(host.into(), e.to_string()))?;
+    let connector = tokio_rustls::TlsConnector::from(tls_config());
+    timed(async {
+        connector
+            .connect(name, io)
+            .await
+            .map_err(|e| Error::Tls(host.into(), e.to_string()))
+    })
+    .await
+}
+
+/// The Sent folder: configured, or the one with the `\Sent` special-use flag (RFC 6154).
+pub async fn sent_folder(session: &mut Session, mailbox: &Mailbox) -> Result<String, Error> {
+    if let Some(name) = mailbox.imap.as_ref().and_then(|i| i.sent_folder.clone()) {
+        return Ok(name);
+    }
+    let names: Vec<_> = timed(async {
+        session
+            .list(None, Some("*"))
+            .await?
+            .try_collect::<Vec<_>>()
+            .await
+    })
+    .await?;
+    names
+        .iter()
+        .find(|n| {
+            n.attributes()
+                .iter()
+                .any(|a| matches!(a, NameAttribute::Sent))
+        })
+        .map(|n| n.name().to_string())
+        .ok_or(Error::NoSentFolder)
+}
+
+/// Watches one folder of one mailbox until `shutdown`.
+pub struct Watcher {
+    pub project: Arc<Project>,
+    pub store: Store,
+    pub mailbox: Mailbox,
+    pub folder: Folder,
+}
+
+impl Watcher {
+    fn label(&self) -> &'static str {
+        match self.folder {
+            Folder::Inbox => "INBOX",
+            Folder::Sent => "Sent",
+        }
+    }
+
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut backoff = StdDuration::from_secs(1);
+        let mut last_error: Option<String> = None;
+        loop {
+            if shutdown.is_cancelled() {
+                break;
+            }
+            match self.session(&shutdown, &mut last_error).await {
+                Ok(()) => break,
+                Err(e) => {
+                    let text = e.to_string();
+                    // Log a state change once, not every retry.
+                    if last_error.as_deref() != Some(text.as_str()) {
+                        warn!(mailbox = %self.mailbox.name, folder = self.label(), error = %text, "IMAP watcher disconnected; reconnecting with backoff");
+                        last_error = Some(text.clone());
+                    }
+                    let _ = self
+                        .store
+                        .set_watch_state(
+                            &self.mailbox.name,
+                            self.label(),
+                            "reconnecting",
+                            Some(&text),
+                            Utc::now(),
+                        )
+                        .await;
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(StdDuration::from_secs(60));
+                }
+            }
+        }
+        let _ = self
+            .store
+            .set_watch_state(
+                &self.mailbox.name,
+                self.label(),
+                "stopped",
+                None,
+                Utc::now(),
+            )
+            .await;
+    }
+
+    async fn session(
+        &self,
+        shutdown: &CancellationToken,
+        last_error: &mut Option<String>,
+    ) -> Result<(), Error> {
+        let mut session = connect(&self.mailbox).await?;
+        let folder_name = match self.folder {
+            Folder::Inbox => "INBOX".to_string(),
+            Folder::Sent => sent_folder(&mut session, &self.mailbox).await?,
+        };
+        let caps = timed(session.capabilities()).await?;
+        let idle = caps.has_str("IDLE");
+        let selected = timed(session.select(&folder_name)).await?;
+        let uidvalidity = selected.uid_validity.unwrap_or(0) as i64;
+        let mode = if idle { "idle" } else { "polling" };
+        if last_error.take().is_some() {
+            info!(mailbox = %self.mailbox.name, folder = %folder_name, "IMAP watcher reconnected");
+        } else {
+            info!(mailbox = %self.mailbox.name, folder = %folder_name, mode, "IMAP watcher connected");
+        }
+        self.store
+            .set_watch_state(&self.mailbox.name, self.label(), mode, None, Utc::now())
+            .await?;
+
+        let mut checkpoint = match self
+            .store
+            .checkpoint(&self.mailbox.name, self.label())
+            .await?
+        {
+            Some(c) if c.uidvalidity == uidvalidity => c,
+            Some(c) => {
+                // The folder was renumbered: look at everything again; what was already
+                // handled is recognised by its Message-ID.
+                warn!(mailbox = %self.mailbox.name, folder = %folder_name, old = c.uidvalidity, new = uidvalidity, "UIDVALIDITY changed; rescanning the folder");
+                Checkpoint {
+                    uidvalidity,
+                    last_uid: 0,
+                }
+            }
+            None => Checkpoint {
+                uidvalidity,
+                last_uid: 0,
+            },
+        };
+        let renew = self
+            .project
+            .config
+            .replies
+            .idle_renew
+            .to_std()
+            .unwrap_or(StdDuration::from_secs(25 * 60));
+        let poll = self
+            .project
+            .config
+            .replies
+            .poll
+            .to_std()
+            .unwrap_or(StdDuration::from_secs(60));
+        loop {
+            checkpoint = self
+                .catch_up(&mut session, &folder_name, checkpoint)
+                .await?;
+            if shutdown.is_cancelled() {
+                let _ = timed(session.logout()).await;
+                return Ok(());
+            }
+            if idle {
+                let mut handle = session.idle();
+                timed(handle.init()).await?;
+                let (wait, _stop) = handle.wait_with_timeout(renew);
+                let outcome = tokio::select! {
+                    r = wait => Some(r?),
+                    _ = shutdown.cancelled() => None,
+                };
+                session = timed(handle.done()).await?;
+                match outcome {
+                    None => {
+                        let _ = timed(session.logout()).await;
+                        return Ok(());
+                    }
+                    Some(IdleResponse::NewData(_))
+                    | Some(IdleResponse::Timeout)
+                    | Some(IdleResponse::ManualInterrupt) => {}
+                }
+            } else {
+                tokio::select! {
+                    _ = shutdown.cancelled() => {
+                        let _ = timed(session.logout()).await;
+                        return Ok(());
+                    }
+                    _ = tokio::time::sleep(poll) => {}
+                }
+                timed(session.noop()).await?;
+            }
+        }
+    }
+
+    /// Fetches and handles every message after the checkpoint, advancing it one
+    /// message at a time (each recorded with its effects in one transaction).
+    async fn catch_up(
+        &self,
+        session: &mut Session,
+        folder_name: &str,
+        mut checkpoint: Checkpoint,
+    ) -> Result<Checkpoint, Error> {
+        loop {
+            let range = format!("{}:*", checkpoint.last_uid + 1);
+            // BODY.PEEK: looking must not mark the rep's mail as read.
+            let fetched: Vec<_> = timed(async {
+                session
+                    .uid_fetch(&range, "(UID BODY.PEEK[])")
+                    .await?
+                    .try_collect::<Vec<_>>()
+                    .await
+            })
+            .await?;
+            let mut messages: Vec<(i64, Vec<u8>)> = fetched
+                .iter()
+                .filter_map(|f| Some((f.uid? as i64, f.body()?.to_vec())))
+                // `N:*` always returns the last message, even when its UID is below N.
+                .filter(|(uid, _)| *uid > checkpoint.last_uid)
+                .collect();
+            if messages.is_empty() {
+                return Ok(checkpoint);
+            }
+            messages.sort_by_key(|(uid, _)| *uid);
+            for (uid, raw) in messages {
+                let next = Checkpoint {
+                    uidvalidity: checkpoint.uidvalidity,
+                    last_uid: uid,
+                };
+                let span = tracing::info_span!("reply", mailbox = %self.mailbox.name, folder = folder_name, uid);
+                inbound::handle(
+                    &self.project,
+                    &self.store,
+                    &self.mailbox,
+                    inbound::Arrival {
+                        folder: self.folder,
+                        folder_name: self.label(),
+                        uid,
+                        raw: &raw,
+                        checkpoint: next,
+                    },
+                    Utc::now(),
+                )
+                .instrument(span)
+                .await?;
+                checkpoint = next;
+            }
+        }
+    }
+}
+
+/// Appends a sent message to the mailbox's Sent folder, marked \Seen.
+pub async fn append_sent(mailbox: &Mailbox, raw: &[u8]) -> Result<(), Error> {
+    let mut session = connect(mailbox).await?;
+    let folder = sent_folder(&mut session, mailbox).await?;
+    timed(session.append(&folder, Some("(\\Seen)"), None, raw)).await?;
+    let _ = timed(session.logout()).await;
+    Ok(())
+}
+
+/// For each Message-ID, whether the Sent folder holds a message with it.
+pub async fn find_in_sent(mailbox: &Mailbox, message_ids: &[String]) -> Result<Vec<bool>, Error> {
+    let mut session = connect(mailbox).await?;
+    let folder = sent_folder(&mut session, mailbox).await?;
+    timed(session.select(&folder)).await?;
+    let mut out = Vec::with_capacity(message_ids.len());
+    for id in message_ids {
+        // Our Message-IDs are `<hex.hex@domain>`: nothing in them needs quoting, but a
+        // quote would end the IMAP string, so refuse rather than send it.
+        if id.contains(['"', '\\', '\r', '\n']) {
+            out.push(false);
+            continue;
+        }
+        let found = timed(session.uid_search(format!("HEADER Message-ID \"{id}\""))).await?;
+        out.push(!found.is_empty());
+    }
+    let _ = timed(session.logout()).await;
+    Ok(out)
+}
