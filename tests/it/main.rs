@@ -6,5 +6,6 @@ mod support;
 
 mod check;
 mod crash;
+mod replies;
 mod send;
 mod store;

@@ -1,0 +1,339 @@
+//! What arriving mail does to enrollments, through `inbound::handle` on a real database
+//! (the IMAP transport is tested in `watch.rs` against Dovecot). Each case changes
+//! exactly the enrollments it should and no other.
+
+use chrono::Utc;
+use followup::inbound::{self, Arrival, Folder};
+use followup::project::Project as Loaded;
+use followup::store::{Checkpoint, Store};
+
+use crate::support::{Db, Options, Project, Smtp};
+
+struct World {
+    _tmp: tempfile::TempDir,
+    _smtp: Smtp,
+    p: Project,
+    loaded: Loaded,
+    store: Store,
+    /// (contact, Message-ID, subject) of the first mails sent.
+    sent: Vec<(String, String, String)>,
+    uid: i64,
+}
+
+impl World {
+    async fn new(db: Db, emails: &[&str]) -> World {
+        let tmp = tempfile::tempdir().unwrap();
+        let smtp = Smtp::start(&tmp.path().join("smtp"), "accept");
+        let p = Project::new(
+            db,
+            &Options {
+                smtp_port: smtp.port,
+                waits: ("1h", "1h"),
+                ..Options::default()
+            },
+        );
+        let mut csv = String::from("email,first_name,company\n");
+        for e in emails {
+            csv.push_str(&format!("{e},X,Acme\n"));
+        }
+        p.write("c.csv", &csv);
+        p.ok(&[
+            "contacts",
+            "import",
+            p.path("c.csv").to_str().unwrap(),
+            "--sequence",
+            "intro",
+        ]);
+        p.ok(&["run", "--once"]);
+        let sent = smtp
+            .received()
+            .iter()
+            .map(|r| {
+                (
+                    r.to_addr(),
+                    r.header("Message-ID").unwrap().to_string(),
+                    r.header("Subject").unwrap().to_string(),
+                )
+            })
+            .collect();
+        let (loaded, _) = Loaded::load(&p.config, false).unwrap();
+        let store = Store::open(&loaded.config.database).await.unwrap();
+        World {
+            _tmp: tmp,
+            _smtp: smtp,
+            p,
+            loaded,
+            store,
+            sent,
+            uid: 0,
+        }
+    }
+
+    fn first(&self, email: &str) -> (String, String) {
+        let s = self.sent.iter().find(|s| s.0 == email).unwrap();
+        (s.1.clone(), s.2.clone())
+    }
+
+    async fn deliver(&mut self, folder: Folder, raw: &str) -> inbound::Handled {
+        self.uid += 1;
+        let mailbox = &self.loaded.config.mailboxes["sales"];
+        let name = if folder == Folder::Inbox {
+            "INBOX"
+        } else {
+            "Sent"
+        };
+        let a = Arrival {
+            folder,
+            folder_name: name,
+            uid: self.uid,
+            raw: raw.as_bytes(),
+            checkpoint: Checkpoint {
+                uidvalidity: 1,
+                last_uid: self.uid,
+            },
+        };
+        inbound::handle(&self.loaded, &self.store, mailbox, a, Utc::now())
+            .await
+            .unwrap()
+    }
+
+    async fn state(&self, email: &str) -> (String, Option<String>) {
+        let e = self
+            .store
+            .enrollment("intro", email)
+            .await
+            .unwrap()
+            .unwrap();
+        (e.state, e.reason)
+    }
+}
+
+fn reply(from: &str, in_reply_to: Option<&str>, subject: &str, body: &str) -> String {
+    let threading = in_reply_to
+        .map(|id| format!("In-Reply-To: {id}\r\nReferences: {id}\r\n"))
+        .unwrap_or_default();
+    format!(
+        "From: {from}\r\nTo: Iris Zhang <iris@sender.example>\r\nSubject: {subject}\r\nMessage-ID: <{}@client.example>\r\nDate: Wed, 25 Nov 2026 10:00:00 +0800\r\n{threading}MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{body}\r\n",
+        fastrand::u64(..)
+    )
+}
+
+async fn cases(db: Db) {
+    let mut w = World::new(
+        db,
+        &[
+            "li@prospect.example",
+            "wang@prospect.example",
+            "anna@other.example",
+            "bob@third.example",
+            "carl@fourth.example",
+            "dora@gmail.com",
+            "eve@gmail.com",
+        ],
+    )
+    .await;
+    assert_eq!(w.sent.len(), 7);
+
+    // A threaded reply stops exactly that contact, and the on_reply-free test sequence
+    // records it.
+    let (id, subject) = w.first("anna@other.example");
+    let h = w
+        .deliver(
+            Folder::Inbox,
+            &reply(
+                "Anna <anna@other.example>",
+                Some(&id),
+                &format!("Re: {subject}"),
+                "Yes, send samples.\r\n\r\n> quoted",
+            ),
+        )
+        .await;
+    assert_eq!(h.changed.len(), 1, "{h:?}");
+    assert_eq!(
+        w.state("anna@other.example").await,
+        ("stopped".into(), Some("replied".into()))
+    );
+    assert_eq!(w.state("bob@third.example").await.0, "active");
+
+    // The same message again (a UIDVALIDITY change re-lists it): nothing twice.
+    w.uid += 100;
+    let again = reply(
+        "Anna <anna@other.example>",
+        Some(&id),
+        &format!("Re: {subject}"),
+        "Yes",
+    );
+    let first = w.deliver(Folder::Inbox, &again).await;
+    let second = w.deliver(Folder::Inbox, &again).await;
+    assert!(first.new && !second.new);
+
+    // Unthreaded: no In-Reply-To, only "Re:" and the address.
+    let h = w
+        .deliver(
+            Folder::Inbox,
+            &reply("bob@third.example", None, "Re: samples", "Call me"),
+        )
+        .await;
+    assert_eq!(h.changed.len(), 1, "{h:?}");
+    assert_eq!(
+        w.state("bob@third.example").await.1.as_deref(),
+        Some("replied")
+    );
+
+    // A colleague at li's company answers: li and wang (same company domain) stop.
+    let (id, _) = w.first("li@prospect.example");
+    let h = w
+        .deliver(
+            Folder::Inbox,
+            &reply(
+                "Zhao <zhao@prospect.example>",
+                Some(&id),
+                "Re: x",
+                "我是李雷的同事，请联系我。",
+            ),
+        )
+        .await;
+    assert_eq!(h.changed.len(), 2, "{h:?}");
+    assert_eq!(
+        w.state("wang@prospect.example").await.1.as_deref(),
+        Some("replied")
+    );
+    // ... but never for free-mail domains: dora's reply leaves eve alone.
+    let h = w
+        .deliver(
+            Folder::Inbox,
+            &reply("dora@gmail.com", None, "Re: hi", "Interested"),
+        )
+        .await;
+    assert_eq!(h.changed.len(), 1);
+    assert_eq!(w.state("eve@gmail.com").await.0, "active");
+
+    // "Please remove me" suppresses the address for good.
+    let h = w
+        .deliver(
+            Folder::Inbox,
+            &reply(
+                "carl@fourth.example",
+                None,
+                "Re: hi",
+                "Please remove me from your list.",
+            ),
+        )
+        .await;
+    assert_eq!(h.changed.len(), 1, "{h:?}");
+    assert_eq!(
+        w.state("carl@fourth.example").await.1.as_deref(),
+        Some("unsubscribed")
+    );
+    assert!(w.store.is_suppressed("carl@fourth.example").await.unwrap());
+
+    // Our own follow-up seen in Sent is never a reply or a manual mail.
+    let (eve_id, eve_subject) = w.first("eve@gmail.com");
+    let own = format!("From: Iris Zhang <iris@sender.example>\r\nTo: eve@gmail.com\r\nSubject: {eve_subject}\r\nMessage-ID: {eve_id}\r\n\r\nHi\r\n");
+    let h = w.deliver(Folder::Sent, &own).await;
+    assert!(h.changed.is_empty());
+    assert_eq!(h.decision, "our own message");
+    assert_eq!(w.state("eve@gmail.com").await.0, "active");
+    // The rep writes to eve by hand: her sequence stops with reason `manual`.
+    let by_hand = "From: Iris Zhang <iris@sender.example>\r\nTo: eve@gmail.com\r\nSubject: lunch?\r\nMessage-ID: <hand-1@sender.example>\r\n\r\nShall we meet?\r\n";
+    let h = w.deliver(Folder::Sent, by_hand).await;
+    assert_eq!(h.changed.len(), 1);
+    assert_eq!(w.state("eve@gmail.com").await.1.as_deref(), Some("manual"));
+
+    let status = w.p.ok(&["status", "intro", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&status).unwrap();
+    let first_row = &v["sequences"][0]["steps"][0];
+    assert_eq!(
+        first_row["replied"], 5,
+        "anna, bob, li, wang, dora: {first_row}"
+    );
+    assert_eq!(first_row["unsubscribed"], 1, "{first_row}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replies_change_exactly_their_enrollments_sqlite() {
+    cases(Db::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replies_change_exactly_their_enrollments_postgres() {
+    cases(Db::Postgres).await;
+}
+
+async fn auto_reply_and_bounce(db: Db) {
+    let mut w = World::new(
+        db,
+        &[
+            "ooo@prospect.example",
+            "gone@prospect.example",
+            "soft@prospect.example",
+        ],
+    )
+    .await;
+    let (id, subject) = w.first("ooo@prospect.example");
+    let ooo = format!(
+        "From: ooo@prospect.example\r\nTo: iris@sender.example\r\nSubject: Auto: {subject}\r\nAuto-Submitted: auto-replied\r\nIn-Reply-To: {id}\r\nMessage-ID: <ooo-1@prospect.example>\r\nDate: Wed, 25 Nov 2026 10:00:00 +0000\r\n\r\nI am out of the office until 2026-12-03.\r\n"
+    );
+    let h = w.deliver(Folder::Inbox, &ooo).await;
+    assert_eq!(h.changed.len(), 1, "{h:?}");
+    let e = w
+        .store
+        .enrollment("intro", "ooo@prospect.example")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(e.state, "paused");
+    assert_eq!(e.step_id, "bump", "resumes where it was");
+    // Back on Dec 3 → resumes on Dec 4 (00:00 in the contact's zone, Asia/Shanghai here).
+    assert_eq!(
+        e.paused_until.unwrap().to_rfc3339(),
+        "2026-12-03T16:00:00+00:00"
+    );
+
+    // A permanent bounce (RFC 3464) suppresses the address and stops the enrollment.
+    let (id, _) = w.first("gone@prospect.example");
+    let dsn = format!(
+        "From: MAILER-DAEMON@mx.prospect.example\r\nTo: iris@sender.example\r\nSubject: Undelivered Mail Returned to Sender\r\nMessage-ID: <dsn-1@mx.prospect.example>\r\nMIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=delivery-status; boundary=\"B\"\r\n\r\n--B\r\nContent-Type: text/plain\r\n\r\nYour message could not be delivered.\r\n--B\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.prospect.example\r\n\r\nFinal-Recipient: rfc822; gone@prospect.example\r\nAction: failed\r\nStatus: 5.1.1\r\nDiagnostic-Code: smtp; 550 5.1.1 User unknown\r\n\r\n--B\r\nContent-Type: text/rfc822-headers\r\n\r\nMessage-ID: {id}\r\nTo: gone@prospect.example\r\n\r\n--B--\r\n"
+    );
+    let h = w.deliver(Folder::Inbox, &dsn).await;
+    assert_eq!(h.changed.len(), 1, "{h:?}");
+    assert_eq!(
+        w.state("gone@prospect.example").await,
+        ("stopped".into(), Some("bounced".into()))
+    );
+    assert!(w
+        .store
+        .is_suppressed("gone@prospect.example")
+        .await
+        .unwrap());
+    assert_eq!(w.state("soft@prospect.example").await.0, "active");
+
+    // Soft bounces are counted; the third suppresses (soft_bounce_limit = 3).
+    for i in 0..3 {
+        let soft = format!(
+            "From: MAILER-DAEMON@mx.prospect.example\r\nTo: iris@sender.example\r\nSubject: Delayed Mail (still being retried)\r\nMessage-ID: <soft-{i}@mx.prospect.example>\r\nMIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=delivery-status; boundary=\"B\"\r\n\r\n--B\r\nContent-Type: text/plain\r\n\r\nDelayed.\r\n--B\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.prospect.example\r\n\r\nFinal-Recipient: rfc822; soft@prospect.example\r\nAction: delayed\r\nStatus: 4.2.2\r\n\r\n--B--\r\n"
+        );
+        w.deliver(Folder::Inbox, &soft).await;
+        let expect = if i < 2 { "active" } else { "stopped" };
+        assert_eq!(
+            w.state("soft@prospect.example").await.0,
+            expect,
+            "after soft bounce {}",
+            i + 1
+        );
+    }
+    // Suppression is checked when a step is claimed: running now sends nothing to them.
+    let before = w._smtp.received().len();
+    w.p.ok(&["run", "--once"]);
+    assert_eq!(w._smtp.received().len(), before);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn auto_reply_pauses_and_bounces_suppress_sqlite() {
+    auto_reply_and_bounce(Db::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn auto_reply_pauses_and_bounces_suppress_postgres() {
+    auto_reply_and_bounce(Db::Postgres).await;
+}
