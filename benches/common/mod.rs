@@ -120,6 +120,10 @@ impl Sink {
         }
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Messages the sink has accepted so far (its `-c` counter).
     pub fn messages(&self) -> u64 {
         let text = std::fs::read(&self.counter).unwrap_or_default();
@@ -251,4 +255,71 @@ pub fn contacts_csv(n: usize) -> String {
         ));
     }
     csv
+}
+
+/// CPU seconds (user + system) of this process's threads by kind, of its waited-for
+/// children, and of one other process, from /proc (clock ticks of 1/100 s).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Cpu {
+    /// The runtime's threads (and the main thread, idle in `block_on`). The scheduler is
+    /// one task, so it runs on one of them at a time.
+    pub runtime: f64,
+    /// sqlx's SQLite worker threads (one per pooled connection).
+    pub sqlite: f64,
+    /// Waited-for children (smtp-source), from /proc/self/stat.
+    pub children: f64,
+    /// The process given to [`Cpu::now`] (smtp-sink).
+    pub peer: f64,
+}
+
+const TICK: f64 = 0.01;
+
+/// The comm and the fields after it (field 3 onwards of proc(5)) of a /proc stat file.
+fn stat_fields(path: &Path) -> Option<(String, Vec<u64>)> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let open = text.find('(')?;
+    let close = text.rfind(')')?;
+    let comm = text[open + 1..close].to_string();
+    // Non-numeric fields (the state) become 0.
+    let rest = text[close + 1..]
+        .split_whitespace()
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
+    Some((comm, rest))
+}
+
+impl Cpu {
+    pub fn now(peer: u32) -> Cpu {
+        let mut cpu = Cpu::default();
+        // utime, stime are fields 14 and 15; cutime, cstime 16 and 17.
+        if let Ok(tasks) = std::fs::read_dir("/proc/self/task") {
+            for t in tasks.flatten() {
+                let Some((comm, f)) = stat_fields(&t.path().join("stat")) else {
+                    continue;
+                };
+                let secs = (f[11] + f[12]) as f64 * TICK;
+                if comm.starts_with("sqlx-sqlite") {
+                    cpu.sqlite += secs;
+                } else {
+                    cpu.runtime += secs;
+                }
+            }
+        }
+        if let Some((_, f)) = stat_fields(Path::new("/proc/self/stat")) {
+            cpu.children = (f[13] + f[14]) as f64 * TICK;
+        }
+        if let Some((_, f)) = stat_fields(Path::new(&format!("/proc/{peer}/stat"))) {
+            cpu.peer = (f[11] + f[12]) as f64 * TICK;
+        }
+        cpu
+    }
+
+    pub fn since(self, before: Cpu) -> Cpu {
+        Cpu {
+            runtime: self.runtime - before.runtime,
+            sqlite: self.sqlite - before.sqlite,
+            children: self.children - before.children,
+            peer: self.peer - before.peer,
+        }
+    }
 }
