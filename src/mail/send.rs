@@ -199,7 +199,13 @@ impl SmtpPool {
             }
             Transport::File { .. } => unreachable!("file transports have no SMTP pool"),
         };
-        if let Some(creds) = &self.credentials {
+        // `user` and the password are the mailbox's, for IMAP too: a relay that offers
+        // no AUTH at all (a local Postfix trusting 127.0.0.1) gets the mail without it,
+        // and answers with a 5xx if it wanted a login after all.
+        let offers_auth = [Mechanism::Plain, Mechanism::Login, Mechanism::Xoauth2]
+            .into_iter()
+            .any(|m| conn.server_info().supports_auth_mechanism(m));
+        if let (Some(creds), true) = (&self.credentials, offers_auth) {
             conn.auth(&[Mechanism::Plain, Mechanism::Login], creds)
                 .await
                 .map_err(smtp_err)?;

@@ -6,6 +6,7 @@ mod support;
 
 mod check;
 mod crash;
+mod mailworld;
 mod replies;
 mod send;
 mod store;

@@ -225,6 +225,10 @@ impl Received {
 pub struct Project {
     pub dir: tempfile::TempDir,
     pub config: PathBuf,
+    /// The database URL written into followup.toml (for tests that write their own).
+    pub database: String,
+    /// Extra environment for every `followup` command (e.g. a mailbox's password_env).
+    pub env: Vec<(String, String)>,
 }
 
 pub struct Options<'a> {
@@ -292,7 +296,12 @@ impl Project {
             "---\nsubject: Closing\n---\nLast one\nSTEP=last\n",
         );
         let config = dir.path().join("followup.toml");
-        Project { dir, config }
+        Project {
+            dir,
+            config,
+            database,
+            env: Vec::new(),
+        }
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {
@@ -312,6 +321,7 @@ impl Project {
             .args(args)
             .env("FOLLOWUP_LOG", "info")
             .env_remove("FOLLOWUP_CONFIG");
+        c.envs(self.env.iter().map(|(k, v)| (k, v)));
         c
     }
 

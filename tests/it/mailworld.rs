@@ -1,0 +1,825 @@
+//! Replies stop sequences, end to end against a real mail world on 127.0.0.1
+//! (tests/support/mailworld.sh: Postfix delivering by LMTP to Dovecot with IDLE and
+//! Sieve). The real `followup run` sends the first steps through Postfix and watches the
+//! rep's INBOX and Sent folders over IMAP; the tests act as the prospects (mail sent
+//! through Postfix, delivered by LMTP, seen by the watcher via IDLE) and as the rep (a
+//! copy APPENDed to Sent). Auto-replies and bounces are the real ones: Pigeonhole's
+//! vacation for ooo@prospect.test, Postfix's RFC 3464 DSN for unknown@prospect.test.
+//!
+//! Every case changes exactly the enrollment it should: the bystanders (other contacts
+//! in the same sequence, one at the prospect's company where the logic allows it, one
+//! elsewhere) must still be active on their next step.
+//!
+//! One world per test (starting one takes ~0.5 s); worlds run in parallel.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use followup::model::Enrollment;
+use followup::store::{Store, WatchState};
+
+use crate::support::{Daemon, Db, Options, Project};
+
+/// Generous: machines running the suite are noisy.
+const TIMEOUT: Duration = Duration::from_secs(30);
+const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/mailworld.sh");
+
+const REP: &str = "rep@followup.test";
+const LI: &str = "li@prospect.test";
+const COLLEAGUE: &str = "colleague@prospect.test";
+const OOO: &str = "ooo@prospect.test";
+const UNKNOWN: &str = "unknown@prospect.test";
+/// A contact at another company (the only other domain the world delivers to).
+const BUYER: &str = "buyer@followup.test";
+
+/// Polls `f` until it gives a value; panics with `what` and `context()` on timeout.
+fn wait<T>(what: &str, context: impl Fn() -> String, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if start.elapsed() > TIMEOUT {
+            panic!(
+                "timed out after {:?} waiting for {what}\n{}",
+                TIMEOUT,
+                context()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+// ------------------------------------------------------------------ the world
+
+/// One message as it lies in a maildir.
+#[derive(Debug, Clone)]
+struct Mail {
+    raw: String,
+}
+
+impl Mail {
+    /// The first header of this name, unfolded.
+    fn header(&self, name: &str) -> Option<String> {
+        let head = self
+            .raw
+            .split("\n\n")
+            .next()
+            .unwrap_or_default()
+            .replace("\r\n", "\n");
+        let mut found: Option<String> = None;
+        for line in head.split('\n') {
+            if let Some(v) = found.as_mut() {
+                if line.starts_with([' ', '\t']) {
+                    v.push(' ');
+                    v.push_str(line.trim());
+                    continue;
+                }
+                break;
+            }
+            if let Some((k, v)) = line.split_once(':') {
+                if k.eq_ignore_ascii_case(name) {
+                    found = Some(v.trim().to_string());
+                }
+            }
+        }
+        found
+    }
+
+    fn is_from_rep(&self) -> bool {
+        self.header("From").is_some_and(|f| f.contains(REP))
+    }
+}
+
+/// A private Postfix + Dovecot, stopped on drop.
+struct World {
+    dir: tempfile::TempDir,
+    env: HashMap<String, String>,
+}
+
+impl World {
+    fn start() -> World {
+        let dir = tempfile::Builder::new()
+            .prefix("mw")
+            .tempdir_in("/tmp")
+            .expect("temp dir for the mail world");
+        let out = Command::new("bash")
+            .arg(SCRIPT)
+            .arg("start")
+            .arg(dir.path())
+            .env("MAILWORLD_EXTRA_USERS", BUYER)
+            .output()
+            .expect("bash tests/support/mailworld.sh");
+        assert!(
+            out.status.success(),
+            "mailworld.sh start failed (needs root and postfix dovecot-imapd dovecot-lmtpd dovecot-sieve):\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let env = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        World { dir, env }
+    }
+
+    fn get(&self, key: &str) -> &str {
+        self.env
+            .get(key)
+            .unwrap_or_else(|| panic!("mailworld.sh printed no {key}"))
+    }
+
+    fn port(&self, key: &str) -> u16 {
+        self.get(key).parse().expect("a port number")
+    }
+
+    fn script(&self, cmd: &str) {
+        let out = Command::new("bash")
+            .arg(SCRIPT)
+            .arg(cmd)
+            .arg(self.dir.path())
+            .output()
+            .expect("bash tests/support/mailworld.sh");
+        assert!(
+            out.status.success(),
+            "mailworld.sh {cmd} failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(name)).unwrap_or_default()
+    }
+
+    fn logs(&self) -> String {
+        let tail = |name: &str| {
+            let text = self.log(name);
+            let lines: Vec<&str> = text.lines().collect();
+            lines[lines.len().saturating_sub(30)..].join("\n")
+        };
+        format!(
+            "--- dovecot.log (tail)\n{}\n--- postfix.log (tail)\n{}",
+            tail("dovecot.log"),
+            tail("postfix.log")
+        )
+    }
+
+    /// Messages in a user's folder ("" is INBOX), oldest first.
+    fn mails(&self, user: &str, folder: &str) -> Vec<Mail> {
+        let mut root: PathBuf = self.dir.path().join("mail").join(user);
+        if !folder.is_empty() {
+            root = root.join(format!(".{folder}"));
+        }
+        let mut files: Vec<(std::time::SystemTime, PathBuf)> = Vec::new();
+        for sub in ["new", "cur"] {
+            let Ok(rd) = std::fs::read_dir(root.join(sub)) else {
+                continue;
+            };
+            for e in rd.flatten() {
+                let t = e
+                    .metadata()
+                    .and_then(|m| m.modified())
+                    .unwrap_or(std::time::UNIX_EPOCH);
+                files.push((t, e.path()));
+            }
+        }
+        files.sort();
+        files
+            .iter()
+            // A message may move from new/ to cur/ between the listing and the read.
+            .filter_map(|(_, p)| std::fs::read(p).ok())
+            .map(|b| Mail {
+                raw: String::from_utf8_lossy(&b).into_owned(),
+            })
+            .collect()
+    }
+
+    /// Waits for a message in the user's INBOX that satisfies `pred`.
+    fn wait_mail(&self, user: &str, what: &str, pred: impl Fn(&Mail) -> bool) -> Mail {
+        wait(
+            &format!("{what} in {user}'s INBOX"),
+            || self.logs(),
+            || self.mails(user, "").into_iter().find(|m| pred(m)),
+        )
+    }
+
+    /// Sends `raw` (CRLF lines) through the world's Postfix, as a mail client would.
+    fn send(&self, from: &str, to: &str, raw: &str) {
+        let tcp = TcpStream::connect(("127.0.0.1", self.port("SMTP_PORT"))).expect("connect SMTP");
+        tcp.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut r = BufReader::new(tcp.try_clone().unwrap());
+        let mut w = tcp;
+        let expect = |r: &mut BufReader<TcpStream>, code: &str| loop {
+            let mut line = String::new();
+            r.read_line(&mut line).expect("SMTP reply");
+            assert!(
+                line.starts_with(code),
+                "SMTP: expected {code}, got {line:?}"
+            );
+            if line.as_bytes().get(3) != Some(&b'-') {
+                break;
+            }
+        };
+        expect(&mut r, "220");
+        for (cmd, code) in [
+            ("EHLO client.prospect.test".to_string(), "250"),
+            (format!("MAIL FROM:<{from}>"), "250"),
+            (format!("RCPT TO:<{to}>"), "250"),
+            ("DATA".to_string(), "354"),
+        ] {
+            write!(w, "{cmd}\r\n").unwrap();
+            expect(&mut r, code);
+        }
+        for line in raw.trim_end_matches("\r\n").split("\r\n") {
+            let dot = if line.starts_with('.') { "." } else { "" };
+            write!(w, "{dot}{line}\r\n").unwrap();
+        }
+        write!(w, ".\r\n").unwrap();
+        expect(&mut r, "250");
+        write!(w, "QUIT\r\n").unwrap();
+        expect(&mut r, "221");
+    }
+
+    /// APPENDs `raw` to a folder of `user`, as the rep's mail client does with what it
+    /// sends.
+    fn append(&self, user: &str, folder: &str, raw: &str) {
+        let tcp = TcpStream::connect(("127.0.0.1", self.port("IMAP_PORT"))).expect("connect IMAP");
+        tcp.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut r = BufReader::new(tcp.try_clone().unwrap());
+        let mut w = tcp;
+        let read_line = |r: &mut BufReader<TcpStream>| {
+            let mut line = String::new();
+            r.read_line(&mut line).expect("IMAP response");
+            assert!(!line.is_empty(), "IMAP server closed the connection");
+            line
+        };
+        let tagged = |r: &mut BufReader<TcpStream>, tag: &str| loop {
+            let line = read_line(r);
+            if let Some(rest) = line.strip_prefix(&format!("{tag} ")) {
+                assert!(rest.starts_with("OK"), "IMAP {tag}: {line:?}");
+                break;
+            }
+        };
+        read_line(&mut r); // greeting
+        write!(w, "a1 LOGIN {user} {}\r\n", self.get("PASSWORD")).unwrap();
+        tagged(&mut r, "a1");
+        write!(w, "a2 APPEND {folder} (\\Seen) {{{}}}\r\n", raw.len()).unwrap();
+        let cont = read_line(&mut r);
+        assert!(cont.starts_with('+'), "APPEND: {cont:?}");
+        w.write_all(raw.as_bytes()).unwrap();
+        write!(w, "\r\n").unwrap();
+        tagged(&mut r, "a2");
+        write!(w, "a3 LOGOUT\r\n").unwrap();
+        tagged(&mut r, "a3");
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(SCRIPT)
+            .arg("stop")
+            .arg(self.dir.path())
+            .output();
+    }
+}
+
+/// A message from a prospect (or the rep), CRLF lines.
+fn message(from: &str, to: &str, subject: &str, extra: &str, body: &str) -> String {
+    format!(
+        "From: {from}\r\nTo: {to}\r\nSubject: {subject}\r\nDate: {}\r\nMessage-ID: <{:016x}@client.prospect.test>\r\n{extra}MIME-Version: 1.0\r\n{body}",
+        chrono::Utc::now().to_rfc2822(),
+        fastrand::u64(..)
+    )
+}
+
+fn text(body: &str) -> String {
+    format!("Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n{body}\r\n")
+}
+
+fn threaded(id: &str) -> String {
+    format!("In-Reply-To: {id}\r\nReferences: {id}\r\n")
+}
+
+// ------------------------------------------------------------------ a case
+
+/// A project whose mailbox `sales` is rep@followup.test in the world, with the daemon
+/// running and the contacts enrolled in `intro`.
+struct Case {
+    // Dropped in this order: the daemon before the world it talks to.
+    daemon: Option<Daemon>,
+    store: Store,
+    p: Project,
+    world: World,
+    rt: tokio::runtime::Runtime,
+}
+
+impl Case {
+    /// `waits`: of the second and third steps.
+    fn new(db: Db, contacts: &[&str], waits: (&str, &str)) -> Case {
+        let world = World::start();
+        let mut p = Project::new(
+            db,
+            &Options {
+                waits,
+                ..Options::default()
+            },
+        );
+        p.env
+            .push(("MW_REP_PASSWORD".into(), world.get("PASSWORD").into()));
+        p.write(
+            "followup.toml",
+            &format!(
+                "database = \"{}\"\ntimezone = \"Asia/Shanghai\"\nwindow = \"always\"\n\n\
+                 [send]\nlease = \"5s\"\nretry_base = \"1s\"\nretry_max = \"2s\"\n\n\
+                 [mailboxes.sales]\nfrom = \"Rep <{REP}>\"\nsmtp = \"smtp://127.0.0.1:{}\"\n\
+                 imap = \"imap://127.0.0.1:{}\"\nuser = \"{REP}\"\npassword_env = \"MW_REP_PASSWORD\"\n\
+                 append_sent = true\n",
+                p.database,
+                world.port("SMTP_PORT"),
+                world.port("IMAP_PORT"),
+            ),
+        );
+        let mut csv = String::from("email,first_name,company\n");
+        for c in contacts {
+            csv.push_str(&format!("{c},Li,Acme\n"));
+        }
+        p.write("contacts.csv", &csv);
+        p.ok(&[
+            "contacts",
+            "import",
+            p.path("contacts.csv").to_str().unwrap(),
+            "--sequence",
+            "intro",
+        ]);
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let store = rt
+            .block_on(Store::open(&p.database))
+            .expect("open the test database");
+        let daemon = Some(p.daemon());
+        Case {
+            daemon,
+            store,
+            p,
+            world,
+            rt,
+        }
+    }
+
+    fn context(&self) -> String {
+        format!(
+            "--- daemon log\n{}\n{}",
+            self.daemon
+                .as_ref()
+                .map(|d| d.log_text())
+                .unwrap_or_default(),
+            self.world.logs()
+        )
+    }
+
+    fn wait<T>(&self, what: &str, f: impl FnMut() -> Option<T>) -> T {
+        wait(what, || self.context(), f)
+    }
+
+    /// The first step as `email` received it (through Postfix and Dovecot).
+    fn first(&self, email: &str) -> Mail {
+        self.wait(&format!("the first step in {email}'s INBOX"), || {
+            self.world
+                .mails(email, "")
+                .into_iter()
+                .find(|m| m.is_from_rep() && m.raw.contains("STEP=first"))
+        })
+    }
+
+    /// Mail from the rep (the daemon or by hand) in `email`'s INBOX.
+    fn sent_by_rep(&self, email: &str) -> Vec<Mail> {
+        self.world
+            .mails(email, "")
+            .into_iter()
+            .filter(Mail::is_from_rep)
+            .collect()
+    }
+
+    fn enrollment(&self, email: &str) -> Enrollment {
+        self.rt
+            .block_on(self.store.enrollment("intro", email))
+            .expect("query the enrollment")
+            .unwrap_or_else(|| panic!("{email} is not enrolled"))
+    }
+
+    fn suppressed(&self, email: &str) -> bool {
+        self.rt
+            .block_on(self.store.is_suppressed(email))
+            .expect("query suppression")
+    }
+
+    fn watchers(&self) -> Vec<WatchState> {
+        self.rt
+            .block_on(self.store.watch_states())
+            .expect("query watch states")
+    }
+
+    /// Waits until `email`'s enrollment leaves `active`, and returns it.
+    fn changed(&self, email: &str) -> Enrollment {
+        self.wait(&format!("{email}'s enrollment to change"), || {
+            Some(self.enrollment(email)).filter(|e| e.state != "active")
+        })
+    }
+
+    /// Active, waiting for its second step: the first went out and nothing else happened.
+    fn assert_untouched(&self, email: &str) {
+        let e = self.enrollment(email);
+        assert_eq!(
+            (e.state.as_str(), e.step_id.as_str(), e.reason.as_deref()),
+            ("active", "bump", None),
+            "{email} should be untouched: {e:?}"
+        );
+        assert!(!self.suppressed(email), "{email} should not be suppressed");
+    }
+
+    /// Waits until both watchers (INBOX, Sent) are idling.
+    fn wait_idle(&self) {
+        self.wait("both IMAP watchers idling", || {
+            let w = self.watchers();
+            (w.len() == 2 && w.iter().all(|s| s.state == "idle")).then_some(())
+        });
+    }
+
+    fn daemon(&self) -> &Daemon {
+        self.daemon.as_ref().expect("the daemon runs")
+    }
+
+    fn replied_count(&self) -> i64 {
+        let s = self.p.status_json();
+        s["sequences"]
+            .as_array()
+            .expect("status lists sequences")
+            .iter()
+            .filter(|q| q["sequence"] == "intro")
+            .flat_map(|q| q["steps"].as_array().cloned().unwrap_or_default())
+            .map(|row| row["replied"].as_i64().unwrap_or(0))
+            .sum()
+    }
+}
+
+impl Drop for Case {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("{}", self.context());
+        }
+    }
+}
+
+/// `li` answers our first mail (from her or from someone else) with `build(id, subject)`.
+fn answer(c: &Case, from: &str, build: impl Fn(&str, &str) -> String) {
+    let first = c.first(LI);
+    let id = first
+        .header("Message-ID")
+        .expect("our mail has a Message-ID");
+    let subject = first.header("Subject").expect("our mail has a Subject");
+    c.world.send(from, REP, &build(&id, &subject));
+}
+
+// ------------------------------------------------------------------ the cases
+
+/// A threaded reply stops exactly that enrollment, and its follow-up never goes out
+/// although the bystander's does.
+fn threaded_reply(db: Db) {
+    let c = Case::new(db, &[LI, BUYER], ("10s", "1h"));
+    c.first(BUYER);
+    answer(&c, LI, |id, subject| {
+        message(
+            "Li Lei <li@prospect.test>",
+            "Rep <rep@followup.test>",
+            &format!("Re: {subject}"),
+            &threaded(id),
+            &text("Yes, please send samples and a price list.\r\n\r\n> Hi Li,\r\n> STEP=first"),
+        )
+    });
+    let e = c.changed(LI);
+    assert_eq!(
+        (e.state.as_str(), e.reason.as_deref()),
+        ("stopped", Some("replied"))
+    );
+    c.assert_untouched(BUYER);
+    // The bystander's follow-up is sent on time; li's, due at the same moment, is not.
+    c.wait("the bystander's follow-up", || {
+        c.sent_by_rep(BUYER)
+            .iter()
+            .any(|m| m.raw.contains("STEP=bump"))
+            .then_some(())
+    });
+    let to_li = c.sent_by_rep(LI);
+    assert_eq!(
+        to_li.len(),
+        1,
+        "li replied, so only the first step: {to_li:?}"
+    );
+    assert_eq!(c.replied_count(), 1);
+}
+
+/// No In-Reply-To, only "Re:" and the address.
+fn unthreaded_reply(db: Db) {
+    let c = Case::new(db, &[LI, BUYER], ("1h", "1h"));
+    c.first(BUYER);
+    answer(&c, LI, |_, subject| {
+        message(
+            "li@prospect.test",
+            "rep@followup.test",
+            &format!("Re: {subject}"),
+            "",
+            &text("Call me tomorrow, please."),
+        )
+    });
+    let e = c.changed(LI);
+    assert_eq!(
+        (e.state.as_str(), e.reason.as_deref()),
+        ("stopped", Some("replied"))
+    );
+    c.assert_untouched(BUYER);
+}
+
+/// A reply with only an HTML part (webmail, Outlook).
+fn html_only_reply(db: Db) {
+    let c = Case::new(db, &[LI, BUYER], ("1h", "1h"));
+    c.first(BUYER);
+    answer(&c, LI, |id, subject| {
+        message(
+            "Li Lei <li@prospect.test>",
+            "Rep <rep@followup.test>",
+            &format!("RE: {subject}"),
+            &threaded(id),
+            "Content-Type: text/html; charset=utf-8\r\n\r\n<html><body><p>Thanks, <b>interested</b>. What is your MOQ?</p>\
+             <blockquote><p>Hi Li,</p><p>STEP=first</p></blockquote></body></html>\r\n",
+        )
+    });
+    let e = c.changed(LI);
+    assert_eq!(
+        (e.state.as_str(), e.reason.as_deref()),
+        ("stopped", Some("replied"))
+    );
+    c.assert_untouched(BUYER);
+}
+
+/// A colleague answers in li's thread: li stops, the contact elsewhere does not.
+fn colleague_reply(db: Db) {
+    let c = Case::new(db, &[LI, BUYER], ("1h", "1h"));
+    c.first(BUYER);
+    answer(&c, COLLEAGUE, |id, subject| {
+        message(
+            "Zhao Min <colleague@prospect.test>",
+            "Rep <rep@followup.test>",
+            &format!("Re: {subject}"),
+            &threaded(id),
+            &text("I handle purchasing for Li. Please send me the catalogue."),
+        )
+    });
+    let e = c.changed(LI);
+    assert_eq!(
+        (e.state.as_str(), e.reason.as_deref()),
+        ("stopped", Some("replied"))
+    );
+    c.assert_untouched(BUYER);
+}
+
+/// "Please remove me": stopped and the address suppressed for good.
+fn remove_me(db: Db) {
+    let c = Case::new(db, &[LI, BUYER], ("1h", "1h"));
+    c.first(BUYER);
+    answer(&c, LI, |id, subject| {
+        message(
+            "li@prospect.test",
+            "rep@followup.test",
+            &format!("Re: {subject}"),
+            &threaded(id),
+            &text("Please remove me from your list."),
+        )
+    });
+    let e = c.changed(LI);
+    assert_eq!(
+        (e.state.as_str(), e.reason.as_deref()),
+        ("stopped", Some("unsubscribed"))
+    );
+    assert!(c.suppressed(LI), "li asked to be removed");
+    c.assert_untouched(BUYER);
+}
+
+/// The daemon's first mail to ooo@ triggers Pigeonhole's vacation reply: paused until
+/// the return date, not stopped; li at the same company is not paused with her.
+fn vacation(db: Db) {
+    let c = Case::new(db, &[OOO, LI, BUYER], ("1h", "1h"));
+    c.first(LI);
+    c.first(BUYER);
+    let e = c.changed(OOO);
+    assert_eq!(e.state, "paused", "an auto-reply pauses: {e:?}");
+    assert_eq!(e.step_id, "bump", "resumes where it was: {e:?}");
+    let until = e.paused_until.expect("paused until a date");
+    assert!(
+        until > chrono::Utc::now() + chrono::Duration::hours(1),
+        "paused until the return date (15 December), not for a moment: {until}"
+    );
+    // It was the real responder's mail.
+    let ooo = c.world.wait_mail(REP, "the vacation reply", |m| {
+        m.header("From").is_some_and(|f| f.contains(OOO))
+    });
+    assert!(
+        ooo.header("Auto-Submitted")
+            .is_some_and(|v| v.contains("auto-replied")),
+        "{}",
+        ooo.raw
+    );
+    c.assert_untouched(LI);
+    c.assert_untouched(BUYER);
+}
+
+/// Postfix bounces the first mail to unknown@ with an RFC 3464 report: suppressed, and
+/// stopped `bounced`.
+fn bounce(db: Db) {
+    let c = Case::new(db, &[UNKNOWN, LI, BUYER], ("1h", "1h"));
+    c.first(LI);
+    c.first(BUYER);
+    let e = c.changed(UNKNOWN);
+    assert_eq!(
+        (e.state.as_str(), e.reason.as_deref()),
+        ("stopped", Some("bounced"))
+    );
+    assert!(c.suppressed(UNKNOWN));
+    let dsn = c.world.wait_mail(REP, "the bounce", |m| {
+        m.header("Content-Type")
+            .is_some_and(|t| t.contains("report-type=delivery-status"))
+    });
+    assert!(dsn.raw.contains(UNKNOWN), "{}", dsn.raw);
+    c.assert_untouched(LI);
+    c.assert_untouched(BUYER);
+}
+
+/// The daemon's own messages, appended to Sent, stop nothing; a mail the rep writes by
+/// hand to li (sent, and its copy appended to Sent by the mail client) stops li's.
+fn manual(db: Db) {
+    let c = Case::new(db, &[LI, COLLEAGUE, BUYER], ("1h", "1h"));
+    for who in [LI, COLLEAGUE, BUYER] {
+        c.first(who);
+    }
+    // The Sent watcher has looked at all three of our own messages.
+    c.wait("the Sent watcher to pass our 3 messages", || {
+        let sent = c.world.mails(REP, "Sent");
+        let w = c.watchers();
+        let last = w.iter().find(|s| s.folder == "Sent").map(|s| s.last_uid);
+        (sent.len() == 3 && last == Some(3)).then_some(())
+    });
+    for who in [LI, COLLEAGUE, BUYER] {
+        c.assert_untouched(who);
+    }
+    let by_hand = message(
+        "Rep <rep@followup.test>",
+        "Li Lei <li@prospect.test>",
+        "Lunch at the Canton Fair?",
+        "",
+        &text("Hi Li, shall we meet at booth 12.1 on Tuesday?"),
+    );
+    c.world.send(REP, LI, &by_hand);
+    c.world.append(REP, "Sent", &by_hand);
+    let e = c.changed(LI);
+    assert_eq!(
+        (e.state.as_str(), e.reason.as_deref()),
+        ("stopped", Some("manual"))
+    );
+    c.assert_untouched(COLLEAGUE);
+    c.assert_untouched(BUYER);
+}
+
+/// Dovecot restarts while the watchers idle: they reconnect, and a reply sent after the
+/// restart is handled.
+fn imap_restart(db: Db) {
+    let c = Case::new(db, &[LI, BUYER], ("1h", "1h"));
+    c.first(BUYER);
+    c.first(LI);
+    c.wait_idle();
+    c.world.script("restart-imap");
+    // Both watchers notice and come back (they set their state once connected again).
+    c.wait("both watchers to reconnect", || {
+        let log = c.daemon.as_ref()?.log_text();
+        (log.matches("IMAP watcher reconnected").count() >= 2).then_some(())
+    });
+    answer(&c, LI, |id, subject| {
+        message(
+            "li@prospect.test",
+            "rep@followup.test",
+            &format!("Re: {subject}"),
+            &threaded(id),
+            &text("Got it, thanks. Send the offer."),
+        )
+    });
+    let e = c.changed(LI);
+    assert_eq!(
+        (e.state.as_str(), e.reason.as_deref()),
+        ("stopped", Some("replied"))
+    );
+    c.assert_untouched(BUYER);
+}
+
+/// The daemon is down while li replies: started again, it catches up from its
+/// checkpoint, handles the reply once and sends nothing twice.
+fn catch_up(db: Db) {
+    let mut c = Case::new(db, &[LI, BUYER], ("1h", "1h"));
+    c.first(BUYER);
+    c.first(LI);
+    c.wait_idle();
+    let status = c.daemon.take().expect("the daemon runs").stop();
+    assert!(status.success(), "daemon exit: {status}");
+    answer(&c, LI, |id, subject| {
+        message(
+            "li@prospect.test",
+            "rep@followup.test",
+            &format!("Re: {subject}"),
+            &threaded(id),
+            &text("Yes, interested. Call me."),
+        )
+    });
+    // Delivered while nobody watches.
+    let delivered = c.world.wait_mail(REP, "li's reply", |m| {
+        m.header("From").is_some_and(|f| f.contains(LI))
+    });
+    let reply_id = delivered.header("Message-ID").unwrap_or_default();
+    assert_eq!(c.enrollment(LI).state, "active", "nobody watched yet");
+    c.daemon = Some(c.p.daemon());
+    let e = c.changed(LI);
+    assert_eq!(
+        (e.state.as_str(), e.reason.as_deref()),
+        ("stopped", Some("replied")),
+        "reply {reply_id}"
+    );
+    c.assert_untouched(BUYER);
+    c.wait_idle();
+    assert_eq!(c.replied_count(), 1, "handled once");
+    assert_eq!(c.sent_by_rep(LI).len(), 1, "nothing sent twice");
+    assert!(c.daemon().log_text().contains("IMAP watcher connected"));
+}
+
+macro_rules! on_both {
+    ($($case:ident),* $(,)?) => {
+        mod sqlite {
+            $(#[test] fn $case() { super::$case(crate::support::Db::Sqlite) })*
+        }
+        mod postgres {
+            $(#[test] fn $case() { super::$case(crate::support::Db::Postgres) })*
+        }
+    };
+}
+
+on_both!(
+    threaded_reply,
+    unthreaded_reply,
+    html_only_reply,
+    colleague_reply,
+    remove_me,
+    vacation,
+    bounce,
+    manual,
+    imap_restart,
+    catch_up,
+);
+
+/// What the tracking issue depends on: Pigeonhole's vacation does not answer mail that
+/// carries a List-Unsubscribe header (RFC 5230), but does answer the same mail without.
+#[test]
+fn vacation_ignores_list_unsubscribe() {
+    let w = World::start();
+    let listed = message(
+        "li@prospect.test",
+        "ooo@prospect.test",
+        "Samples for Acme",
+        "List-Unsubscribe: <mailto:unsubscribe@prospect.test>\r\n",
+        &text("Hi Olivia"),
+    );
+    let plain = message(
+        "colleague@prospect.test",
+        "ooo@prospect.test",
+        "Samples for Acme",
+        "",
+        &text("Hi Olivia"),
+    );
+    w.send(LI, OOO, &listed);
+    w.send(COLLEAGUE, OOO, &plain);
+    w.wait_mail(COLLEAGUE, "the vacation reply", |m| {
+        m.header("From").is_some_and(|f| f.contains(OOO))
+    });
+    wait(
+        "Dovecot to discard the vacation reply to li",
+        || w.logs(),
+        || {
+            w.log("dovecot.log")
+                .contains("discarding vacation response to mailinglist recipient")
+                .then_some(())
+        },
+    );
+    let to_li = w.mails(LI, "");
+    assert!(
+        to_li.is_empty(),
+        "no vacation reply to list mail: {to_li:?}"
+    );
+}
