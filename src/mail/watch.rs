@@ -203,6 +203,12 @@ impl Watcher {
                 Ok(()) => break,
                 Err(e) => {
                     let text = e.to_string();
+                    // `last_error` is clear after a session that got connected: this is
+                    // a new outage, so the backoff starts over rather than where the
+                    // last outage left it (up to a minute per reconnect, for good).
+                    if last_error.is_none() {
+                        backoff = StdDuration::from_secs(1);
+                    }
                     // Log a state change once, not every retry.
                     if last_error.as_deref() != Some(text.as_str()) {
                         warn!(mailbox = %self.mailbox.name, folder = self.label(), error = %text, "IMAP watcher disconnected; reconnecting with backoff");
@@ -268,6 +274,16 @@ impl Watcher {
             .await?
         {
             Some(c) if c.uidvalidity == uidvalidity => c,
+            // 0: the watcher's state was recorded, but no message yet (a server's
+            // UIDVALIDITY is never 0, RFC 3501): nothing was renumbered.
+            None
+            | Some(Checkpoint {
+                uidvalidity: 0,
+                last_uid: 0,
+            }) => Checkpoint {
+                uidvalidity,
+                last_uid: 0,
+            },
             Some(c) => {
                 // The folder was renumbered: look at everything again; what was already
                 // handled is recognised by its Message-ID.
@@ -277,10 +293,6 @@ impl Watcher {
                     last_uid: 0,
                 }
             }
-            None => Checkpoint {
-                uidvalidity,
-                last_uid: 0,
-            },
         };
         let renew = self
             .project

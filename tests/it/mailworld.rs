@@ -468,7 +468,7 @@ impl Case {
 
 impl Drop for Case {
     fn drop(&mut self) {
-        if std::thread::panicking() {
+        if std::thread::panicking() || std::env::var_os("MW_SHOW").is_some() {
             eprintln!("{}", self.context());
         }
     }
@@ -720,6 +720,11 @@ fn imap_restart(db: Db) {
         ("stopped", Some("replied"))
     );
     c.assert_untouched(BUYER);
+    let log = c.daemon().log_text();
+    assert!(
+        !log.contains("UIDVALIDITY changed"),
+        "nothing was renumbered:\n{log}"
+    );
 }
 
 /// The daemon is down while li replies: started again, it catches up from its
@@ -729,7 +734,9 @@ fn catch_up(db: Db) {
     c.first(BUYER);
     c.first(LI);
     c.wait_idle();
-    let status = c.daemon.take().expect("the daemon runs").stop();
+    let daemon = c.daemon.take().expect("the daemon runs");
+    let first_log = daemon.log_text();
+    let status = daemon.stop();
     assert!(status.success(), "daemon exit: {status}");
     answer(&c, LI, |id, subject| {
         message(
@@ -757,7 +764,11 @@ fn catch_up(db: Db) {
     c.wait_idle();
     assert_eq!(c.replied_count(), 1, "handled once");
     assert_eq!(c.sent_by_rep(LI).len(), 1, "nothing sent twice");
-    assert!(c.daemon().log_text().contains("IMAP watcher connected"));
+    // Nothing was renumbered: no alarming rescan warning, before or after the restart.
+    for log in [first_log, c.daemon().log_text()] {
+        assert!(log.contains("IMAP watcher connected"), "{log}");
+        assert!(!log.contains("UIDVALIDITY changed"), "{log}");
+    }
 }
 
 macro_rules! on_both {
