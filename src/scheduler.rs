@@ -19,6 +19,7 @@ use std::time::SystemTime;
 use chrono::{DateTime, Duration, Utc};
 use futures_util::stream::{self, StreamExt};
 use serde_json::{json, Map, Value};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, info_span, warn, Instrument};
 
@@ -31,6 +32,13 @@ use crate::project::Project;
 use crate::schedule::{mailbox_day, next_in_window, next_slot, MailboxUsage};
 use crate::store::{self, Begin, Claimed, Finish, MessageUpdate, Store};
 use crate::template::{RenderError, Rendered};
+
+/// Batches one mailbox claims in one round before the daemon looks at doubts, pauses
+/// and shutdown again.
+const MAX_BATCHES: usize = 20;
+
+/// How long the recording stage gathers outcomes before it commits what it has.
+const RECORD_WAIT: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// What one round did, for `run --once`, logs and tests.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -58,7 +66,7 @@ impl Round {
 pub struct Scheduler {
     project: Arc<Project>,
     store: Store,
-    senders: HashMap<String, Sender>,
+    senders: HashMap<String, Arc<Sender>>,
     /// This daemon's name on its claims; unique per process so two daemons on one
     /// database never mistake each other's leases for their own.
     owner: String,
@@ -79,7 +87,7 @@ impl Scheduler {
             .config
             .mailboxes
             .iter()
-            .map(|(n, m)| (n.clone(), Sender::new(m)))
+            .map(|(n, m)| (n.clone(), Arc::new(Sender::new(m))))
             .collect();
         let owner = format!(
             "{}:{}:{:08x}",
@@ -115,7 +123,7 @@ impl Scheduler {
                 }
                 last_doubt_check = now;
             }
-            let round = self.round(now).await?;
+            let round = self.round_until(now, Some(&shutdown)).await?;
             if round.claimed > 0 {
                 continue; // more may be due right away
             }
@@ -254,99 +262,66 @@ impl Scheduler {
         Ok(next_slot(p, &usage, now, sample).map(|t| (t, 1)))
     }
 
-    /// One pass over all mailboxes.
+    /// One pass over all mailboxes, each in its own pipeline, side by side.
     pub async fn round(&self, now: DateTime<Utc>) -> Result<Round, store::Error> {
+        self.round_until(now, None).await
+    }
+
+    /// A round that stops claiming new batches once `stop` is cancelled; what was
+    /// claimed is finished.
+    async fn round_until(
+        &self,
+        now: DateTime<Utc>,
+        stop: Option<&CancellationToken>,
+    ) -> Result<Round, store::Error> {
+        let runs = self
+            .project
+            .config
+            .mailboxes
+            .values()
+            .map(|m| self.run_mailbox(m, now, stop));
         let mut total = Round::default();
-        for (name, mailbox) in &self.project.config.mailboxes {
-            if self.store.mailbox_pause(name).await?.is_some() {
-                continue;
-            }
-            let Some((slot, allowed)) = self.slot(mailbox, now).await? else {
-                continue;
-            };
-            if slot > now {
-                continue;
-            }
-            let settings = &self.project.config.send;
-            let claimed = self
-                .store
-                .claim(name, now, allowed, now + settings.lease, &self.owner)
-                .await?;
-            if claimed.is_empty() {
-                continue;
-            }
-            total.add(self.process(mailbox, claimed).await?);
+        for r in futures_util::future::join_all(runs).await {
+            total.add(r?);
         }
         Ok(total)
     }
 
-    async fn process(
+    /// One mailbox's share of a round, as a pipeline of three stages joined by bounded
+    /// channels, so that the database and SMTP work at the same time instead of taking
+    /// turns (see README, "Benchmark figures"):
+    /// 1. claim a batch, render it, commit `sending` for it (`produce`);
+    /// 2. hand each message to SMTP, `parallelism` of them in flight (`transmit`);
+    /// 3. commit outcomes in batches (`record`).
+    ///
+    /// The order of durability per message is unchanged: its `sending` row is committed
+    /// before it enters stage 2, its outcome after it leaves. At most two batches are
+    /// `sending` without being on the wire yet; a crash leaves those in doubt.
+    async fn run_mailbox(
         &self,
         mailbox: &Mailbox,
-        claimed: Vec<Claimed>,
+        now: DateTime<Utc>,
+        stop: Option<&CancellationToken>,
     ) -> Result<Round, store::Error> {
-        let now = Utc::now();
-        let mut round = Round {
-            claimed: claimed.len(),
-            ..Round::default()
-        };
-        let mut finishes: Vec<Finish> = Vec::new();
-        let mut rules = Vec::new();
-        let mut prepared: Vec<Prepared> = Vec::new();
-
-        for c in claimed {
-            match self.prepare(mailbox, c, now) {
-                Ok(p) => prepared.push(p),
-                Err((finish, kind)) => {
-                    match kind {
-                        Skip::Held => round.held += 1,
-                        Skip::Released => round.released += 1,
-                    }
-                    finishes.push(finish);
-                }
-            }
+        if self.store.mailbox_pause(&mailbox.name).await?.is_some() {
+            return Ok(Round::default());
         }
-
-        // Commit `sending` for the whole batch before any SMTP.
-        let begins: Vec<Begin> = prepared
-            .iter()
-            .map(|p| Begin {
-                enrollment_id: p.claimed.enrollment.id,
-                step_id: p.claimed.enrollment.step_id.clone(),
-                step_index: p.index as i64,
-                message_id: new_message_id(mailbox.domain()),
-                subject: p.subject.clone(),
-                content_hash: content_hash(&p.subject, &p.rendered),
-            })
-            .collect();
-        let settings = &self.project.config.send;
-        let begun = self
-            .store
-            .begin_sends(&begins, &self.owner, now, now + settings.lease)
-            .await?;
-        let begun_by_enrollment: HashMap<i64, _> =
-            begun.into_iter().map(|b| (b.enrollment_id, b)).collect();
-
-        let mut to_send = Vec::new();
-        for p in prepared {
-            match begun_by_enrollment.get(&p.claimed.enrollment.id) {
-                Some(b) => to_send.push((p, b.clone())),
-                None => {
-                    let (f, t) = self.reconcile(&p).await?;
-                    if let Some(rule) = t {
-                        rules.push((p.claimed.contact.id, rule));
-                    }
-                    round.released += 1;
-                    finishes.extend(f);
-                }
-            }
-        }
-
         let Some(sender) = self.senders.get(&mailbox.name) else {
-            return Ok(round);
+            return Ok(Round::default());
         };
-        let parallel = sender.parallelism();
-        let results: Vec<(Prepared, store::Begun, Outcome)> = stream::iter(to_send)
+        let parallel = sender.parallelism().max(1);
+        let batch = self.project.config.send.batch.max(1);
+        // Room for one batch: the next batch is claimed and committed while this one is
+        // on the wire. So at most two batches are `sending` without being on the wire.
+        let (work_tx, work_rx) = mpsc::channel::<(Prepared, store::Begun)>(batch);
+        let (done_tx, done_rx) = mpsc::channel::<(Prepared, store::Begun, Outcome)>(batch);
+
+        let produce = self.produce(mailbox, now, stop, work_tx);
+        let transmit = async move {
+            stream::unfold(
+                work_rx,
+                |mut rx| async move { rx.recv().await.map(|w| (w, rx)) },
+            )
             .map(|(p, b)| {
                 let span = info_span!(
                     "send",
@@ -355,46 +330,215 @@ impl Scheduler {
                     step = %p.claimed.enrollment.step_id,
                     message_id = %b.message_id,
                 );
-                async move {
-                    let outcome = self.deliver(mailbox, sender, &p, &b).await;
-                    (p, b, outcome)
-                }
-                .instrument(span)
+                // Its own task, so that composing and SMTP run on every core while
+                // this task claims and records.
+                let project = self.project.clone();
+                let sender = sender.clone();
+                let name = mailbox.name.clone();
+                tokio::spawn(
+                    async move {
+                        let outcome = match project.config.mailboxes.get(&name) {
+                            Some(m) => deliver(m, &sender, &p, &b).await,
+                            None => Outcome::Permanent {
+                                at: Utc::now(),
+                                reply: format!("mailbox '{name}' is gone"),
+                            },
+                        };
+                        (p, b, outcome)
+                    }
+                    .instrument(span),
+                )
             })
             .buffer_unordered(parallel)
-            .collect()
+            .for_each(|done| {
+                let tx = done_tx.clone();
+                async move {
+                    match done {
+                        // A closed channel means `record` failed; its error is returned.
+                        Ok(done) => drop(tx.send(done).await),
+                        // Its message stays `sending` and comes back as in doubt.
+                        Err(e) => warn!(error = %e, "send task failed"),
+                    }
+                }
+            })
             .await;
+        };
+        let record = self.record(mailbox, batch, done_rx);
+        let (produced, (), recorded) = tokio::join!(produce, transmit, record);
+        let mut round = produced?;
+        round.add(recorded?);
+        Ok(round)
+    }
 
-        for (p, b, outcome) in results {
-            let e = &p.claimed.enrollment;
-            match &outcome {
-                Outcome::Sent { reply, .. } => {
-                    round.sent += 1;
-                    info!(contact = %p.claimed.contact.email, sequence = %e.sequence, step = %e.step_id, message_id = %b.message_id, mailbox = %mailbox.name, reply = %reply, "sent");
-                }
-                Outcome::Transient {
-                    reply, attempts, ..
-                } => {
-                    round.deferred += 1;
-                    warn!(contact = %p.claimed.contact.email, sequence = %e.sequence, step = %e.step_id, message_id = %b.message_id, attempts, reply = %reply, "send failed temporarily; will retry");
-                }
-                Outcome::Permanent { reply, .. } => {
-                    round.failed += 1;
-                    warn!(contact = %p.claimed.contact.email, sequence = %e.sequence, step = %e.step_id, message_id = %b.message_id, reply = %reply, "send failed permanently; enrollment stopped");
-                }
-                Outcome::Held { .. } => round.held += 1,
+    /// Stage 1: claims, renders and commits `sending`, batch after batch, until nothing
+    /// is due, pacing holds the mailbox back, `stop` is cancelled or `MAX_BATCHES` went
+    /// (so that a long backlog still lets the daemon look at doubts and pauses).
+    async fn produce(
+        &self,
+        mailbox: &Mailbox,
+        first_now: DateTime<Utc>,
+        stop: Option<&CancellationToken>,
+        work: mpsc::Sender<(Prepared, store::Begun)>,
+    ) -> Result<Round, store::Error> {
+        let settings = &self.project.config.send;
+        let mut round = Round::default();
+        for n in 0..MAX_BATCHES {
+            if stop.is_some_and(|s| s.is_cancelled()) {
+                break;
             }
-            let tr = self.transition(&p, &outcome);
-            if let Some(rule) = tr.rule.clone() {
-                rules.push((p.claimed.contact.id, rule));
+            let now = if n == 0 { first_now } else { Utc::now() };
+            let Some((slot, allowed)) = self.slot(mailbox, now).await? else {
+                break;
+            };
+            if slot > now {
+                break;
             }
-            finishes.push(finish(tr, Some(b.row_id)));
+            let claimed = self
+                .store
+                .claim(
+                    &mailbox.name,
+                    now,
+                    allowed,
+                    now + settings.lease,
+                    &self.owner,
+                )
+                .await?;
+            if claimed.is_empty() {
+                break;
+            }
+            round.claimed += claimed.len();
+            let mut finishes: Vec<Finish> = Vec::new();
+            let mut rules = Vec::new();
+            let mut prepared: Vec<Prepared> = Vec::new();
+            for c in claimed {
+                match self.prepare(mailbox, c, now) {
+                    Ok(p) => prepared.push(p),
+                    Err((finish, kind)) => {
+                        match kind {
+                            Skip::Held => round.held += 1,
+                            Skip::Released => round.released += 1,
+                        }
+                        finishes.push(finish);
+                    }
+                }
+            }
+
+            // Commit `sending` for the whole batch before any of it goes to SMTP.
+            let begins: Vec<Begin> = prepared
+                .iter()
+                .map(|p| Begin {
+                    enrollment_id: p.claimed.enrollment.id,
+                    step_id: p.claimed.enrollment.step_id.clone(),
+                    step_index: p.index as i64,
+                    message_id: new_message_id(mailbox.domain()),
+                    subject: p.subject.clone(),
+                    content_hash: content_hash(&p.subject, &p.rendered),
+                })
+                .collect();
+            let begun = self
+                .store
+                .begin_sends(&begins, &self.owner, now, now + settings.lease)
+                .await?;
+            let mut begun_by_enrollment: HashMap<i64, _> =
+                begun.into_iter().map(|b| (b.enrollment_id, b)).collect();
+
+            let mut to_send = Vec::with_capacity(prepared.len());
+            for p in prepared {
+                match begun_by_enrollment.remove(&p.claimed.enrollment.id) {
+                    Some(b) => to_send.push((p, b)),
+                    None => {
+                        let (f, t) = self.reconcile(&p).await?;
+                        if let Some(rule) = t {
+                            rules.push((p.claimed.contact.id, rule));
+                        }
+                        round.released += 1;
+                        finishes.extend(f);
+                    }
+                }
+            }
+            self.store
+                .finish_sends(&finishes, Some(&self.owner), Utc::now())
+                .await?;
+            for (contact_id, rule) in rules {
+                self.store.apply_rule(contact_id, &rule, Utc::now()).await?;
+            }
+            for item in to_send {
+                if work.send(item).await.is_err() {
+                    // `record` failed and everything downstream stopped; the rest stay
+                    // `sending` and come back as in doubt, never sent twice.
+                    return Ok(round);
+                }
+            }
+            // A paced mailbox sends what its slot allows, then waits for the next one.
+            if allowed < settings.batch {
+                break;
+            }
         }
-        self.store
-            .finish_sends(&finishes, Some(&self.owner), Utc::now())
-            .await?;
-        for (contact_id, rule) in rules {
-            self.store.apply_rule(contact_id, &rule, Utc::now()).await?;
+        Ok(round)
+    }
+
+    /// Stage 3: commits outcomes as they come back, gathering up to a batch or
+    /// `RECORD_WAIT`, whichever is first, so that each commit carries many messages.
+    async fn record(
+        &self,
+        mailbox: &Mailbox,
+        batch: usize,
+        mut done: mpsc::Receiver<(Prepared, store::Begun, Outcome)>,
+    ) -> Result<Round, store::Error> {
+        let mut round = Round::default();
+        let mut buf = Vec::with_capacity(batch);
+        let mut open = true;
+        while open {
+            let Some(first) = done.recv().await else {
+                break;
+            };
+            buf.push(first);
+            let deadline = tokio::time::Instant::now() + RECORD_WAIT;
+            while buf.len() < batch {
+                match tokio::time::timeout_at(deadline, done.recv()).await {
+                    Ok(Some(item)) => buf.push(item),
+                    Ok(None) => {
+                        open = false;
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+            let mut finishes = Vec::with_capacity(buf.len());
+            let mut rules = Vec::new();
+            for (p, b, outcome) in buf.drain(..) {
+                let e = &p.claimed.enrollment;
+                match &outcome {
+                    Outcome::Sent { reply, .. } => {
+                        round.sent += 1;
+                        info!(contact = %p.claimed.contact.email, sequence = %e.sequence, step = %e.step_id, message_id = %b.message_id, mailbox = %mailbox.name, reply = %reply, "sent");
+                    }
+                    Outcome::Transient {
+                        reply, attempts, ..
+                    } => {
+                        round.deferred += 1;
+                        warn!(contact = %p.claimed.contact.email, sequence = %e.sequence, step = %e.step_id, message_id = %b.message_id, attempts, reply = %reply, "send failed temporarily; will retry");
+                    }
+                    Outcome::Permanent { reply, .. } => {
+                        round.failed += 1;
+                        warn!(contact = %p.claimed.contact.email, sequence = %e.sequence, step = %e.step_id, message_id = %b.message_id, reply = %reply, "send failed permanently; enrollment stopped");
+                    }
+                    Outcome::Held { .. } => round.held += 1,
+                }
+                let tr = self.transition(&p, &outcome);
+                if let Some(rule) = tr.rule.clone() {
+                    rules.push((p.claimed.contact.id, rule));
+                }
+                finishes.push(finish(tr, Some(b.row_id)));
+            }
+            // On an error `done` is dropped with this function: the stages before it
+            // stop, and what is still in flight stays `sending` (in doubt later).
+            self.store
+                .finish_sends(&finishes, Some(&self.owner), Utc::now())
+                .await?;
+            for (contact_id, rule) in rules {
+                self.store.apply_rule(contact_id, &rule, Utc::now()).await?;
+            }
         }
         Ok(round)
     }
@@ -592,68 +736,62 @@ impl Scheduler {
             }
         }
     }
+}
 
-    /// Composes with the Message-ID the store gave (a retry keeps its first one) and
-    /// hands the message to the mailbox's transport.
-    async fn deliver(
-        &self,
-        mailbox: &Mailbox,
-        sender: &Sender,
-        p: &Prepared,
-        b: &store::Begun,
-    ) -> Outcome {
-        let now = Utc::now();
-        let c = &p.claimed.contact;
-        let rendered = Rendered {
-            subject: p.subject.clone(),
-            ..p.rendered.clone()
-        };
-        let draft = Draft {
-            from: &mailbox.from,
-            to_email: &c.email,
-            to_name: c.name.as_deref(),
-            message_id: &b.message_id,
-            date: SystemTime::now(),
-            rendered: &rendered,
-            thread: p.thread.as_ref(),
-        };
-        let message = match compose::compose(&draft) {
-            Ok(m) => m,
-            Err(e) => {
-                return Outcome::Permanent {
-                    at: now,
-                    reply: e.to_string(),
-                }
+/// Composes with the Message-ID the store gave (a retry keeps its first one) and
+/// hands the message to the mailbox's transport.
+async fn deliver(mailbox: &Mailbox, sender: &Sender, p: &Prepared, b: &store::Begun) -> Outcome {
+    let now = Utc::now();
+    let c = &p.claimed.contact;
+    let rendered = Rendered {
+        subject: p.subject.clone(),
+        ..p.rendered.clone()
+    };
+    let draft = Draft {
+        from: &mailbox.from,
+        to_email: &c.email,
+        to_name: c.name.as_deref(),
+        message_id: &b.message_id,
+        date: SystemTime::now(),
+        rendered: &rendered,
+        thread: p.thread.as_ref(),
+    };
+    let message = match compose::compose(&draft) {
+        Ok(m) => m,
+        Err(e) => {
+            return Outcome::Permanent {
+                at: now,
+                reply: e.to_string(),
             }
-        };
-        let envelope = message.envelope().clone();
-        let raw = message.formatted();
-        match sender.send(&envelope, &raw, &b.message_id).await {
-            SendOutcome::Sent { reply } => {
-                // Before `sent` is committed, so that a message in doubt is in Sent if
-                // and only if it reached the server (but for the instant in between).
-                if mailbox.imap.as_ref().is_some_and(|i| i.append_sent) {
-                    if let Err(e) = crate::mail::watch::append_sent(mailbox, &raw).await {
-                        warn!(mailbox = %mailbox.name, message_id = %b.message_id, error = %e, "cannot append to the Sent folder");
-                    }
-                }
-                Outcome::Sent {
-                    at: Utc::now(),
-                    message_id: b.message_id.clone(),
-                    subject: p.subject.clone(),
-                    reply,
-                }
-            }
-            SendOutcome::Transient { reply } => Outcome::Transient {
-                at: Utc::now(),
-                reply,
-                attempts: b.attempts,
-            },
-            SendOutcome::Permanent { reply } => Outcome::Permanent {
-                at: Utc::now(),
-                reply,
-            },
         }
+    };
+    let envelope = message.envelope().clone();
+    let raw = message.formatted();
+    match sender.send(&envelope, &raw, &b.message_id).await {
+        SendOutcome::Sent { reply } => {
+            // Before `sent` is committed, so that a message in doubt is in Sent if
+            // and only if it reached the server (but for the instant in between).
+            if mailbox.imap.as_ref().is_some_and(|i| i.append_sent) {
+                if let Err(e) = crate::mail::watch::append_sent(mailbox, &raw).await {
+                    warn!(mailbox = %mailbox.name, message_id = %b.message_id, error = %e, "cannot append to the Sent folder");
+                }
+            }
+            Outcome::Sent {
+                at: Utc::now(),
+                message_id: b.message_id.clone(),
+                subject: p.subject.clone(),
+                reply,
+            }
+        }
+        SendOutcome::Transient { reply } => Outcome::Transient {
+            at: Utc::now(),
+            reply,
+            attempts: b.attempts,
+        },
+        SendOutcome::Permanent { reply } => Outcome::Permanent {
+            at: Utc::now(),
+            reply,
+        },
     }
 }
 
