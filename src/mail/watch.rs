@@ -49,6 +49,9 @@ pub enum Error {
     Timeout,
 }
 
+/// Messages fetched in one command while catching up.
+const FETCH_CHUNK: usize = 100;
+
 /// How long one IMAP command may take.
 const COMMAND_TIMEOUT: StdDuration = StdDuration::from_secs(60);
 
@@ -192,6 +195,37 @@ impl Watcher {
         }
     }
 
+    /// Where the first watch of a folder starts. Mail that was there before this
+    /// mailbox sent anything cannot answer a sequence, and an old conversation with
+    /// someone enrolled today must not stop them: so it starts at the mail since the
+    /// mailbox's first send (a reply that came while IMAP was not yet configured is
+    /// still seen), or at the end of the folder when nothing was ever sent.
+    async fn first_start(
+        &self,
+        session: &mut Session,
+        selected: &async_imap::types::Mailbox,
+    ) -> Result<i64, Error> {
+        let end = match selected.uid_next {
+            Some(next) => i64::from(next) - 1,
+            None => timed(session.uid_search("ALL"))
+                .await?
+                .into_iter()
+                .max()
+                .map_or(0, i64::from),
+        };
+        let Some(first) = self.store.first_send_at(&self.mailbox.name).await? else {
+            return Ok(end.max(0));
+        };
+        // SINCE compares dates in the server's time zone: a day earlier covers it.
+        let day = (first - chrono::Duration::days(1)).format("%d-%b-%Y");
+        let since = timed(session.uid_search(format!("SINCE {day}"))).await?;
+        Ok(since
+            .into_iter()
+            .min()
+            .map_or(end, |u| i64::from(u) - 1)
+            .max(0))
+    }
+
     pub async fn run(self, shutdown: CancellationToken) {
         let mut backoff = StdDuration::from_secs(1);
         let mut last_error: Option<String> = None;
@@ -280,10 +314,17 @@ impl Watcher {
             | Some(Checkpoint {
                 uidvalidity: 0,
                 last_uid: 0,
-            }) => Checkpoint {
-                uidvalidity,
-                last_uid: 0,
-            },
+            }) => {
+                let c = Checkpoint {
+                    uidvalidity,
+                    last_uid: self.first_start(&mut session, &selected).await?,
+                };
+                info!(mailbox = %self.mailbox.name, folder = %folder_name, after_uid = c.last_uid, "first start on this folder: earlier mail is left alone");
+                self.store
+                    .set_checkpoint(&self.mailbox.name, self.label(), c, Utc::now())
+                    .await?;
+                c
+            }
             Some(c) => {
                 // The folder was renumbered: look at everything again; what was already
                 // handled is recognised by its Message-ID.
@@ -356,11 +397,28 @@ impl Watcher {
         mut checkpoint: Checkpoint,
     ) -> Result<Checkpoint, Error> {
         loop {
+            // The new UIDs first, then their bodies a chunk at a time: a long catch-up
+            // must not hold a whole folder in memory.
             let range = format!("{}:*", checkpoint.last_uid + 1);
+            let mut uids: Vec<u32> = timed(session.uid_search(format!("UID {range}")))
+                .await?
+                .into_iter()
+                .filter(|u| i64::from(*u) > checkpoint.last_uid)
+                .collect();
+            if uids.is_empty() {
+                return Ok(checkpoint);
+            }
+            uids.sort_unstable();
+            uids.truncate(FETCH_CHUNK);
+            let set = uids
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(",");
             // BODY.PEEK: looking must not mark the rep's mail as read.
             let fetched: Vec<_> = timed(async {
                 session
-                    .uid_fetch(&range, "(UID BODY.PEEK[])")
+                    .uid_fetch(&set, "(UID BODY.PEEK[])")
                     .await?
                     .try_collect::<Vec<_>>()
                     .await

@@ -422,4 +422,16 @@ impl Store {
         }
         Ok(out)
     }
+
+    /// When the mailbox first sent a message (any status but never-tried), if ever: a
+    /// watcher's first start looks at mail from then on.
+    pub async fn first_send_at(&self, mailbox: &str) -> Result<Option<DateTime<Utc>>> {
+        let v: Option<i64> = with_pool!(self, p => sqlx::query_scalar(
+            "SELECT min(created_at) FROM messages WHERE mailbox = $1",
+        )
+        .bind(mailbox)
+        .fetch_one(p)
+        .await?);
+        Ok(v.map(super::from_ms))
+    }
 }

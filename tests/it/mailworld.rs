@@ -249,6 +249,12 @@ impl World {
     /// APPENDs `raw` to a folder of `user`, as the rep's mail client does with what it
     /// sends.
     fn append(&self, user: &str, folder: &str, raw: &str) {
+        self.append_at(user, folder, raw, None)
+    }
+
+    /// APPEND with an internal date (`"15-Mar-2025 10:00:00 +0000"`): mail that has
+    /// been in the folder for a long time.
+    fn append_at(&self, user: &str, folder: &str, raw: &str, date: Option<&str>) {
         let tcp = TcpStream::connect(("127.0.0.1", self.port("IMAP_PORT"))).expect("connect IMAP");
         tcp.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
         let mut r = BufReader::new(tcp.try_clone().unwrap());
@@ -269,7 +275,8 @@ impl World {
         read_line(&mut r); // greeting
         write!(w, "a1 LOGIN {user} {}\r\n", self.get("PASSWORD")).unwrap();
         tagged(&mut r, "a1");
-        write!(w, "a2 APPEND {folder} (\\Seen) {{{}}}\r\n", raw.len()).unwrap();
+        let date = date.map(|d| format!(" \"{d}\"")).unwrap_or_default();
+        write!(w, "a2 APPEND {folder} (\\Seen){date} {{{}}}\r\n", raw.len()).unwrap();
         let cont = read_line(&mut r);
         assert!(cont.starts_with('+'), "APPEND: {cont:?}");
         w.write_all(raw.as_bytes()).unwrap();
@@ -323,6 +330,11 @@ struct Case {
 impl Case {
     /// `waits`: of the second and third steps.
     fn new(db: Db, contacts: &[&str], waits: (&str, &str)) -> Case {
+        Case::build(db, contacts, waits, true)
+    }
+
+    /// `run`: start the daemon at once.
+    fn build(db: Db, contacts: &[&str], waits: (&str, &str), run: bool) -> Case {
         let world = World::start();
         let mut p = Project::new(
             db,
@@ -351,18 +363,20 @@ impl Case {
             csv.push_str(&format!("{c},Li,Acme\n"));
         }
         p.write("contacts.csv", &csv);
-        p.ok(&[
-            "contacts",
-            "import",
-            p.path("contacts.csv").to_str().unwrap(),
-            "--sequence",
-            "intro",
-        ]);
+        if !contacts.is_empty() {
+            p.ok(&[
+                "contacts",
+                "import",
+                p.path("contacts.csv").to_str().unwrap(),
+                "--sequence",
+                "intro",
+            ]);
+        }
         let rt = tokio::runtime::Runtime::new().unwrap();
         let store = rt
             .block_on(Store::open(&p.database))
             .expect("open the test database");
-        let daemon = Some(p.daemon());
+        let daemon = run.then(|| p.daemon());
         Case {
             daemon,
             store,
@@ -784,6 +798,51 @@ fn catch_up(db: Db) {
     }
 }
 
+/// The watcher's first start leaves the mail long in the folder alone: an old
+/// conversation with someone enrolled today is no reply to the sequence. Mail that
+/// arrives afterwards is handled.
+fn first_start_skips_old_mail(db: Db) {
+    let mut c = Case::build(db, &[LI, BUYER], ("1h", "1h"), false);
+    // Li and the rep wrote to each other last year, long before followup.
+    c.world.append_at(
+        REP,
+        "INBOX",
+        &message(
+            "li@prospect.test",
+            "rep@followup.test",
+            "Re: our meeting at the Canton Fair",
+            "",
+            &text("Thanks, see you next year."),
+        ),
+        Some("15-Mar-2025 10:00:00 +0000"),
+    );
+    c.daemon = Some(c.p.daemon());
+    c.first(LI);
+    c.wait_idle();
+    c.wait("li's first step recorded as sent", || {
+        (c.enrollment(LI).step_id == "bump").then_some(())
+    });
+    c.assert_untouched(LI);
+    c.assert_untouched(BUYER);
+    // A real reply now is seen and stops her, and only it is counted.
+    answer(&c, LI, |id, subject| {
+        message(
+            "li@prospect.test",
+            "rep@followup.test",
+            &format!("Re: {subject}"),
+            &threaded(id),
+            &text("Interested, please call."),
+        )
+    });
+    let e = c.changed(LI);
+    assert_eq!(
+        (e.state.as_str(), e.reason.as_deref()),
+        ("stopped", Some("replied"))
+    );
+    c.assert_untouched(BUYER);
+    assert_eq!(c.replied_count(), 1);
+}
+
 macro_rules! on_both {
     ($($case:ident),* $(,)?) => {
         mod sqlite {
@@ -796,6 +855,7 @@ macro_rules! on_both {
 }
 
 on_both!(
+    first_start_skips_old_mail,
     threaded_reply,
     unthreaded_reply,
     html_only_reply,

@@ -1,5 +1,5 @@
 //! What arriving mail does to enrollments, through `inbound::handle` on a real database
-//! (the IMAP transport is tested in `watch.rs` against Dovecot). Each case changes
+//! (the IMAP path is tested in `mailworld.rs` against a real Postfix and Dovecot). Each case changes
 //! exactly the enrollments it should and no other.
 
 use chrono::Utc;
