@@ -7,8 +7,8 @@ use chrono::{DateTime, Utc};
 use sqlx::{QueryBuilder, Row};
 
 use super::{
-    contact_from_row, enrollment_from_row, ms, Contact, Enrollment, EnrollmentUpdate, NewEvent,
-    Pool, Result, Store, CHUNK, CONTACT_COLUMNS, ENROLLMENT_COLUMNS,
+    contact_from_row, enrollment_from_row, ms, BeginWrite, Contact, Enrollment, EnrollmentUpdate,
+    NewEvent, Pool, Result, Store, CHUNK, CONTACT_COLUMNS, ENROLLMENT_COLUMNS,
 };
 use crate::sequence::Rule;
 
@@ -198,7 +198,7 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<bool> {
         with_pool!(self, p => {
-            let mut tx = p.begin().await?;
+            let mut tx = p.begin_write().await?;
             sqlx::query(
                 "INSERT INTO mailbox_state (mailbox, folder, uidvalidity, last_uid, updated_at) VALUES ($1, $2, $3, $4, $5) \
                  ON CONFLICT (mailbox, folder) DO UPDATE SET uidvalidity = excluded.uidvalidity, last_uid = excluded.last_uid, updated_at = excluded.updated_at",
@@ -278,7 +278,7 @@ impl Store {
     /// send window still decides the hour). Returns how many resumed.
     pub async fn resume_due_pauses(&self, now: DateTime<Utc>) -> Result<u64> {
         with_pool!(self, p => {
-            let mut tx = p.begin().await?;
+            let mut tx = p.begin_write().await?;
             let rows = sqlx::query(
                 "UPDATE enrollments SET state = 'active', reason = NULL, paused_until = NULL, next_run_at = $1, updated_at = $1 \
                  WHERE state = 'paused' AND paused_until IS NOT NULL AND paused_until <= $1 RETURNING id, contact_id",
@@ -301,7 +301,7 @@ impl Store {
     pub async fn suppress(&self, pattern: &str, reason: &str, now: DateTime<Utc>) -> Result<u64> {
         let domain = pattern.strip_prefix('@');
         with_pool!(self, p => {
-            let mut tx = p.begin().await?;
+            let mut tx = p.begin_write().await?;
             sqlx::query("INSERT INTO suppressions (pattern, reason, at) VALUES ($1, $2, $3) ON CONFLICT (pattern) DO UPDATE SET reason = excluded.reason")
                 .bind(pattern)
                 .bind(reason)
@@ -338,7 +338,7 @@ impl Store {
     /// stay stopped: enroll again by hand if that is meant).
     pub async fn unsuppress(&self, pattern: &str) -> Result<bool> {
         with_pool!(self, p => {
-            let mut tx = p.begin().await?;
+            let mut tx = p.begin_write().await?;
             let n = sqlx::query("DELETE FROM suppressions WHERE pattern = $1").bind(pattern).execute(&mut *tx).await?.rows_affected();
             let m = if pattern.starts_with('@') { 0 } else {
                 sqlx::query("UPDATE contacts SET suppressed_reason = NULL, suppressed_at = NULL WHERE email = $1 AND suppressed_at IS NOT NULL")

@@ -60,6 +60,42 @@ pub struct Store {
 
 /// Runs `$body` with `$pool` bound to the concrete pool. The body is compiled once per
 /// database, so the same statement text and decoding serve both.
+/// Starts a transaction that writes. On SQLite it takes the write lock at BEGIN
+/// (`BEGIN IMMEDIATE`): a deferred transaction that reads and then writes fails at once
+/// with SQLITE_BUSY, without waiting out busy_timeout, when another connection wrote in
+/// between, as the scheduler's stages and the watcher do side by side. PostgreSQL's
+/// row locks need nothing of the kind.
+pub(crate) trait BeginWrite {
+    type Db: sqlx::Database;
+    fn begin_write(
+        &self,
+    ) -> impl std::future::Future<
+        Output = std::result::Result<sqlx::Transaction<'static, Self::Db>, sqlx::Error>,
+    > + Send;
+}
+
+impl BeginWrite for sqlx::SqlitePool {
+    type Db = sqlx::Sqlite;
+    fn begin_write(
+        &self,
+    ) -> impl std::future::Future<
+        Output = std::result::Result<sqlx::Transaction<'static, Self::Db>, sqlx::Error>,
+    > + Send {
+        self.begin_with("BEGIN IMMEDIATE")
+    }
+}
+
+impl BeginWrite for sqlx::PgPool {
+    type Db = sqlx::Postgres;
+    fn begin_write(
+        &self,
+    ) -> impl std::future::Future<
+        Output = std::result::Result<sqlx::Transaction<'static, Self::Db>, sqlx::Error>,
+    > + Send {
+        self.begin()
+    }
+}
+
 macro_rules! with_pool {
     ($store:expr, $pool:ident => $body:expr) => {
         match &$store.pool {
@@ -458,7 +494,7 @@ impl Store {
         let mut created = Vec::new();
         for chunk in items.chunks(CHUNK) {
             with_pool!(self, p => {
-                let mut tx = p.begin().await?;
+                let mut tx = p.begin_write().await?;
                 let mut qb = QueryBuilder::new(
                     "INSERT INTO enrollments (contact_id, sequence, mailbox, state, step_index, step_id, priority, next_run_at, created_at, updated_at) ",
                 );
@@ -535,7 +571,7 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<()> {
         with_pool!(self, p => {
-            let mut tx = p.begin().await?;
+            let mut tx = p.begin_write().await?;
             update_enrollments!(tx, updates, now, None);
             insert_events!(tx, events, now);
             tx.commit().await?;
@@ -564,7 +600,7 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<()> {
         with_pool!(self, p => {
-            let mut tx = p.begin().await?;
+            let mut tx = p.begin_write().await?;
             let row = sqlx::query("SELECT stage, tags FROM contacts WHERE id = $1").bind(contact_id).fetch_optional(&mut *tx).await?;
             let Some(row) = row else { return Ok(()) };
             let old_stage: String = row.try_get("stage")?;

@@ -5,8 +5,8 @@ use chrono::{DateTime, Utc};
 use sqlx::{QueryBuilder, Row};
 
 use super::{
-    contact_from_row, from_ms, ms, Contact, Enrollment, EnrollmentUpdate, Error, NewEvent, Pool,
-    Result, Store, CHUNK, CONTACT_COLUMNS,
+    contact_from_row, from_ms, ms, BeginWrite, Contact, Enrollment, EnrollmentUpdate, Error,
+    NewEvent, Pool, Result, Store, CHUNK, CONTACT_COLUMNS,
 };
 
 /// A due enrollment this daemon now holds, with its contact.
@@ -238,7 +238,7 @@ impl Store {
             .flat_map(|f| f.events.iter().cloned())
             .collect();
         with_pool!(self, p => {
-            let mut tx = p.begin().await?;
+            let mut tx = p.begin_write().await?;
             for chunk in messages.chunks(CHUNK) {
                 let mut qb = QueryBuilder::new(
                     "UPDATE messages SET status = v.column2, smtp_reply = v.column3, sent_at = v.column4, \
@@ -294,7 +294,7 @@ impl Store {
     /// IMAP, a look into the Sent folder) decides. Never re-sent blindly.
     pub async fn mark_in_doubt(&self, now: DateTime<Utc>) -> Result<Vec<InDoubt>> {
         let found = with_pool!(self, p => {
-            let mut tx = p.begin().await?;
+            let mut tx = p.begin_write().await?;
             let rows = sqlx::query(
                 "UPDATE messages SET status = 'in_doubt', locked_until = NULL, updated_at = $1 \
                  WHERE status = 'sending' AND locked_until < $1 RETURNING id, enrollment_id, message_id",

@@ -843,6 +843,115 @@ fn first_start_skips_old_mail(db: Db) {
     assert_eq!(c.replied_count(), 1);
 }
 
+/// Puts a sent step back into the state that a daemon killed between the SMTP
+/// server's acceptance and its own commit leaves behind: the message `sending` with its
+/// lease run out, the enrollment still at that step and claimed by the dead daemon.
+/// `new_id` renames the message, as if the copy in Sent were not there.
+fn crash_after_smtp(c: &Case, message_id: &str, new_id: &str) {
+    let statements = [
+        format!(
+            "UPDATE messages SET status = 'sending', sent_at = NULL, locked_until = 1, \
+             message_id = '{new_id}' WHERE message_id = '{message_id}'"
+        ),
+        format!(
+            "UPDATE enrollments SET step_id = 'first', step_index = 0, priority = 1, \
+             state = 'active', next_run_at = 1, locked_by = 'dead', locked_until = 1, \
+             thread_message_id = NULL, thread_subject = NULL \
+             WHERE id = (SELECT enrollment_id FROM messages WHERE message_id = '{new_id}')"
+        ),
+    ];
+    c.rt.block_on(async {
+        if c.p.database.starts_with("sqlite:") {
+            let pool = sqlx::SqlitePool::connect(&c.p.database).await.unwrap();
+            for q in &statements {
+                assert_eq!(
+                    sqlx::query(q).execute(&pool).await.unwrap().rows_affected(),
+                    1,
+                    "{q}"
+                );
+            }
+            pool.close().await;
+        } else {
+            let pool = sqlx::PgPool::connect(&c.p.database).await.unwrap();
+            for q in &statements {
+                assert_eq!(
+                    sqlx::query(q).execute(&pool).await.unwrap().rows_affected(),
+                    1,
+                    "{q}"
+                );
+            }
+            pool.close().await;
+        }
+    });
+}
+
+/// Messages left in doubt by a crash are settled through the Sent folder: one found
+/// there counts as sent and is not sent again; one missing is sent again under its
+/// Message-ID. Nothing waits for an operator.
+fn in_doubt_settled_through_sent(db: Db) {
+    let mut c = Case::new(db, &[LI, BUYER], ("1h", "1h"));
+    let li_first = c.first(LI);
+    c.first(BUYER);
+    c.wait("both first steps recorded", || {
+        (c.enrollment(LI).step_id == "bump" && c.enrollment(BUYER).step_id == "bump").then_some(())
+    });
+    let li_id = li_first.header("Message-ID").expect("a Message-ID");
+    let buyer_id = c.first(BUYER).header("Message-ID").expect("a Message-ID");
+    // Both copies are in the rep's Sent folder (append_sent).
+    c.wait("our two messages in Sent", || {
+        let sent = c.world.mails(REP, "Sent");
+        let has = |id: &str| {
+            sent.iter()
+                .any(|m| m.header("Message-ID").as_deref() == Some(id))
+        };
+        (has(&li_id) && has(&buyer_id)).then_some(())
+    });
+    let status = c.daemon.take().expect("the daemon runs").stop();
+    assert!(status.success(), "daemon exit: {status}");
+
+    let missing = "<never-reached.1@followup.test>";
+    crash_after_smtp(&c, &li_id, &li_id);
+    crash_after_smtp(&c, &buyer_id, missing);
+    c.daemon = Some(c.p.daemon());
+
+    // Li's was in Sent: counted as sent, her sequence goes on, no second mail.
+    c.wait("li's in-doubt message settled", || {
+        let e = c.enrollment(LI);
+        (e.state == "active" && e.step_id == "bump").then_some(())
+    });
+    // The buyer's was not: sent again, under the Message-ID it had.
+    let again = c.wait("the buyer's message sent again", || {
+        c.sent_by_rep(BUYER)
+            .into_iter()
+            .find(|m| m.header("Message-ID").as_deref() == Some(missing))
+    });
+    assert!(
+        again.raw.contains("STEP=first"),
+        "the same step: {}",
+        again.raw
+    );
+    c.wait("the buyer's enrollment advanced", || {
+        (c.enrollment(BUYER).step_id == "bump").then_some(())
+    });
+    c.assert_untouched(LI);
+    c.assert_untouched(BUYER);
+    assert_eq!(c.sent_by_rep(LI).len(), 1, "li's message is not sent twice");
+    let log = c.daemon().log_text();
+    assert!(
+        log.contains("in-doubt message settled through the Sent folder"),
+        "{log}"
+    );
+    let s = c.p.status_json();
+    let in_doubt: i64 = s["sequences"]
+        .as_array()
+        .expect("status lists sequences")
+        .iter()
+        .flat_map(|q| q["steps"].as_array().cloned().unwrap_or_default())
+        .map(|row| row["in_doubt"].as_i64().unwrap_or(0))
+        .sum();
+    assert_eq!(in_doubt, 0, "nothing left for an operator: {s}");
+}
+
 macro_rules! on_both {
     ($($case:ident),* $(,)?) => {
         mod sqlite {
@@ -856,6 +965,7 @@ macro_rules! on_both {
 
 on_both!(
     first_start_skips_old_mail,
+    in_doubt_settled_through_sent,
     threaded_reply,
     unthreaded_reply,
     html_only_reply,
