@@ -337,3 +337,69 @@ async fn auto_reply_pauses_and_bounces_suppress_sqlite() {
 async fn auto_reply_pauses_and_bounces_suppress_postgres() {
     auto_reply_and_bounce(Db::Postgres).await;
 }
+
+/// A mailbox whose recent sends bounce too much is paused: nothing more goes out from
+/// it, `status` says why, and `resume --mailbox` lifts it.
+async fn bouncing_mailbox(db: Db) {
+    let emails: Vec<String> = (0..10).map(|i| format!("p{i}@prospect.example")).collect();
+    let refs: Vec<&str> = emails.iter().map(String::as_str).collect();
+    let mut w = World::new(db, &refs).await;
+    // Judged over the last 10 sends: one hard bounce is 10%, over the 5% allowed.
+    let mut toml = std::fs::read_to_string(&w.p.config).unwrap();
+    toml.push_str("\n[replies]\nbounce_window = 10\nbounce_max_rate = 0.05\n");
+    std::fs::write(&w.p.config, toml).unwrap();
+    w.loaded = Loaded::load(&w.p.config, false).unwrap().0;
+    assert!(w.p.status_json()["paused_mailboxes"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+
+    let (id, _) = w.first("p0@prospect.example");
+    let dsn = format!(
+        "From: MAILER-DAEMON@mx.prospect.example\r\nTo: iris@sender.example\r\nSubject: Undelivered Mail Returned to Sender\r\nMessage-ID: <dsn-rate@mx.prospect.example>\r\nMIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=delivery-status; boundary=\"B\"\r\n\r\n--B\r\nContent-Type: text/plain\r\n\r\nNot delivered.\r\n--B\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.prospect.example\r\n\r\nFinal-Recipient: rfc822; p0@prospect.example\r\nAction: failed\r\nStatus: 5.1.1\r\n\r\n--B\r\nContent-Type: text/rfc822-headers\r\n\r\nMessage-ID: {id}\r\n\r\n--B--\r\n"
+    );
+    w.deliver(Folder::Inbox, &dsn).await;
+    let paused = w.p.status_json()["paused_mailboxes"].clone();
+    assert_eq!(paused[0]["mailbox"], "sales", "{paused}");
+    let reason = paused[0]["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("1 of its last 10 sends bounced"),
+        "{reason}"
+    );
+
+    // A contact due now is not mailed while the mailbox is paused...
+    w.p.write(
+        "new.csv",
+        "email,first_name,company\nnew@prospect.example,N,Acme\n",
+    );
+    w.p.ok(&[
+        "contacts",
+        "import",
+        w.p.path("new.csv").to_str().unwrap(),
+        "--sequence",
+        "intro",
+    ]);
+    let before = w._smtp.received().len();
+    w.p.ok(&["run", "--once"]);
+    assert_eq!(w._smtp.received().len(), before, "paused: nothing sent");
+    // ...and is once an operator lifts the pause.
+    w.p.ok(&["resume", "--mailbox", "sales"]);
+    assert!(w.p.status_json()["paused_mailboxes"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+    w.p.ok(&["run", "--once"]);
+    let got = w._smtp.received();
+    assert_eq!(got.len(), before + 1);
+    assert_eq!(got[before].to_addr(), "new@prospect.example");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bouncing_mailbox_is_paused_sqlite() {
+    bouncing_mailbox(Db::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bouncing_mailbox_is_paused_postgres() {
+    bouncing_mailbox(Db::Postgres).await;
+}
