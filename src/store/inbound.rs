@@ -321,7 +321,7 @@ impl Store {
                     .await?;
             }
             let stopped = sqlx::query(&format!(
-                "UPDATE enrollments SET state = 'stopped', reason = 'suppressed', next_run_at = NULL, locked_until = NULL, locked_by = NULL, updated_at = $1 \
+                "UPDATE enrollments SET state = 'stopped', reason = 'suppressed', next_run_at = NULL, updated_at = $1 \
                  WHERE state IN ('active', 'paused', 'held') AND contact_id IN (SELECT id FROM contacts WHERE {col} = $2)"
             ))
             .bind(ms(now))
@@ -329,6 +329,13 @@ impl Store {
             .execute(&mut *tx)
             .await?
             .rows_affected();
+            // A send in flight to the address must not write over the stop.
+            sqlx::query(&format!(
+                "DELETE FROM claims WHERE enrollment_id IN (SELECT e.id FROM enrollments e JOIN contacts c ON c.id = e.contact_id WHERE c.{col} = $1)"
+            ))
+            .bind(&val)
+            .execute(&mut *tx)
+            .await?;
             tx.commit().await?;
             Ok(stopped)
         })

@@ -116,7 +116,7 @@ macro_rules! update_enrollments {
                 "UPDATE enrollments SET state = v.column2, reason = v.column3, step_index = v.column4, \
                  step_id = v.column5, priority = v.column6, next_run_at = v.column7, paused_until = v.column8, \
                  attempts = v.column9, thread_message_id = v.column10, thread_subject = v.column11, \
-                 last_sent_at = v.column12, updated_at = v.column13, locked_until = NULL, locked_by = NULL FROM (",
+                 last_sent_at = v.column12, updated_at = v.column13 FROM (",
             );
             qb.push_values(chunk.iter(), |mut b, u: &EnrollmentUpdate| {
                 b.push_bind(u.id)
@@ -134,11 +134,25 @@ macro_rules! update_enrollments {
                     .push_bind(ms($now));
             });
             qb.push(") AS v WHERE enrollments.id = v.column1");
-            // A daemon only writes back enrollments it still holds: an operator may
-            // have stopped or paused one while its mail was in flight.
+            // A daemon only writes back enrollments it still holds: an operator or the
+            // reply watcher may have stopped or paused one while its mail was in flight.
             let owner: Option<&str> = $owner;
             if let Some(owner) = owner {
-                qb.push(" AND enrollments.locked_by = ").push_bind(owner.to_string());
+                qb.push(" AND EXISTS (SELECT 1 FROM claims k WHERE k.enrollment_id = enrollments.id AND k.owner = ")
+                    .push_bind(owner.to_string())
+                    .push(")");
+            }
+            qb.build().execute(&mut *$tx).await?;
+            // Then the leases go: the daemon's own, or, for a change made by anyone
+            // else, whoever's, so that a send in flight cannot write over that change.
+            let mut qb = QueryBuilder::new("DELETE FROM claims WHERE enrollment_id IN (");
+            let mut sep = qb.separated(", ");
+            for u in chunk {
+                sep.push_bind(u.id);
+            }
+            qb.push(")");
+            if let Some(owner) = owner {
+                qb.push(" AND owner = ").push_bind(owner.to_string());
             }
             qb.build().execute(&mut *$tx).await?;
         }

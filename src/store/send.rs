@@ -1,6 +1,8 @@
 //! The send path's statements: claim due enrollments, commit `sending` before SMTP,
 //! record outcomes, and turn messages whose daemon died mid-send into `in_doubt`.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use sqlx::{QueryBuilder, Row};
 
@@ -92,15 +94,23 @@ impl Store {
         lease_until: DateTime<Utc>,
         owner: &str,
     ) -> Result<Vec<Claimed>> {
+        // A lease is a row in `claims`; an expired one is taken over. On PostgreSQL the
+        // enrollments being claimed are row-locked for the statement, and concurrent
+        // daemons skip each other's (SKIP LOCKED); the ON CONFLICT guard keeps a daemon
+        // whose snapshot predates another's commit from taking over a live lease.
         let skip_locked = match self.pool {
             Pool::Sqlite(_) => "",
-            Pool::Postgres(_) => " FOR UPDATE SKIP LOCKED",
+            Pool::Postgres(_) => " FOR UPDATE OF e SKIP LOCKED",
         };
         let sql = format!(
-            "UPDATE enrollments SET locked_until = $1, locked_by = $2 WHERE id IN (\
-               SELECT id FROM enrollments WHERE state = 'active' AND mailbox = $3 AND priority = $4 \
-               AND next_run_at <= $5 AND (locked_until IS NULL OR locked_until < $5) \
-               ORDER BY next_run_at LIMIT $6{skip_locked}) RETURNING id"
+            "INSERT INTO claims (enrollment_id, owner, until) \
+             SELECT e.id, $1, $2 FROM enrollments e \
+             WHERE e.state = 'active' AND e.mailbox = $3 AND e.priority = $4 AND e.next_run_at <= $5 \
+             AND NOT EXISTS (SELECT 1 FROM claims k WHERE k.enrollment_id = e.id AND k.until >= $5) \
+             ORDER BY e.next_run_at LIMIT $6{skip_locked} \
+             ON CONFLICT (enrollment_id) DO UPDATE SET owner = excluded.owner, until = excluded.until \
+             WHERE claims.until < $5 \
+             RETURNING enrollment_id"
         );
         let mut ids: Vec<i64> = Vec::new();
         for priority in [0i64, 1] {
@@ -109,8 +119,8 @@ impl Store {
                 break;
             }
             let got: Vec<i64> = with_pool!(self, p => sqlx::query_scalar(&sql)
-                .bind(ms(lease_until))
                 .bind(owner)
+                .bind(ms(lease_until))
                 .bind(mailbox)
                 .bind(priority)
                 .bind(ms(now))
@@ -124,18 +134,19 @@ impl Store {
         }
         let enrollments = self.enrollments_by_id(&ids).await?;
         let contact_ids: Vec<i64> = enrollments.iter().map(|e| e.contact_id).collect();
-        let contacts = self.contacts_by_id(&contact_ids).await?;
+        let contacts: HashMap<i64, Contact> = self
+            .contacts_by_id(&contact_ids)
+            .await?
+            .into_iter()
+            .map(|c| (c.id, c))
+            .collect();
         enrollments
             .into_iter()
             .map(|e| {
-                let contact = contacts
-                    .iter()
-                    .find(|c| c.id == e.contact_id)
-                    .cloned()
-                    .ok_or(Error::Corrupt {
-                        what: "enrollment",
-                        detail: format!("{} has no contact", e.id),
-                    })?;
+                let contact = contacts.get(&e.contact_id).cloned().ok_or(Error::Corrupt {
+                    what: "enrollment",
+                    detail: format!("{} has no contact", e.id),
+                })?;
                 Ok(Claimed {
                     enrollment: e,
                     contact,
@@ -192,11 +203,12 @@ impl Store {
                 });
                 qb.push(
                     ") AS v JOIN enrollments e ON e.id = v.column1 JOIN contacts c ON c.id = e.contact_id \
-                     WHERE e.state = 'active' AND e.step_id = v.column5 AND e.locked_by = ",
+                     WHERE e.state = 'active' AND e.step_id = v.column5 \
+                     AND EXISTS (SELECT 1 FROM claims k WHERE k.enrollment_id = e.id AND k.owner = ",
                 );
                 qb.push_bind(owner.to_string());
                 qb.push(
-                    " AND c.suppressed_at IS NULL \
+                    ") AND c.suppressed_at IS NULL \
                      AND NOT EXISTS (SELECT 1 FROM suppressions s WHERE s.pattern = c.email OR s.pattern = '@' || c.domain) \
                      ON CONFLICT (enrollment_id, step_id) DO UPDATE SET status = 'sending', \
                      attempts = messages.attempts + 1, locked_until = excluded.locked_until, \
@@ -308,7 +320,7 @@ impl Store {
                 let enrollment_id: i64 = r.try_get("enrollment_id")?;
                 let message_id: String = r.try_get("message_id")?;
                 sqlx::query(
-                    "UPDATE enrollments SET state = 'held', reason = $1, locked_until = NULL, locked_by = NULL, \
+                    "UPDATE enrollments SET state = 'held', reason = $1, \
                      next_run_at = NULL, updated_at = $2 WHERE id = $3 AND state = 'active'",
                 )
                 .bind(format!("in doubt: {message_id} may have been sent"))
@@ -316,6 +328,10 @@ impl Store {
                 .bind(enrollment_id)
                 .execute(&mut *tx)
                 .await?;
+                sqlx::query("DELETE FROM claims WHERE enrollment_id = $1")
+                    .bind(enrollment_id)
+                    .execute(&mut *tx)
+                    .await?;
                 sqlx::query(
                     "INSERT INTO events (at, contact_id, enrollment_id, message_id, kind, data) \
                      SELECT $1, contact_id, enrollment_id, id, 'in_doubt', $2 FROM messages WHERE id = $3",
@@ -404,7 +420,7 @@ impl Store {
 
     /// Releases claims this daemon holds without changing anything else (shutdown).
     pub async fn release_claims(&self, owner: &str) -> Result<()> {
-        with_pool!(self, p => sqlx::query("UPDATE enrollments SET locked_until = NULL, locked_by = NULL WHERE locked_by = $1")
+        with_pool!(self, p => sqlx::query("DELETE FROM claims WHERE owner = $1")
             .bind(owner)
             .execute(p)
             .await

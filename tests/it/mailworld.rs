@@ -401,14 +401,20 @@ impl Case {
         wait(what, || self.context(), f)
     }
 
-    /// The first step as `email` received it (through Postfix and Dovecot).
+    /// The first step as `email` received it (through Postfix and Dovecot), once the
+    /// daemon has also recorded it as sent (its outcome is committed just after the
+    /// server accepts it, which may be a moment after delivery on a busy machine).
     fn first(&self, email: &str) -> Mail {
-        self.wait(&format!("the first step in {email}'s INBOX"), || {
+        let mail = self.wait(&format!("the first step in {email}'s INBOX"), || {
             self.world
                 .mails(email, "")
                 .into_iter()
                 .find(|m| m.is_from_rep() && m.raw.contains("STEP=first"))
-        })
+        });
+        self.wait(&format!("{email}'s first step recorded as sent"), || {
+            (self.enrollment(email).step_id != "first").then_some(())
+        });
+        mail
     }
 
     /// Mail from the rep (the daemon or by hand) in `email`'s INBOX.
@@ -855,9 +861,13 @@ fn crash_after_smtp(c: &Case, message_id: &str, new_id: &str) {
         ),
         format!(
             "UPDATE enrollments SET step_id = 'first', step_index = 0, priority = 1, \
-             state = 'active', next_run_at = 1, locked_by = 'dead', locked_until = 1, \
+             state = 'active', next_run_at = 1, \
              thread_message_id = NULL, thread_subject = NULL \
              WHERE id = (SELECT enrollment_id FROM messages WHERE message_id = '{new_id}')"
+        ),
+        format!(
+            "INSERT INTO claims (enrollment_id, owner, until) \
+             SELECT enrollment_id, 'dead', 1 FROM messages WHERE message_id = '{new_id}'"
         ),
     ];
     c.rt.block_on(async {
