@@ -459,9 +459,7 @@ impl Scheduler {
             self.store
                 .finish_sends(&finishes, Some(&self.owner), Utc::now())
                 .await?;
-            for (contact_id, rule) in rules {
-                self.store.apply_rule(contact_id, &rule, Utc::now()).await?;
-            }
+            self.store.apply_rules(&rules, Utc::now()).await?;
             for item in to_send {
                 if work.send(item).await.is_err() {
                     // `record` failed and everything downstream stopped; the rest stay
@@ -536,9 +534,7 @@ impl Scheduler {
             self.store
                 .finish_sends(&finishes, Some(&self.owner), Utc::now())
                 .await?;
-            for (contact_id, rule) in rules {
-                self.store.apply_rule(contact_id, &rule, Utc::now()).await?;
-            }
+            self.store.apply_rules(&rules, Utc::now()).await?;
         }
         Ok(round)
     }

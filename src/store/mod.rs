@@ -613,35 +613,76 @@ impl Store {
         rule: &crate::sequence::Rule,
         now: DateTime<Utc>,
     ) -> Result<()> {
+        self.apply_rules(&[(contact_id, rule.clone())], now).await
+    }
+
+    /// Applies rules (set the stage, add tags) to contacts, with their events, in one
+    /// transaction: one read, one multi-row update and one insert per chunk, however
+    /// many contacts a batch of sends finished. Rules for one contact apply in order.
+    pub async fn apply_rules(
+        &self,
+        rules: &[(i64, crate::sequence::Rule)],
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        if rules.is_empty() {
+            return Ok(());
+        }
+        let mut ids: Vec<i64> = rules.iter().map(|(id, _)| *id).collect();
+        ids.sort_unstable();
+        ids.dedup();
         with_pool!(self, p => {
             let mut tx = p.begin_write().await?;
-            let row = sqlx::query("SELECT stage, tags FROM contacts WHERE id = $1").bind(contact_id).fetch_optional(&mut *tx).await?;
-            let Some(row) = row else { return Ok(()) };
-            let old_stage: String = row.try_get("stage")?;
-            let tags_text: String = row.try_get("tags")?;
-            let mut tags: Vec<String> = serde_json::from_str(&tags_text).unwrap_or_default();
+            let mut current: std::collections::HashMap<i64, (String, Vec<String>)> =
+                std::collections::HashMap::with_capacity(ids.len());
+            for chunk in ids.chunks(CHUNK) {
+                let mut qb = QueryBuilder::new("SELECT id, stage, tags FROM contacts WHERE id IN (");
+                let mut sep = qb.separated(", ");
+                for id in chunk {
+                    sep.push_bind(*id);
+                }
+                qb.push(")");
+                for row in qb.build().fetch_all(&mut *tx).await? {
+                    let tags_text: String = row.try_get("tags")?;
+                    current.insert(
+                        row.try_get("id")?,
+                        (row.try_get("stage")?, serde_json::from_str(&tags_text).unwrap_or_default()),
+                    );
+                }
+            }
             let mut events = Vec::new();
-            if let Some(stage) = &rule.stage {
-                if *stage != old_stage {
-                    events.push(NewEvent { contact_id: Some(contact_id), enrollment_id: None, message_id: None, kind: "stage_changed".into(), data: serde_json::json!({ "from": old_stage, "to": stage }) });
+            let mut changed = std::collections::BTreeSet::new();
+            for (contact_id, rule) in rules {
+                let Some((stage, tags)) = current.get_mut(contact_id) else { continue };
+                if let Some(to) = &rule.stage {
+                    if to != stage {
+                        events.push(NewEvent { contact_id: Some(*contact_id), enrollment_id: None, message_id: None, kind: "stage_changed".into(), data: serde_json::json!({ "from": stage.clone(), "to": to }) });
+                        *stage = to.clone();
+                        changed.insert(*contact_id);
+                    }
+                }
+                for t in &rule.tags {
+                    if !tags.contains(t) {
+                        tags.push(t.clone());
+                        events.push(NewEvent { contact_id: Some(*contact_id), enrollment_id: None, message_id: None, kind: "tagged".into(), data: serde_json::json!({ "tag": t }) });
+                        changed.insert(*contact_id);
+                    }
                 }
             }
-            for t in &rule.tags {
-                if !tags.contains(t) {
-                    tags.push(t.clone());
-                    events.push(NewEvent { contact_id: Some(contact_id), enrollment_id: None, message_id: None, kind: "tagged".into(), data: serde_json::json!({ "tag": t }) });
-                }
+            let changed: Vec<i64> = changed.into_iter().collect();
+            for chunk in changed.chunks(CHUNK) {
+                let mut qb = QueryBuilder::new(
+                    "UPDATE contacts SET stage = v.column2, tags = v.column3, updated_at = v.column4 FROM (",
+                );
+                qb.push_values(chunk.iter(), |mut b, id| {
+                    let (stage, tags) = &current[id];
+                    b.push_bind(*id)
+                        .push_bind(stage.clone())
+                        .push_bind(serde_json::to_string(tags).unwrap_or_else(|_| "[]".into()))
+                        .push_bind(ms(now));
+                });
+                qb.push(") AS v WHERE contacts.id = v.column1");
+                qb.build().execute(&mut *tx).await?;
             }
-            if events.is_empty() {
-                return Ok(());
-            }
-            sqlx::query("UPDATE contacts SET stage = $1, tags = $2, updated_at = $3 WHERE id = $4")
-                .bind(rule.stage.clone().unwrap_or(old_stage))
-                .bind(serde_json::to_string(&tags).unwrap_or_else(|_| "[]".into()))
-                .bind(ms(now))
-                .bind(contact_id)
-                .execute(&mut *tx)
-                .await?;
             insert_events!(tx, events, now);
             tx.commit().await?;
             Ok(())

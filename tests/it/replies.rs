@@ -403,3 +403,67 @@ async fn bouncing_mailbox_is_paused_sqlite() {
 async fn bouncing_mailbox_is_paused_postgres() {
     bouncing_mailbox(Db::Postgres).await;
 }
+
+/// The sequence's `on_reply` rule moves the contact who answered to its stage and adds
+/// its tags, in the contact's timeline; the others keep theirs.
+async fn on_reply_rule(db: Db) {
+    let mut w = World::new(db, &["li@prospect.example", "wang@other.example"]).await;
+    let path = w.p.path("sequences/intro.yaml");
+    let seq = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(
+        &path,
+        seq.replacen(
+            "sender: sales\n",
+            "sender: sales\non_reply: { stage: replied, tags: [warm, samples] }\n",
+            1,
+        ),
+    )
+    .unwrap();
+    w.loaded = Loaded::load(&w.p.config, false).unwrap().0;
+    let (id, subject) = w.first("li@prospect.example");
+    let h = w
+        .deliver(
+            Folder::Inbox,
+            &reply(
+                "li@prospect.example",
+                Some(&id),
+                &format!("Re: {subject}"),
+                "Yes, samples please.",
+            ),
+        )
+        .await;
+    assert_eq!(h.changed.len(), 1, "{h:?}");
+    let li = w
+        .store
+        .contact("li@prospect.example")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(li.stage, "replied");
+    let wang = w
+        .store
+        .contact("wang@other.example")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(wang.stage, "lead");
+    let shown = w.p.ok(&["contacts", "show", "li@prospect.example"]);
+    for needle in [
+        "stage: replied",
+        "stage_changed",
+        "\"tag\":\"warm\"",
+        "\"tag\":\"samples\"",
+    ] {
+        assert!(shown.contains(needle), "{needle} in:\n{shown}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn on_reply_rule_sqlite() {
+    on_reply_rule(Db::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn on_reply_rule_postgres() {
+    on_reply_rule(Db::Postgres).await;
+}

@@ -17,6 +17,16 @@ fn three_steps_to_several_contacts(db: Db) {
             ..Options::default()
         },
     );
+    // A rule when the sequence ends: every contact moves on, in one go per batch.
+    let seq = std::fs::read_to_string(p.path("sequences/intro.yaml")).unwrap();
+    p.write(
+        "sequences/intro.yaml",
+        &seq.replacen(
+            "sender: sales\n",
+            "sender: sales\non_finish: { stage: nurture, tag: done }\n",
+            1,
+        ),
+    );
     let emails = p.import_contacts(5);
     let daemon = p.daemon();
     smtp.wait_for(15, Duration::from_secs(30));
@@ -104,6 +114,11 @@ fn three_steps_to_several_contacts(db: Db) {
         assert_eq!(counts[step]["scheduled"], 0);
     }
     assert_eq!(counts["last"]["finished"], 5);
+    for e in &emails {
+        let shown = p.ok(&["contacts", "show", e]);
+        assert!(shown.contains("stage: nurture"), "{shown}");
+        assert!(shown.contains("\"tag\":\"done\""), "{shown}");
+    }
 }
 
 #[test]
