@@ -303,9 +303,6 @@ impl Scheduler {
         now: DateTime<Utc>,
         stop: Option<&CancellationToken>,
     ) -> Result<Round, store::Error> {
-        if self.store.mailbox_pause(&mailbox.name).await?.is_some() {
-            return Ok(Round::default());
-        }
         let Some(sender) = self.senders.get(&mailbox.name) else {
             return Ok(Round::default());
         };
@@ -318,10 +315,15 @@ impl Scheduler {
 
         let produce = self.produce(mailbox, now, stop, work_tx);
         let transmit = async move {
-            stream::unfold(
-                work_rx,
-                |mut rx| async move { rx.recv().await.map(|w| (w, rx)) },
-            )
+            // Ends when the work does, or as soon as `record` has failed: then nothing
+            // more is handed to SMTP (what was begun stays `sending`, in doubt later),
+            // and dropping `work_rx` stops `produce` too.
+            stream::unfold((work_rx, done_tx.clone()), |(mut rx, tx)| async move {
+                if tx.is_closed() {
+                    return None;
+                }
+                rx.recv().await.map(|w| (w, (rx, tx)))
+            })
             .map(|(p, b)| {
                 let span = info_span!(
                     "send",
@@ -384,6 +386,11 @@ impl Scheduler {
         let mut round = Round::default();
         for n in 0..MAX_BATCHES {
             if stop.is_some_and(|s| s.is_cancelled()) {
+                break;
+            }
+            // Looked at before every batch: the watcher pauses a mailbox whose sends
+            // bounce too much while a long round is under way.
+            if self.store.mailbox_pause(&mailbox.name).await?.is_some() {
                 break;
             }
             let now = if n == 0 { first_now } else { Utc::now() };
