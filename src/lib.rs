@@ -2,7 +2,8 @@
 //!
 //! The pure core (`sequence`, `template`, `schedule`, `engine`) does no I/O; `store`
 //! is the only module that speaks SQL; `mail` composes and sends; `scheduler` runs the
-//! send loop; `daemon` wires tasks and signals; `cli` is the command line.
+//! send loop; `track` signs tracking and unsubscribe tokens; `daemon` wires tasks and
+//! signals; `cli` is the command line.
 
 // Errors here carry a diagnostic or a prepared outcome by value: they are produced on
 // cold paths (a bad config line, a held enrollment), where boxing buys nothing.
@@ -25,3 +26,4 @@ pub mod scheduler;
 pub mod sequence;
 pub mod store;
 pub mod template;
+pub mod track;
