@@ -43,7 +43,7 @@
 #   env, dovecot.conf, users, dovecot.log, run/ (Dovecot base_dir),
 #   state/, mail/USER/ (maildirs, owner mail), home/USER/, sieve/,
 #   postfix/{main.cf,master.cf}, postfix-queue/, postfix-data/, postfix.log
-# See mailworld.md beside this file for the choices made and the caveats.
+# Used by tests/it/mailworld.rs; .ci/run installs the packages.
 set -euo pipefail
 
 die() { echo "mailworld.sh: $*" >&2; exit 1; }
