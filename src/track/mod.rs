@@ -2,4 +2,5 @@
 //! that tracking and unsubscribe URLs carry; the HTTP endpoint that serves them builds
 //! on it.
 
+pub mod links;
 pub mod token;
