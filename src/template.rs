@@ -625,7 +625,7 @@ pub fn text_to_html(text: &str) -> String {
 
 /// Escapes text for HTML: the five characters that matter, nothing else (handlebars'
 /// own escaper also encodes `=` and backticks, which makes plain text ugly).
-fn escape_html(s: &str) -> String {
+pub(crate) fn escape_html(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {
@@ -735,7 +735,9 @@ fn attr(tag: &str, name: &str) -> Option<String> {
     Some(decode_entities(&v[..end]))
 }
 
-fn decode_entities(s: &str) -> String {
+/// Decodes the character references HTML text and attributes commonly carry; anything
+/// else is kept as written.
+pub(crate) fn decode_entities(s: &str) -> String {
     if !s.contains('&') {
         return s.to_string();
     }
@@ -744,7 +746,10 @@ fn decode_entities(s: &str) -> String {
     while let Some(amp) = rest.find('&') {
         out.push_str(&rest[..amp]);
         let tail = &rest[amp..];
-        let end = tail[..tail.len().min(12)].find(';');
+        // Bytes, not a str slice: the 12th byte may fall inside a character.
+        let end = tail.as_bytes()[..tail.len().min(12)]
+            .iter()
+            .position(|b| *b == b';');
         let decoded = end.and_then(|e| {
             let ent = &tail[1..e];
             let c = match ent {
@@ -780,6 +785,14 @@ fn decode_entities(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bare_ampersand_before_chinese_text_is_kept() {
+        // Used to slice 12 bytes after the '&', inside the fourth character: a panic at
+        // send time for an HTML template like this one.
+        assert_eq!(html_to_text("<p>售后&服务保障</p>").trim(), "售后&服务保障");
+        assert_eq!(decode_entities("&李雷雷雷"), "&李雷雷雷");
+    }
     use serde_json::json;
 
     fn templates(hbs: &str, html: Option<&str>) -> (Templates, Diagnostics) {

@@ -55,7 +55,8 @@ pub fn subject_for(rendered_subject: &str, thread: Option<&Thread>) -> String {
     match thread {
         Some(t) => {
             let s = t.root_subject.trim();
-            if s.len() >= 3 && s[..3].eq_ignore_ascii_case("re:") {
+            // `get`: a subject in Cyrillic or Greek has no char boundary at byte 3.
+            if s.get(..3).is_some_and(|p| p.eq_ignore_ascii_case("re:")) {
                 s.to_string()
             } else {
                 format!("Re: {s}")
@@ -137,6 +138,18 @@ mod tests {
             .unwrap()
             .split("\r\n")
             .collect()
+    }
+
+    #[test]
+    fn threaded_subjects_in_any_script() {
+        let t = |root: &str| Thread {
+            root_message_id: "<a@b>".into(),
+            root_subject: root.into(),
+        };
+        assert_eq!(subject_for("x", Some(&t("Привет"))), "Re: Привет");
+        assert_eq!(subject_for("x", Some(&t("ÄÖÜ"))), "Re: ÄÖÜ");
+        assert_eq!(subject_for("x", Some(&t("RE: Angebot"))), "RE: Angebot");
+        assert_eq!(subject_for("x", Some(&t("报价"))), "Re: 报价");
     }
 
     #[test]

@@ -5,6 +5,8 @@
 //! `data-track="off"` stay as they are. The stored URLs are the only places a click can
 //! lead, so nothing in a request ever chooses a redirect target.
 
+use crate::template::{decode_entities, escape_html};
+
 /// An HTML part after rewriting, and the original URLs by link index.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rewritten {
@@ -35,7 +37,7 @@ pub fn rewrite(
                 if trackable(&url, unsubscribe_url) {
                     out.push_str(&tag[..range.start]);
                     out.push('"');
-                    out.push_str(&escape_attr(&click(links.len())));
+                    out.push_str(&escape_html(&click(links.len())));
                     out.push('"');
                     out.push_str(&tag[range.end..]);
                     links.push(url);
@@ -51,7 +53,7 @@ pub fn rewrite(
     if let Some(pixel) = pixel_url {
         let img = format!(
             "<img src=\"{}\" width=\"1\" height=\"1\" alt=\"\" style=\"display:block;border:0;width:1px;height:1px\">",
-            escape_attr(pixel)
+            escape_html(pixel)
         );
         match out.to_ascii_lowercase().rfind("</body") {
             Some(at) => out.insert_str(at, &img),
@@ -169,57 +171,6 @@ fn skipped(tag: &str) -> bool {
 fn trackable(url: &str, unsubscribe_url: Option<&str>) -> bool {
     let lower = url.to_ascii_lowercase();
     (lower.starts_with("http://") || lower.starts_with("https://")) && unsubscribe_url != Some(url)
-}
-
-/// The entities a URL in an attribute commonly carries: `&amp;`, `&quot;`, `&#39;`,
-/// `&lt;`, `&gt;` and numeric ones. Anything else is kept as written.
-fn decode_entities(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut rest = s;
-    while let Some(at) = rest.find('&') {
-        out.push_str(&rest[..at]);
-        let tail = &rest[at..];
-        let Some(semi) = tail.as_bytes()[..tail.len().min(12)]
-            .iter()
-            .position(|b| *b == b';')
-        else {
-            out.push('&');
-            rest = &tail[1..];
-            continue;
-        };
-        let name = &tail[1..semi];
-        let decoded = match name {
-            "amp" => Some('&'),
-            "quot" => Some('"'),
-            "apos" => Some('\''),
-            "lt" => Some('<'),
-            "gt" => Some('>'),
-            n if n.starts_with("#x") || n.starts_with("#X") => u32::from_str_radix(&n[2..], 16)
-                .ok()
-                .and_then(char::from_u32),
-            n if n.starts_with('#') => n[1..].parse().ok().and_then(char::from_u32),
-            _ => None,
-        };
-        match decoded {
-            Some(c) => {
-                out.push(c);
-                rest = &tail[semi + 1..];
-            }
-            None => {
-                out.push('&');
-                rest = &tail[1..];
-            }
-        }
-    }
-    out.push_str(rest);
-    out
-}
-
-fn escape_attr(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('"', "&quot;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
 }
 
 #[cfg(test)]

@@ -916,6 +916,13 @@ fn in_doubt_settled_through_sent(db: Db) {
         };
         (has(&li_id) && has(&buyer_id)).then_some(())
     });
+    // ...and the Sent watcher has passed them (else, renamed below, the buyer's copy
+    // would look like a mail the rep wrote by hand).
+    c.wait("the Sent watcher past our two messages", || {
+        c.rt.block_on(c.store.checkpoint("sales", "Sent"))
+            .expect("query the checkpoint")
+            .filter(|k| k.last_uid >= 2)
+    });
     let status = c.daemon.take().expect("the daemon runs").stop();
     assert!(status.success(), "daemon exit: {status}");
 
