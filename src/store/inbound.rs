@@ -430,7 +430,7 @@ impl Store {
         Ok(out)
     }
 
-    /// When the mailbox first sent a message (any status but never-tried), if ever: a
+    /// When the mailbox first tried to send a message (its oldest message row), if ever: a
     /// watcher's first start looks at mail from then on.
     pub async fn first_send_at(&self, mailbox: &str) -> Result<Option<DateTime<Utc>>> {
         let v: Option<i64> = with_pool!(self, p => sqlx::query_scalar(

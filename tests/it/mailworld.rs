@@ -452,6 +452,18 @@ impl Case {
         })
     }
 
+    /// Waits until `email`'s enrollment leaves `active`, asserts it stopped for
+    /// `reason`, and returns it.
+    fn stopped(&self, email: &str, reason: &str) -> Enrollment {
+        let e = self.changed(email);
+        assert_eq!(
+            (e.state.as_str(), e.reason.as_deref()),
+            ("stopped", Some(reason)),
+            "{email}"
+        );
+        e
+    }
+
     /// Active, waiting for its second step: the first went out and nothing else happened.
     fn assert_untouched(&self, email: &str) {
         let e = self.enrollment(email);
@@ -522,11 +534,7 @@ fn threaded_reply(db: Db) {
             &text("Yes, please send samples and a price list.\r\n\r\n> Hi Li,\r\n> STEP=first"),
         )
     });
-    let e = c.changed(LI);
-    assert_eq!(
-        (e.state.as_str(), e.reason.as_deref()),
-        ("stopped", Some("replied"))
-    );
+    let e = c.stopped(LI, "replied");
     c.assert_untouched(BUYER);
     // The bystander's follow-up is sent on time; li's, due at about the same moment, is
     // not: by the time hers was due (10 s after her first step) plus the scheduler's
@@ -561,11 +569,7 @@ fn unthreaded_reply(db: Db) {
             &text("Call me tomorrow, please."),
         )
     });
-    let e = c.changed(LI);
-    assert_eq!(
-        (e.state.as_str(), e.reason.as_deref()),
-        ("stopped", Some("replied"))
-    );
+    c.stopped(LI, "replied");
     c.assert_untouched(BUYER);
 }
 
@@ -583,11 +587,7 @@ fn html_only_reply(db: Db) {
              <blockquote><p>Hi Li,</p><p>STEP=first</p></blockquote></body></html>\r\n",
         )
     });
-    let e = c.changed(LI);
-    assert_eq!(
-        (e.state.as_str(), e.reason.as_deref()),
-        ("stopped", Some("replied"))
-    );
+    c.stopped(LI, "replied");
     c.assert_untouched(BUYER);
 }
 
@@ -604,11 +604,7 @@ fn colleague_reply(db: Db) {
             &text("I handle purchasing for Li. Please send me the catalogue."),
         )
     });
-    let e = c.changed(LI);
-    assert_eq!(
-        (e.state.as_str(), e.reason.as_deref()),
-        ("stopped", Some("replied"))
-    );
+    c.stopped(LI, "replied");
     c.assert_untouched(BUYER);
 }
 
@@ -625,11 +621,7 @@ fn remove_me(db: Db) {
             &text("Please remove me from your list."),
         )
     });
-    let e = c.changed(LI);
-    assert_eq!(
-        (e.state.as_str(), e.reason.as_deref()),
-        ("stopped", Some("unsubscribed"))
-    );
+    c.stopped(LI, "unsubscribed");
     assert!(c.suppressed(LI), "li asked to be removed");
     c.assert_untouched(BUYER);
 }
@@ -675,11 +667,7 @@ fn bounce(db: Db) {
     let c = Case::new(db, &[UNKNOWN, LI, BUYER], ("1h", "1h"));
     c.first(LI);
     c.first(BUYER);
-    let e = c.changed(UNKNOWN);
-    assert_eq!(
-        (e.state.as_str(), e.reason.as_deref()),
-        ("stopped", Some("bounced"))
-    );
+    c.stopped(UNKNOWN, "bounced");
     assert!(c.suppressed(UNKNOWN));
     let dsn = c.world.wait_mail(REP, "the bounce", |m| {
         m.header("Content-Type")
@@ -716,11 +704,7 @@ fn manual(db: Db) {
     );
     c.world.send(REP, LI, &by_hand);
     c.world.append(REP, "Sent", &by_hand);
-    let e = c.changed(LI);
-    assert_eq!(
-        (e.state.as_str(), e.reason.as_deref()),
-        ("stopped", Some("manual"))
-    );
+    c.stopped(LI, "manual");
     c.assert_untouched(COLLEAGUE);
     c.assert_untouched(BUYER);
 }
@@ -747,11 +731,7 @@ fn imap_restart(db: Db) {
             &text("Got it, thanks. Send the offer."),
         )
     });
-    let e = c.changed(LI);
-    assert_eq!(
-        (e.state.as_str(), e.reason.as_deref()),
-        ("stopped", Some("replied"))
-    );
+    c.stopped(LI, "replied");
     c.assert_untouched(BUYER);
     let log = c.daemon().log_text();
     assert!(
@@ -824,6 +804,7 @@ fn first_start_skips_old_mail(db: Db) {
     );
     c.daemon = Some(c.p.daemon());
     c.first(LI);
+    c.first(BUYER);
     c.wait_idle();
     c.wait("li's first step recorded as sent", || {
         (c.enrollment(LI).step_id == "bump").then_some(())
@@ -840,11 +821,7 @@ fn first_start_skips_old_mail(db: Db) {
             &text("Interested, please call."),
         )
     });
-    let e = c.changed(LI);
-    assert_eq!(
-        (e.state.as_str(), e.reason.as_deref()),
-        ("stopped", Some("replied"))
-    );
+    c.stopped(LI, "replied");
     c.assert_untouched(BUYER);
     assert_eq!(c.replied_count(), 1);
 }
