@@ -131,6 +131,7 @@ fn message_size(project: &Project, contact: &followup::model::Contact) -> usize 
         date: SystemTime::now(),
         rendered: &rendered,
         thread: None,
+        list_unsubscribe: None,
     };
     compose::compose(&draft).unwrap().formatted().len()
 }
@@ -254,6 +255,9 @@ async fn replay(su: &Setup, batch: usize) -> Phases {
                 message_id: new_message_id(mailbox.domain()),
                 subject: subject.clone(),
                 content_hash: content_hash(&subject, &rendered),
+                variant: None,
+                track_key: followup::track::key_hex(followup::track::token::new_key()),
+                links: Vec::new(),
             });
             work.push((c, index, rendered, subject));
         }
@@ -279,6 +283,7 @@ async fn replay(su: &Setup, batch: usize) -> Phases {
                     date: SystemTime::now(),
                     rendered: &rendered,
                     thread: None,
+                    list_unsubscribe: None,
                 };
                 let message = compose::compose(&draft).unwrap();
                 let raw = message.formatted();
@@ -360,6 +365,7 @@ async fn pool_alone(su: &Setup, n: usize) -> Duration {
         date: SystemTime::now(),
         rendered: &rendered,
         thread: None,
+        list_unsubscribe: None,
     })
     .unwrap();
     let raw = message.formatted();
@@ -401,6 +407,7 @@ fn render_compose_alone(su: &Setup, contacts: &[followup::model::Contact]) -> Du
             date: SystemTime::now(),
             rendered: &rendered,
             thread: None,
+            list_unsubscribe: None,
         })
         .unwrap();
         bytes += m.formatted().len() + hash.len();

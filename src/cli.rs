@@ -23,7 +23,7 @@ use crate::mail::compose::{self, subject_for, Draft, Thread};
 use crate::model::{Contact, Enrollment, NewEvent};
 use crate::project::Project;
 use crate::schedule::step_due;
-use crate::scheduler::{template_fields, Scheduler};
+use crate::scheduler::Scheduler;
 use crate::store::Store;
 
 #[derive(Parser, Debug)]
@@ -798,16 +798,25 @@ async fn cmd_preview(
     let mailbox = mailbox_name
         .and_then(|m| p.config.mailboxes.get(&m))
         .context("the sequence has no mailbox")?;
-    let fields = template_fields(&c, mailbox);
+    let links = crate::track::Links::new(p.config.http.as_ref());
+    let key = crate::track::token::new_key();
+    let fields = crate::scheduler::send_fields(p, &links, &c, mailbox, key);
+    let (variant, template) = step.choose(&seq.name, &c.email);
+    if let Some(v) = variant {
+        eprintln!(
+            "{}: step '{}', variant '{v}' ({template})",
+            c.email, step.id
+        );
+    }
     let rendered = p
         .templates
-        .render(&step.template, &fields)
+        .render(template, &fields)
         .map_err(|e| anyhow::anyhow!("{}: {e}", c.email))?;
     let thread = if step.thread && index > 0 {
         let first = &seq.steps[0];
         let root = p
             .templates
-            .render(&first.template, &fields)
+            .render(first.choose(&seq.name, &c.email).1, &fields)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         Some(Thread {
             root_message_id: format!("<first-step@{}>", mailbox.domain()),
@@ -817,9 +826,11 @@ async fn cmd_preview(
         None
     };
     let subject = subject_for(&rendered.subject, thread.as_ref());
+    let tracked = links.track(seq, key, &mailbox.from, &rendered.html);
     let rendered = crate::template::Rendered {
         subject,
-        ..rendered
+        text: rendered.text,
+        html: tracked.html,
     };
     let message_id = compose::new_message_id(mailbox.domain());
     let msg = compose::compose(&Draft {
@@ -830,6 +841,7 @@ async fn cmd_preview(
         date: std::time::SystemTime::now(),
         rendered: &rendered,
         thread: thread.as_ref(),
+        list_unsubscribe: tracked.list_unsubscribe.as_deref(),
     })?;
     let mut out = std::io::stdout().lock();
     out.write_all(&msg.formatted())?;
@@ -878,6 +890,120 @@ async fn cmd_simulate(
 const MESSAGE_COLUMNS: &[&str] = &["sending", "sent", "deferred", "failed", "in_doubt"];
 const RESPONSE_COLUMNS: &[&str] = &["replied", "auto_replied", "bounced", "unsubscribed"];
 const STATE_COLUMNS: &[&str] = &["active", "held", "paused", "stopped", "finished"];
+
+fn sum_funnel(list: &[&crate::store::Funnel]) -> crate::store::Funnel {
+    let mut t = crate::store::Funnel::default();
+    for f in list {
+        t.sent += f.sent;
+        t.opened_human += f.opened_human;
+        t.opened_total += f.opened_total;
+        t.clicked_human += f.clicked_human;
+        t.clicked_total += f.clicked_total;
+        t.replied += f.replied;
+        t.auto_replied += f.auto_replied;
+        t.bounced += f.bounced;
+        t.unsubscribed += f.unsubscribed;
+    }
+    t
+}
+
+/// A rate of sent mails, as a fraction (JSON) rounded to 4 places.
+fn rate(n: i64, sent: i64) -> f64 {
+    if sent <= 0 {
+        0.0
+    } else {
+        (n as f64 / sent as f64 * 10_000.0).round() / 10_000.0
+    }
+}
+
+fn funnel_json(f: &crate::store::Funnel) -> Value {
+    json!({
+        "sent": f.sent,
+        "opened_human": f.opened_human,
+        "opened_total": f.opened_total,
+        "clicked_human": f.clicked_human,
+        "clicked_total": f.clicked_total,
+        "replied": f.replied,
+        "auto_replied": f.auto_replied,
+        "bounced": f.bounced,
+        "unsubscribed": f.unsubscribed,
+        "rates": {
+            "opened_human": rate(f.opened_human, f.sent),
+            "opened_total": rate(f.opened_total, f.sent),
+            "clicked_human": rate(f.clicked_human, f.sent),
+            "clicked_total": rate(f.clicked_total, f.sent),
+            "replied": rate(f.replied, f.sent),
+            "bounced": rate(f.bounced, f.sent),
+            "unsubscribed": rate(f.unsubscribed, f.sent),
+        }
+    })
+}
+
+/// The funnel table: per step and variant, people first, then all hits.
+fn print_funnel(out: &mut impl std::io::Write, rows: &[Value]) -> std::io::Result<()> {
+    let pct = |v: &Value, k: &str| format!("{:.1}%", v["rates"][k].as_f64().unwrap_or(0.0) * 100.0);
+    let line = |out: &mut dyn std::io::Write, label: &str, f: &Value, skipped: Option<i64>| {
+        writeln!(
+            out,
+            "  {:<16} {:>6} {:>7} {:>6} {:>5} {:>7} {:>6} {:>5} {:>7} {:>6} {:>7} {:>6} {:>7}",
+            label,
+            f["sent"],
+            f["opened_human"],
+            pct(f, "opened_human"),
+            f["opened_total"],
+            f["clicked_human"],
+            pct(f, "clicked_human"),
+            f["clicked_total"],
+            f["replied"],
+            pct(f, "replied"),
+            f["bounced"],
+            f["unsubscribed"],
+            skipped.map(|s| s.to_string()).unwrap_or_default(),
+        )
+    };
+    if rows.iter().all(|r| {
+        r["funnel"]["sent"].as_i64().unwrap_or(0) == 0 && r["skipped"].as_i64().unwrap_or(0) == 0
+    }) {
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "  {:<16} {:>6} {:>14} {:>5} {:>14} {:>5} {:>14} {:>6} {:>7} {:>6} {:>7}",
+        "funnel",
+        "sent",
+        "opened people",
+        "all",
+        "clicked people",
+        "all",
+        "replied",
+        "bounce",
+        "unsub",
+        "",
+        "skipped"
+    )?;
+    for r in rows {
+        let step = r["step"].as_str().unwrap_or("");
+        line(out, step, &r["funnel"], r["skipped"].as_i64())?;
+        for v in r["variants"].as_array().into_iter().flatten() {
+            line(
+                out,
+                &format!("  [{}]", v["variant"].as_str().unwrap_or("")),
+                v,
+                None,
+            )?;
+        }
+        for l in r["links"].as_array().into_iter().flatten() {
+            writeln!(
+                out,
+                "    {step} link {}: {} people, {} all",
+                l["url"].as_str().unwrap_or(""),
+                l["clicked_human"],
+                l["clicked_total"]
+            )?;
+        }
+    }
+    Ok(())
+}
 
 async fn cmd_status(
     p: &Project,
@@ -944,8 +1070,44 @@ async fn cmd_status(
             for r in RESPONSE_COLUMNS {
                 row.insert((*r).into(), json!(count(&st.responses, seq, step, r)));
             }
+            row.insert(
+                "skipped".into(),
+                json!(count(&st.skipped, seq, step, "skipped")),
+            );
+            let of_step: Vec<&crate::store::Funnel> = st
+                .funnel
+                .iter()
+                .filter(|f| f.sequence == seq && &f.step_id == step)
+                .collect();
+            let total = sum_funnel(&of_step);
+            row.insert("funnel".into(), funnel_json(&total));
+            let variants: Vec<Value> = of_step
+                .iter()
+                .filter(|f| f.variant.is_some())
+                .map(|f| {
+                    let mut v = funnel_json(f);
+                    v["variant"] = json!(f.variant);
+                    v
+                })
+                .collect();
+            row.insert("variants".into(), Value::Array(variants));
+            let links: Vec<Value> = st
+                .links
+                .iter()
+                .filter(|l| l.sequence == seq && &l.step_id == step)
+                .map(
+                    |l| json!({ "url": l.url, "clicked_human": l.human, "clicked_total": l.total }),
+                )
+                .collect();
+            row.insert("links".into(), Value::Array(links));
             rows.push(Value::Object(row));
         }
+        let machine: Vec<Value> = st
+            .machine
+            .iter()
+            .filter(|m| m.0 == seq)
+            .map(|m| json!({ "kind": m.1, "reason": m.2, "count": m.3 }))
+            .collect();
         let reasons: Vec<Value> = st
             .reasons
             .iter()
@@ -953,7 +1115,7 @@ async fn cmd_status(
             .map(|r| json!({ "state": r.1, "reason": r.2, "count": r.3 }))
             .collect();
         if as_json {
-            out_json.push(json!({ "sequence": seq, "steps": rows, "reasons": reasons }));
+            out_json.push(json!({ "sequence": seq, "steps": rows, "reasons": reasons, "machine_hits": machine }));
             continue;
         }
         writeln!(out, "{seq}")?;
@@ -989,6 +1151,25 @@ async fn cmd_status(
                 )?;
             }
             writeln!(out)?;
+        }
+        print_funnel(&mut out, &rows)?;
+        if !machine.is_empty() {
+            let parts: Vec<String> = machine
+                .iter()
+                .map(|m| {
+                    format!(
+                        "{} {} x{}",
+                        m["kind"].as_str().unwrap_or(""),
+                        m["reason"].as_str().unwrap_or(""),
+                        m["count"]
+                    )
+                })
+                .collect();
+            writeln!(
+                out,
+                "  machine hits (counted in 'all' only): {}",
+                parts.join(", ")
+            )?;
         }
         for r in &reasons {
             writeln!(
@@ -1067,12 +1248,35 @@ async fn cmd_show(p: &Project, email: &str) -> anyhow::Result<ExitCode> {
             .as_deref()
             .and_then(|t| t.parse().ok())
             .unwrap_or(p.config.timezone);
-        println!(
-            "  {}  {:<12} {}",
-            at.with_timezone(&tz).format("%Y-%m-%d %H:%M:%S %Z"),
-            kind,
-            data
-        );
+        let when = at.with_timezone(&tz).format("%Y-%m-%d %H:%M:%S %Z");
+        let what = match kind.as_str() {
+            // Opens and clicks read as what they were, not as their raw record.
+            "opened" | "clicked" => {
+                let mut w = format!(
+                    "{}/{}",
+                    data["sequence"].as_str().unwrap_or("?"),
+                    data["step"].as_str().unwrap_or("?")
+                );
+                if let Some(u) = data["url"].as_str() {
+                    w.push_str(&format!(" {u}"));
+                } else if kind == "clicked" {
+                    w.push_str(" (hidden trap link)");
+                }
+                match data["machine"].as_str() {
+                    Some(m) => {
+                        let d = m
+                            .parse::<crate::track::machine::Reason>()
+                            .map(|r| r.describe().to_string())
+                            .unwrap_or_else(|_| m.to_string());
+                        w.push_str(&format!("  [machine: {d}]"));
+                    }
+                    None => w.push_str("  [person]"),
+                }
+                w
+            }
+            _ => data.to_string(),
+        };
+        println!("  {when}  {kind:<12} {what}");
     }
     store.close().await;
     Ok(ExitCode::SUCCESS)

@@ -18,6 +18,7 @@ use toml::Spanned;
 
 use crate::diagnostic::{Diagnostic, Diagnostics, Location};
 use crate::schedule::{parse_wait, Holidays, Pacing, Window};
+use crate::track::token::Signer;
 
 /// The file name looked for when `FOLLOWUP_CONFIG` is not set.
 pub const DEFAULT_FILE: &str = "followup.toml";
@@ -242,6 +243,23 @@ impl Default for SendSettings {
     }
 }
 
+/// The tracking and unsubscribe endpoint (`[http]`).
+#[derive(Debug, Clone)]
+pub struct Http {
+    pub listen: std::net::SocketAddr,
+    /// What links in mails start with: `https://t.example.com` (no trailing slash); may
+    /// be a custom tracking domain that proxies to `listen`.
+    pub public_url: String,
+    /// Signs and checks tokens. None only when secrets were not asked for (`check`,
+    /// `preview`): `run` refuses to start without it.
+    pub signer: Option<Signer>,
+    /// Events waiting to be written; when full, hits are answered but not recorded
+    /// (counted in /metrics).
+    pub queue: usize,
+    /// How often queued events are written at the latest.
+    pub flush: Duration,
+}
+
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -260,6 +278,11 @@ pub struct Config {
     pub mailboxes: BTreeMap<String, Mailbox>,
     pub send: SendSettings,
     pub replies: ReplySettings,
+    /// None: no endpoint; mails carry no tracking and `{{unsubscribe_url}}` is a
+    /// mailto: to the sender, which the reply watcher honours.
+    pub http: Option<Http>,
+    /// The sender's postal address, `{{postal_address}}` in templates (CAN-SPAM).
+    pub postal_address: Option<String>,
 }
 
 impl Config {
@@ -308,6 +331,23 @@ struct RawConfig {
     replies: RawReplies,
     #[serde(default)]
     mailboxes: BTreeMap<String, Spanned<RawMailbox>>,
+    http: Option<Spanned<RawHttp>>,
+    postal_address: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttp {
+    listen: Option<Spanned<String>>,
+    public_url: Option<Spanned<String>>,
+    secret_env: Option<Spanned<String>>,
+    secret_file: Option<Spanned<String>>,
+    previous_secret_env: Option<Spanned<String>>,
+    previous_secret_file: Option<Spanned<String>>,
+    /// Only here to say clearly why it is refused.
+    secret: Option<Spanned<String>>,
+    queue: Option<usize>,
+    flush: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -607,10 +647,20 @@ pub fn load(path: &Path, need_secrets: bool) -> Result<Config, Diagnostics> {
         );
     }
 
+    let http = raw
+        .http
+        .as_ref()
+        .and_then(|h| parse_http(&map, h, need_secrets, &mut diags));
+
     if diags.has_errors() {
         return Err(diags);
     }
     let config = Config {
+        http,
+        postal_address: raw
+            .postal_address
+            .map(|a| a.trim().to_string())
+            .filter(|a| !a.is_empty()),
         contacts: raw.contacts.map(|c| root.join(c)),
         root,
         path: path.to_path_buf(),
@@ -686,6 +736,181 @@ fn resolve_password(
         };
     }
     Ok(None)
+}
+
+fn parse_http(
+    map: &SourceMap<'_>,
+    spanned: &Spanned<RawHttp>,
+    need_secrets: bool,
+    diags: &mut Diagnostics,
+) -> Option<Http> {
+    let h = spanned.get_ref();
+    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    let mut ok = true;
+    let listen_text = env("FOLLOWUP_HTTP_LISTEN")
+        .or_else(|| h.listen.as_ref().map(|l| l.get_ref().clone()))
+        .unwrap_or_else(|| "127.0.0.1:8080".into());
+    let span = |s: &Option<Spanned<String>>| s.as_ref().map(|s| s.span()).unwrap_or(spanned.span());
+    let listen = match listen_text.parse::<std::net::SocketAddr>() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            diags.push(
+                map.error(
+                    span(&h.listen),
+                    format!("bad listen address '{listen_text}'"),
+                )
+                .with_help("an IP address and a port, e.g. \"127.0.0.1:8080\" or \"[::]:8080\""),
+            );
+            None
+        }
+    };
+    let public_url = match env("FOLLOWUP_HTTP_PUBLIC_URL")
+        .or_else(|| h.public_url.as_ref().map(|u| u.get_ref().clone()))
+    {
+        None => {
+            diags.push(
+                map.error(
+                    spanned.span(),
+                    "[http] needs public_url: what links in mails start with",
+                )
+                .with_help("e.g. public_url = \"https://t.example.com\""),
+            );
+            ok = false;
+            String::new()
+        }
+        Some(u) => {
+            let u = u.trim().trim_end_matches('/').to_string();
+            let rest = u
+                .strip_prefix("https://")
+                .or_else(|| u.strip_prefix("http://"));
+            match rest {
+                Some(host)
+                    if !host.is_empty() && !host.contains(['?', '#', ' ', '"', '<', '>']) => {}
+                _ => {
+                    diags.push(
+                        map.error(span(&h.public_url), format!("bad public_url '{u}'"))
+                            .with_help("an http(s) URL without query, e.g. https://t.example.com"),
+                    );
+                    ok = false;
+                }
+            }
+            u
+        }
+    };
+    if let Some(s) = &h.secret {
+        diags.push(
+            map.error(
+                s.span(),
+                "the tracking secret is never written in followup.toml",
+            )
+            .with_help("use secret_env = \"VAR\" or secret_file = \"/run/credentials/...\""),
+        );
+    }
+    let secret = |env_key: &str,
+                  var: &Option<Spanned<String>>,
+                  file: &Option<Spanned<String>>,
+                  what: &str|
+     -> Result<Option<Vec<u8>>, Diagnostic> {
+        if let Some(v) = env(env_key) {
+            return Ok(Some(v.into_bytes()));
+        }
+        if let Some(var) = var {
+            return match env(var.get_ref()) {
+                Some(v) => Ok(Some(v.into_bytes())),
+                None => Err(map.error(
+                    var.span(),
+                    format!("{what}: environment variable {} is not set", var.get_ref()),
+                )),
+            };
+        }
+        if let Some(file) = file {
+            return match std::fs::read_to_string(file.get_ref()) {
+                Ok(v) => Ok(Some(v.trim_end_matches(['\r', '\n']).as_bytes().to_vec())),
+                Err(e) => Err(map.error(
+                    file.span(),
+                    format!("{what}: cannot read {}: {e}", file.get_ref()),
+                )),
+            };
+        }
+        Ok(None)
+    };
+    let report = |d: Diagnostic, diags: &mut Diagnostics| {
+        if need_secrets {
+            diags.push(d);
+        } else {
+            let mut w = d;
+            w.severity = crate::diagnostic::Severity::Warning;
+            diags.push(w);
+        }
+    };
+    let current = match secret(
+        "FOLLOWUP_HTTP_SECRET",
+        &h.secret_env,
+        &h.secret_file,
+        "the tracking secret",
+    ) {
+        Ok(Some(s)) => Some(s),
+        Ok(None) => {
+            report(
+                map.error(
+                    spanned.span(),
+                    "[http] needs a secret to sign links: secret_env or secret_file",
+                )
+                .with_help("make one with `openssl rand -hex 32`; FOLLOWUP_HTTP_SECRET works too"),
+                diags,
+            );
+            None
+        }
+        Err(d) => {
+            report(d, diags);
+            None
+        }
+    };
+    let previous = match secret(
+        "FOLLOWUP_HTTP_PREVIOUS_SECRET",
+        &h.previous_secret_env,
+        &h.previous_secret_file,
+        "the previous tracking secret",
+    ) {
+        Ok(p) => p,
+        Err(d) => {
+            report(d, diags);
+            None
+        }
+    };
+    let signer = match current {
+        Some(c) => match Signer::new(&c, previous.as_deref()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                let at = h
+                    .secret_env
+                    .as_ref()
+                    .or(h.secret_file.as_ref())
+                    .map(|s| s.span())
+                    .unwrap_or(spanned.span());
+                report(map.error(at, e.to_string()), diags);
+                None
+            }
+        },
+        None => None,
+    };
+    let flush = match &h.flush {
+        Some(f) => parse_wait(f.get_ref()).unwrap_or_else(|e| {
+            diags.push(map.error(f.span(), e.to_string()));
+            Duration::seconds(1)
+        }),
+        None => Duration::seconds(1),
+    };
+    if !ok {
+        return None;
+    }
+    Some(Http {
+        listen: listen?,
+        public_url,
+        signer,
+        queue: h.queue.unwrap_or(65_536).clamp(16, 10_000_000),
+        flush: flush.clamp(Duration::milliseconds(10), Duration::seconds(1)),
+    })
 }
 
 fn parse_window(

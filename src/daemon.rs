@@ -51,6 +51,33 @@ pub async fn run(
             tracker.spawn(w.run(shutdown.child_token()));
         }
     }
+    if let Some(http) = &project.config.http {
+        let signer = http
+            .signer
+            .clone()
+            .context("[http] has no secret: set secret_env or secret_file")?;
+        let listener = tokio::net::TcpListener::bind(http.listen)
+            .await
+            .with_context(|| format!("cannot listen on {} ([http] listen)", http.listen))?;
+        let (hits_tx, hits_rx) = tokio::sync::mpsc::channel(http.queue);
+        let metrics = std::sync::Arc::new(crate::track::http::Metrics::default());
+        let router = crate::track::http::router(
+            project.clone(),
+            store.clone(),
+            signer,
+            hits_tx,
+            metrics.clone(),
+        );
+        info!(listen = %http.listen, public_url = %http.public_url, "tracking endpoint listening");
+        let recorder = crate::track::record::Recorder::new(project.clone(), store.clone(), metrics);
+        tracker.spawn(recorder.run(hits_rx));
+        let token = shutdown.child_token();
+        tracker.spawn(async move {
+            if let Err(e) = crate::track::http::serve(listener, router, token).await {
+                error!("tracking endpoint stopped: {e}");
+            }
+        });
+    }
     let token = shutdown.child_token();
     let sched = tracker.spawn(async move { scheduler.run(token).await });
     tracker.close();

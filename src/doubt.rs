@@ -150,7 +150,7 @@ pub async fn settle_as_sent(
         )
         .await?;
     if let Some(rule) = tr.rule {
-        store.apply_rule(e.contact_id, &rule, now).await?;
+        crate::lifecycle::apply(project, store, &[(e.contact_id, rule)], now).await?;
     }
     Ok(())
 }

@@ -106,36 +106,7 @@ pub fn after(cx: &Context<'_>, e: &Enrollment, index: usize, outcome: &Outcome) 
                 next.thread_subject = Some(subject.clone());
             }
             next.last_sent_at = Some(*at);
-            next.attempts = 0;
-            next.reason = None;
-            let mut rule = None;
-            match cx.sequence.steps.get(index + 1) {
-                Some(step) => {
-                    next.step_index = (index + 1) as i64;
-                    next.step_id = step.id.clone();
-                    match step_due(*at, step.wait, cx.window, cx.tz, cx.holidays) {
-                        Some(t) => {
-                            next.state = "active".into();
-                            next.next_run_at = Some(t);
-                        }
-                        None => {
-                            next.state = "held".into();
-                            next.next_run_at = None;
-                            next.reason = Some("no send time: the window never opens".into());
-                        }
-                    }
-                }
-                None => {
-                    next.state = "finished".into();
-                    next.next_run_at = None;
-                    events.push(event(
-                        e,
-                        "finished",
-                        json!({ "sequence": cx.sequence.name }),
-                    ));
-                    rule = cx.sequence.on_finish.clone();
-                }
-            }
+            let rule = advance(cx, e, &mut next, index, *at, &mut events);
             Transition {
                 enrollment: next,
                 message: Some(MessageOutcome {
@@ -195,6 +166,72 @@ pub fn after(cx: &Context<'_>, e: &Enrollment, index: usize, outcome: &Outcome) 
                 rule: None,
             }
         }
+    }
+}
+
+/// Moves `next` past step `index`, which was sent or skipped at `at`: to the next
+/// step, due after its wait in the window, or to `finished` (with `on_finish`).
+fn advance(
+    cx: &Context<'_>,
+    e: &Enrollment,
+    next: &mut EnrollmentUpdate,
+    index: usize,
+    at: DateTime<Utc>,
+    events: &mut Vec<NewEvent>,
+) -> Option<Rule> {
+    next.attempts = 0;
+    next.reason = None;
+    match cx.sequence.steps.get(index + 1) {
+        Some(step) => {
+            next.step_index = (index + 1) as i64;
+            next.step_id = step.id.clone();
+            match step_due(at, step.wait, cx.window, cx.tz, cx.holidays) {
+                Some(t) => {
+                    next.state = "active".into();
+                    next.next_run_at = Some(t);
+                }
+                None => {
+                    next.state = "held".into();
+                    next.next_run_at = None;
+                    next.reason = Some("no send time: the window never opens".into());
+                }
+            }
+            None
+        }
+        None => {
+            next.state = "finished".into();
+            next.next_run_at = None;
+            events.push(event(
+                e,
+                "finished",
+                json!({ "sequence": cx.sequence.name }),
+            ));
+            cx.sequence.on_finish.clone()
+        }
+    }
+}
+
+/// Step `index` is not sent because its `if:` does not hold: recorded as skipped, and
+/// the enrollment moves on as if it had been sent now (the next wait counts from here).
+pub fn skip(
+    cx: &Context<'_>,
+    e: &Enrollment,
+    index: usize,
+    at: DateTime<Utc>,
+    why: &str,
+) -> Transition {
+    let mut next = e.unchanged();
+    let mut events = vec![event(
+        e,
+        "skipped",
+        json!({ "sequence": cx.sequence.name, "step": e.step_id, "because": why }),
+    )];
+    let rule = advance(cx, e, &mut next, index, at, &mut events);
+    Transition {
+        enrollment: next,
+        message: None,
+        events,
+        rule,
     }
 }
 
@@ -366,7 +403,9 @@ mod tests {
             id: id.into(),
             wait: Duration::seconds(wait),
             template: id.into(),
+            variants: vec![],
             thread,
+            condition: None,
         };
         Sequence {
             name: "intro".into(),
@@ -378,8 +417,13 @@ mod tests {
             stop_on_domain_reply: true,
             on_finish: Some(Rule {
                 stage: Some("nurture".into()),
-                tags: vec![],
+                ..Rule::default()
             }),
+            on_open: vec![],
+            on_click: vec![],
+            track: Default::default(),
+            unsubscribe: Default::default(),
+            language: None,
         }
     }
 
@@ -513,6 +557,7 @@ mod tests {
         s.on_reply = Some(Rule {
             stage: Some("replied".into()),
             tags: vec!["warm".into()],
+            ..Rule::default()
         });
         let e = enrollment(1, "bump");
         let tr = on_inbound(

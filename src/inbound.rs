@@ -382,6 +382,11 @@ pub async fn handle(
     record.enrollment_id = changed.first().copied();
     record.decision = decision.clone();
     let new = store.record_inbound(&record, checkpoint, now).await?;
+    // Lifecycle rules read and write the contact; applied after the commit, they are
+    // idempotent (see `lifecycle`), so a crash in between loses no more than a retry.
+    if new {
+        crate::lifecycle::apply(project, store, &record.rules, now).await?;
+    }
     if new && record.suppress.iter().any(|(_, r)| r == "bounced") {
         check_bounce_rate(project, store, mailbox, now).await?;
     }

@@ -18,6 +18,7 @@ pub mod doubt;
 pub mod engine;
 pub mod inbound;
 pub mod init;
+pub mod lifecycle;
 pub mod mail;
 pub mod model;
 pub mod project;

@@ -82,6 +82,7 @@ impl Project {
             sequence_paths,
         };
         project.check_contact_fields(&mut diags);
+        project.check_compliance(&mut diags);
         // Paths relative to the project read better.
         for d in &mut diags.items {
             d.path = display_path(&project.config.root, &d.path);
@@ -117,11 +118,12 @@ impl Project {
         // error elsewhere still sends these templates once it is fixed.
         let used_templates = self.templates.names();
         let columns: std::collections::BTreeSet<String> = parsed.columns.iter().cloned().collect();
+        let mut available = parsed.always_present.clone();
+        if self.config.postal_address.is_some() {
+            available.insert("postal_address".into());
+        }
         for name in &used_templates {
-            for use_ in self
-                .templates
-                .fields_without_fallback(name, &parsed.always_present)
-            {
+            for use_ in self.templates.fields_without_fallback(name, &available) {
                 let msg = if columns.contains(&use_.field) {
                     let empty: Vec<String> = parsed
                         .contacts
@@ -149,6 +151,85 @@ impl Project {
                         .at(use_.location.clone(), &use_.source)
                         .with_help(format!("add `defaults: {{ {}: \"...\" }}` to the template's front matter, or fill the column", use_.field)),
                 );
+            }
+        }
+    }
+
+    /// Warnings about opting out and bulk-mail rules: a sequence with no way to opt
+    /// out, no postal address where many contacts get it (CAN-SPAM), and mailboxes that
+    /// may send near the Gmail and Yahoo bulk-sender threshold without one-click.
+    fn check_compliance(&self, diags: &mut Diagnostics) {
+        use crate::sequence::Unsubscribe;
+        /// Gmail's and Yahoo's bulk-sender rules apply from 5,000 a day to their users.
+        const BULK: u64 = 5_000;
+        let csv_rows = self
+            .config
+            .contacts
+            .as_ref()
+            .and_then(|p| contacts::read_csv(p).ok())
+            .map(|p| p.contacts.len())
+            .unwrap_or(0);
+        for (name, seq) in &self.sequences {
+            let Some(path) = self.sequence_paths.get(name) else {
+                continue;
+            };
+            let templates: Vec<&str> = seq.templates().collect();
+            let has_link = templates
+                .iter()
+                .all(|t| self.templates.mentions(t, "unsubscribe_url"));
+            match seq.unsubscribe {
+                Unsubscribe::Link if !has_link => diags.push(
+                    Diagnostic::warning(path, format!("sequence '{name}' has no way to opt out: not every template has {{{{unsubscribe_url}}}}"))
+                        .with_help("put a link such as <a href=\"{{unsubscribe_url}}\">unsubscribe</a> in each template's footer, or set `unsubscribe: reply` and invite a reply"),
+                ),
+                Unsubscribe::OneClick if !has_link => diags.push(
+                    Diagnostic::warning(path, format!("sequence '{name}' opts out only through the List-Unsubscribe header: not every template has {{{{unsubscribe_url}}}}"))
+                        .with_help("mail clients that hide the header leave no way out; add the link to each template's footer"),
+                ),
+                _ => {}
+            }
+            // The daily volume the sequence's mailboxes allow: None is no limit.
+            let volume: Option<u64> = seq.senders.iter().try_fold(0u64, |acc, m| {
+                let mb = self.config.mailboxes.get(m)?;
+                if matches!(mb.transport, crate::config::Transport::File { .. }) {
+                    return Some(acc);
+                }
+                mb.pacing.daily_limit.map(|l| acc + u64::from(l))
+            });
+            let many = csv_rows >= 50 || volume.is_none_or(|v| v >= 100);
+            let has_address = templates.iter().all(|t| {
+                self.templates.mentions(t, "postal_address")
+                    || self
+                        .config
+                        .postal_address
+                        .as_deref()
+                        .is_some_and(|a| self.templates.contains_text(t, a))
+            });
+            if many && !has_address {
+                diags.push(
+                    Diagnostic::warning(path, format!("sequence '{name}' may reach many contacts and not every template has a postal address (CAN-SPAM asks for one)"))
+                        .with_help("set postal_address = \"...\" in followup.toml and put {{postal_address}} in each template's footer"),
+                );
+            }
+            if seq.unsubscribe != Unsubscribe::OneClick {
+                let near = match volume {
+                    Some(v) => v >= BULK * 8 / 10,
+                    None => seq.senders.iter().any(|m| {
+                        self.config.mailboxes.get(m).is_some_and(|mb| {
+                            !matches!(mb.transport, crate::config::Transport::File { .. })
+                                && mb.pacing.daily_limit.is_none()
+                        })
+                    }),
+                };
+                if near {
+                    let allowed = volume
+                        .map(|v| format!("{v} a day"))
+                        .unwrap_or_else(|| "no daily limit".into());
+                    diags.push(
+                        Diagnostic::warning(path, format!("sequence '{name}': its mailboxes allow {allowed}, near or past the 5,000 a day to one provider from which Gmail and Yahoo require one-click unsubscribe"))
+                            .with_help("set `unsubscribe: one-click` for bulk sending, or a daily_limit on each mailbox for one-to-one outreach"),
+                    );
+                }
             }
         }
     }

@@ -50,6 +50,8 @@ pub struct Round {
     pub held: usize,
     /// Claimed but not sent now (outside the window, stopped meanwhile).
     pub released: usize,
+    /// Steps not sent because their `if:` did not hold.
+    pub skipped: usize,
 }
 
 impl Round {
@@ -60,11 +62,13 @@ impl Round {
         self.failed += o.failed;
         self.held += o.held;
         self.released += o.released;
+        self.skipped += o.skipped;
     }
 }
 
 pub struct Scheduler {
     project: Arc<Project>,
+    links: crate::track::Links,
     store: Store,
     senders: HashMap<String, Arc<Sender>>,
     /// This daemon's name on its claims; unique per process so two daemons on one
@@ -79,6 +83,9 @@ struct Prepared {
     rendered: Rendered,
     subject: String,
     thread: Option<Thread>,
+    variant: Option<String>,
+    /// Tracking key, rewritten HTML, link targets, List-Unsubscribe.
+    tracked: crate::track::Tracked,
 }
 
 impl Scheduler {
@@ -96,6 +103,7 @@ impl Scheduler {
             fastrand::u32(..)
         );
         Scheduler {
+            links: crate::track::Links::new(project.config.http.as_ref()),
             project,
             store,
             senders,
@@ -417,15 +425,39 @@ impl Scheduler {
             let mut finishes: Vec<Finish> = Vec::new();
             let mut rules = Vec::new();
             let mut prepared: Vec<Prepared> = Vec::new();
+            // What contacts did with earlier mails, for steps with `if:`; one query.
+            let conditional: Vec<i64> = claimed
+                .iter()
+                .filter(|c| {
+                    self.project
+                        .sequence(&c.enrollment.sequence)
+                        .and_then(|s| s.step(&c.enrollment.step_id))
+                        .is_some_and(|(_, st)| st.condition.is_some())
+                })
+                .map(|c| c.enrollment.id)
+                .collect();
+            let engagement = if conditional.is_empty() {
+                HashMap::new()
+            } else {
+                self.store.engagement(&conditional).await?
+            };
             for c in claimed {
-                match self.prepare(mailbox, c, now) {
+                let eng = engagement
+                    .get(&c.enrollment.id)
+                    .cloned()
+                    .unwrap_or_default();
+                match self.prepare(mailbox, c, now, &eng) {
                     Ok(p) => prepared.push(p),
-                    Err((finish, kind)) => {
+                    Err((finish, kind, rule)) => {
                         match kind {
                             Skip::Held => round.held += 1,
                             Skip::Released => round.released += 1,
+                            Skip::Skipped => round.skipped += 1,
                         }
-                        finishes.push(finish);
+                        if let Some(r) = rule {
+                            rules.push((finish.enrollment_contact, r));
+                        }
+                        finishes.push(finish.finish);
                     }
                 }
             }
@@ -440,6 +472,9 @@ impl Scheduler {
                     message_id: new_message_id(mailbox.domain()),
                     subject: p.subject.clone(),
                     content_hash: content_hash(&p.subject, &p.rendered),
+                    variant: p.variant.clone(),
+                    track_key: p.tracked.key.clone(),
+                    links: p.tracked.links.clone(),
                 })
                 .collect();
             let begun = self
@@ -466,7 +501,7 @@ impl Scheduler {
             self.store
                 .finish_sends(&finishes, Some(&self.owner), Utc::now())
                 .await?;
-            self.store.apply_rules(&rules, Utc::now()).await?;
+            crate::lifecycle::apply(&self.project, &self.store, &rules, Utc::now()).await?;
             for item in to_send {
                 if work.send(item).await.is_err() {
                     // `record` failed and everything downstream stopped; the rest stay
@@ -541,7 +576,7 @@ impl Scheduler {
             self.store
                 .finish_sends(&finishes, Some(&self.owner), Utc::now())
                 .await?;
-            self.store.apply_rules(&rules, Utc::now()).await?;
+            crate::lifecycle::apply(&self.project, &self.store, &rules, Utc::now()).await?;
         }
         Ok(round)
     }
@@ -591,7 +626,8 @@ impl Scheduler {
         mailbox: &Mailbox,
         c: Claimed,
         now: DateTime<Utc>,
-    ) -> Result<Prepared, (Finish, Skip)> {
+        engagement: &crate::sequence::Engagement,
+    ) -> Result<Prepared, (NotSent, Skip, Option<crate::sequence::Rule>)> {
         let e = &c.enrollment;
         let hold = |reason: String| {
             let mut u = e.unchanged();
@@ -607,12 +643,16 @@ impl Scheduler {
                 data: json!({ "step": e.step_id, "reason": reason }),
             };
             (
-                Finish {
-                    message: None,
-                    enrollment: u,
-                    events: vec![ev],
+                NotSent {
+                    finish: Finish {
+                        message: None,
+                        enrollment: u,
+                        events: vec![ev],
+                    },
+                    enrollment_contact: e.contact_id,
                 },
                 Skip::Held,
+                None,
             )
         };
         let Some(seq) = self.project.sequence(&e.sequence) else {
@@ -627,27 +667,58 @@ impl Scheduler {
                 e.step_id, seq.name
             )));
         };
+        let (window, tz, holidays) = self.project.contact_schedule(seq, &c.contact);
+        // A branch is decided when its step is due, on what people did (machine opens
+        // and clicks are not in `engagement`).
+        if let Some(cond) = &step.condition {
+            if !cond.holds(engagement) {
+                let cx = Context {
+                    sequence: seq,
+                    window: &window,
+                    tz,
+                    holidays: &holidays,
+                    send: &self.project.config.send,
+                };
+                let why = cond.describe();
+                info!(contact = %c.contact.email, sequence = %e.sequence, step = %e.step_id, condition = %why, "step skipped: its condition does not hold");
+                let mut tr = engine::skip(&cx, e, index, now, &why);
+                let rule = tr.rule.take();
+                return Err((
+                    NotSent {
+                        finish: finish(tr, None),
+                        enrollment_contact: e.contact_id,
+                    },
+                    Skip::Skipped,
+                    rule,
+                ));
+            }
+        }
         // The window is checked again at send time: the clock moved since the enrollment
         // was scheduled, and a retry's backoff may have ended outside it.
-        let (window, tz, holidays) = self.project.contact_schedule(seq, &c.contact);
         match next_in_window(now, &window, tz, &holidays) {
             Some(t) if t > now => {
                 let mut u = e.unchanged();
                 u.next_run_at = Some(t);
                 return Err((
-                    Finish {
-                        message: None,
-                        enrollment: u,
-                        events: vec![],
+                    NotSent {
+                        finish: Finish {
+                            message: None,
+                            enrollment: u,
+                            events: vec![],
+                        },
+                        enrollment_contact: e.contact_id,
                     },
                     Skip::Released,
+                    None,
                 ));
             }
             None => return Err(hold("no send time: the window never opens".into())),
             Some(_) => {}
         }
-        let fields = template_fields(&c.contact, mailbox);
-        let rendered = match self.project.templates.render(&step.template, &fields) {
+        let key = crate::track::token::new_key();
+        let fields = send_fields(&self.project, &self.links, &c.contact, mailbox, key);
+        let (variant, template) = step.choose(&seq.name, &c.contact.email);
+        let rendered = match self.project.templates.render(template, &fields) {
             Ok(r) => r,
             Err(RenderError::MissingField {
                 field,
@@ -672,12 +743,15 @@ impl Scheduler {
             _ => None,
         };
         let subject = subject_for(&rendered.subject, thread.as_ref());
+        let tracked = self.links.track(seq, key, &mailbox.from, &rendered.html);
         Ok(Prepared {
             claimed: c,
             index,
             rendered,
             subject,
             thread,
+            variant: variant.map(String::from),
+            tracked,
         })
     }
 
@@ -748,7 +822,8 @@ async fn deliver(mailbox: &Mailbox, sender: &Sender, p: &Prepared, b: &store::Be
     let c = &p.claimed.contact;
     let rendered = Rendered {
         subject: p.subject.clone(),
-        ..p.rendered.clone()
+        text: p.rendered.text.clone(),
+        html: p.tracked.html.clone(),
     };
     let draft = Draft {
         from: &mailbox.from,
@@ -758,6 +833,7 @@ async fn deliver(mailbox: &Mailbox, sender: &Sender, p: &Prepared, b: &store::Be
         date: SystemTime::now(),
         rendered: &rendered,
         thread: p.thread.as_ref(),
+        list_unsubscribe: p.tracked.list_unsubscribe.as_deref(),
     };
     let message = match compose::compose(&draft) {
         Ok(m) => m,
@@ -801,6 +877,13 @@ async fn deliver(mailbox: &Mailbox, sender: &Sender, p: &Prepared, b: &store::Be
 enum Skip {
     Held,
     Released,
+    Skipped,
+}
+
+/// What a claim that sends nothing writes back.
+struct NotSent {
+    finish: Finish,
+    enrollment_contact: i64,
 }
 
 fn finish(tr: Transition, row_id: Option<i64>) -> Finish {
@@ -836,6 +919,26 @@ pub fn template_fields(c: &Contact, mailbox: &Mailbox) -> Map<String, Value> {
         "sender".into(),
         json!({ "name": mailbox.from.name.clone().unwrap_or_default(), "email": mailbox.from.email.to_string() }),
     );
+    fields
+}
+
+/// What a template sees when it is sent: [`template_fields`] plus the message's
+/// unsubscribe URL and the sender's postal address.
+pub fn send_fields(
+    project: &Project,
+    links: &crate::track::Links,
+    c: &Contact,
+    mailbox: &Mailbox,
+    key: [u8; 8],
+) -> Map<String, Value> {
+    let mut fields = template_fields(c, mailbox);
+    fields.insert(
+        "unsubscribe_url".into(),
+        Value::String(links.unsubscribe_url(key, &mailbox.from)),
+    );
+    if let Some(a) = &project.config.postal_address {
+        fields.insert("postal_address".into(), Value::String(a.clone()));
+    }
     fields
 }
 

@@ -118,7 +118,7 @@ impl std::fmt::Debug for Templates {
 }
 
 /// Field names every render has, whatever the contact: they never need a default.
-pub const BUILTIN_FIELDS: &[&str] = &["email", "sender"];
+pub const BUILTIN_FIELDS: &[&str] = &["email", "sender", "unsubscribe_url"];
 
 impl Templates {
     pub fn names(&self) -> BTreeSet<String> {
@@ -127,6 +127,29 @@ impl Templates {
 
     pub fn get(&self, name: &str) -> Option<&Template> {
         self.by_name.get(name)
+    }
+
+    /// Whether any part of the template mentions `{{field}}` (for `check`'s
+    /// compliance warnings: is there an unsubscribe link, a postal address).
+    pub fn mentions(&self, name: &str, field: &str) -> bool {
+        self.by_name.get(name).is_some_and(|t| {
+            t.parts.iter().any(|p| {
+                p.source.match_indices(field).any(|(i, _)| {
+                    let before = p.source[..i].trim_end();
+                    before.ends_with("{{") || before.ends_with("{{{") || before.ends_with('(')
+                })
+            })
+        })
+    }
+
+    /// Whether any part's text contains `needle` (case-insensitive).
+    pub fn contains_text(&self, name: &str, needle: &str) -> bool {
+        let needle = needle.to_lowercase();
+        self.by_name.get(name).is_some_and(|t| {
+            t.parts
+                .iter()
+                .any(|p| p.source.to_lowercase().contains(&needle))
+        })
     }
 
     /// Loads every `*.hbs` in `dir` (and its `.html` sibling). Problems are collected,

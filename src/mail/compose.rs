@@ -38,6 +38,42 @@ pub struct Draft<'a> {
     pub date: SystemTime,
     pub rendered: &'a Rendered,
     pub thread: Option<&'a Thread>,
+    /// `List-Unsubscribe` value (`<https://...>, <mailto:...>`); with an https URL, the
+    /// RFC 8058 `List-Unsubscribe-Post` goes with it.
+    pub list_unsubscribe: Option<&'a str>,
+}
+
+/// RFC 2369 `List-Unsubscribe`. Its value is built by us from the public URL (checked
+/// at config load) and a token in base64url: nothing a contact controls.
+#[derive(Debug, Clone)]
+struct ListUnsubscribe(String);
+
+impl header::Header for ListUnsubscribe {
+    fn name() -> header::HeaderName {
+        header::HeaderName::new_from_ascii_str("List-Unsubscribe")
+    }
+    fn parse(s: &str) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+        Ok(ListUnsubscribe(s.to_string()))
+    }
+    fn display(&self) -> header::HeaderValue {
+        header::HeaderValue::new(Self::name(), self.0.clone())
+    }
+}
+
+/// RFC 8058: the mail provider may POST `List-Unsubscribe=One-Click` to the https URL.
+#[derive(Debug, Clone)]
+struct ListUnsubscribePost;
+
+impl header::Header for ListUnsubscribePost {
+    fn name() -> header::HeaderName {
+        header::HeaderName::new_from_ascii_str("List-Unsubscribe-Post")
+    }
+    fn parse(_: &str) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+        Ok(ListUnsubscribePost)
+    }
+    fn display(&self) -> header::HeaderValue {
+        header::HeaderValue::new(Self::name(), "List-Unsubscribe=One-Click".to_string())
+    }
 }
 
 /// A fresh Message-ID at `domain`: time plus 64 random bits, so two daemons never
@@ -108,6 +144,18 @@ pub fn compose(d: &Draft<'_>) -> Result<Message, Error> {
             .in_reply_to(t.root_message_id.clone())
             .references(t.root_message_id.clone());
     }
+    if let Some(v) = d.list_unsubscribe {
+        // Defence in depth: the value is ours, but a header line never carries CR/LF.
+        if v.chars().any(char::is_control) {
+            return Err(Error::Build(
+                "List-Unsubscribe holds a control character".into(),
+            ));
+        }
+        b = b.header(ListUnsubscribe(v.to_string()));
+        if v.contains("<https://") || v.contains("<http://") {
+            b = b.header(ListUnsubscribePost);
+        }
+    }
     b.header(header::MIME_VERSION_1_0)
         .multipart(MultiPart::alternative_plain_html(
             d.rendered.text.clone(),
@@ -164,6 +212,7 @@ mod tests {
             date: SystemTime::UNIX_EPOCH,
             rendered: &r,
             thread: None,
+            list_unsubscribe: None,
         });
         let h = headers(&raw);
         assert!(h.contains(&"Message-ID: <1.2@example.com>"), "{raw}");
@@ -203,6 +252,7 @@ mod tests {
             date: SystemTime::UNIX_EPOCH,
             rendered: &r,
             thread: Some(&t),
+            list_unsubscribe: None,
         });
         let h = headers(&raw);
         assert!(h.contains(&"Subject: Re: Quick question"), "{raw}");
@@ -232,6 +282,7 @@ mod tests {
             date: SystemTime::UNIX_EPOCH,
             rendered: &r,
             thread: None,
+            list_unsubscribe: None,
         });
         for line in headers(&raw) {
             assert!(!line.starts_with("Bcc:"), "injected header line in\n{raw}");
@@ -244,8 +295,43 @@ mod tests {
             date: SystemTime::UNIX_EPOCH,
             rendered: &r,
             thread: None,
+            list_unsubscribe: None,
         })
         .is_err());
+    }
+
+    #[test]
+    fn one_click_headers() {
+        let from: Mailbox = "iris@example.com".parse().unwrap();
+        let r = rendered("Hello");
+        let v = "<https://t.example.com/u/abc>, <mailto:iris@example.com?subject=unsubscribe>";
+        let draft = |lu| Draft {
+            from: &from,
+            to_email: "li@example.cn",
+            to_name: None,
+            message_id: "<5@example.com>",
+            date: SystemTime::UNIX_EPOCH,
+            rendered: &r,
+            thread: None,
+            list_unsubscribe: lu,
+        };
+        // Folded at the comma as RFC 5322 allows; unfolded it is the value we gave.
+        let raw = raw(&draft(Some(v))).replace("\r\n ", " ");
+        let h = headers(&raw);
+        assert!(
+            h.contains(&format!("List-Unsubscribe: {v}").as_str()),
+            "{raw}"
+        );
+        assert!(
+            h.contains(&"List-Unsubscribe-Post: List-Unsubscribe=One-Click"),
+            "{raw}"
+        );
+        // mailto only (no endpoint): no POST header, RFC 8058 needs https.
+        let raw2 = super::tests::raw(&draft(Some(
+            "<mailto:iris@example.com?subject=unsubscribe>",
+        )));
+        assert!(!raw2.contains("List-Unsubscribe-Post"), "{raw2}");
+        assert!(compose(&draft(Some("<https://x>\r\nBcc: a@b.c"))).is_err());
     }
 
     #[test]

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use marked_yaml::types::{MarkedMappingNode, MarkedScalarNode};
 use marked_yaml::{LoadError, Node};
 
-use super::{Rule, Sequence, Step};
+use super::{Behaviour, Condition, Rule, Sequence, Step, Tracking, Unsubscribe, Variant};
 use crate::diagnostic::{did_you_mean, Diagnostic, Diagnostics, Location};
 use crate::schedule::{parse_wait, Window};
 
@@ -32,9 +32,20 @@ const SEQUENCE_KEYS: &[&str] = &[
     "on_reply",
     "on_finish",
     "stop_on_domain_reply",
+    "on_open",
+    "on_click",
+    "track",
+    "unsubscribe",
+    "language",
 ];
-const STEP_KEYS: &[&str] = &["id", "wait", "template", "thread"];
-const RULE_KEYS: &[&str] = &["stage", "tag", "tags"];
+const STEP_KEYS: &[&str] = &["id", "wait", "template", "variants", "thread", "if"];
+const VARIANT_KEYS: &[&str] = &["id", "template", "weight"];
+const RULE_KEYS: &[&str] = &["stage", "tag", "tags", "enroll"];
+const CLICK_RULE_KEYS: &[&str] = &["stage", "tag", "tags", "enroll", "url_contains"];
+const TRACK_KEYS: &[&str] = &["opens", "clicks"];
+const IF_KEYS: &[&str] = &["opened", "not_opened", "clicked", "not_clicked", "step"];
+const IF_WORDS: &[&str] = &["opened", "not_opened", "clicked", "not_clicked"];
+const UNSUBSCRIBE_MODES: &[&str] = &["one-click", "link", "reply"];
 
 /// Loads every `*.yaml` / `*.yml` in `dir`, sorted by file name.
 pub fn load_dir(dir: &Path, known: &Known) -> (Vec<(PathBuf, Sequence)>, Diagnostics) {
@@ -55,6 +66,8 @@ pub fn load_dir(dir: &Path, known: &Known) -> (Vec<(PathBuf, Sequence)>, Diagnos
     };
     files.sort();
     let mut names: HashMap<String, PathBuf> = HashMap::new();
+    // `enroll:` targets, checked once every sequence is known.
+    let mut refs: Vec<(PathBuf, Arc<str>, Location, String, String)> = Vec::new();
     for path in files {
         let text = match std::fs::read_to_string(&path) {
             Ok(t) => t,
@@ -63,9 +76,13 @@ pub fn load_dir(dir: &Path, known: &Known) -> (Vec<(PathBuf, Sequence)>, Diagnos
                 continue;
             }
         };
-        let (seq, d) = load_str(&path, &text, known);
+        let (seq, d, enrolls) = load_one(&path, &text, known);
         diags.extend(d);
         if let Some(seq) = seq {
+            let source: Arc<str> = Arc::from(text.as_str());
+            for (loc, target) in enrolls {
+                refs.push((path.clone(), source.clone(), loc, target, seq.name.clone()));
+            }
             if let Some(other) = names.get(&seq.name) {
                 diags.push(Diagnostic::error(
                     &path,
@@ -81,16 +98,46 @@ pub fn load_dir(dir: &Path, known: &Known) -> (Vec<(PathBuf, Sequence)>, Diagnos
             out.push((path, seq));
         }
     }
+    for (path, source, loc, target, from) in refs {
+        if target == from {
+            diags.push(
+                Diagnostic::error(
+                    &path,
+                    format!("sequence '{from}' cannot enroll into itself"),
+                )
+                .at(loc, &source),
+            );
+        } else if !names.contains_key(&target) {
+            let mut d =
+                Diagnostic::error(&path, format!("unknown sequence '{target}'")).at(loc, &source);
+            d.help = Some(
+                match did_you_mean(&target, names.keys().map(String::as_str)) {
+                    Some(s) => format!("did you mean '{s}'?"),
+                    None => "enroll: names another file's `name:` in sequences/".into(),
+                },
+            );
+            diags.push(d);
+        }
+    }
     (out, diags)
 }
 
-/// Parses one sequence file. Returns the sequence only if it has no errors.
+/// Parses one sequence file. Returns the sequence only if it has no errors. Which
+/// sequences `enroll:` may name is checked by [`load_dir`], which knows them all.
 pub fn load_str(path: &Path, text: &str, known: &Known) -> (Option<Sequence>, Diagnostics) {
+    let (seq, diags, _) = load_one(path, text, known);
+    (seq, diags)
+}
+
+type EnrollRefs = Vec<(Location, String)>;
+
+fn load_one(path: &Path, text: &str, known: &Known) -> (Option<Sequence>, Diagnostics, EnrollRefs) {
     let mut cx = Cx {
         path,
         source: Arc::from(text),
         diags: Diagnostics::default(),
         known,
+        enrolls: Vec::new(),
     };
     let root = match marked_yaml::parse_yaml_with_options(
         0,
@@ -100,12 +147,12 @@ pub fn load_str(path: &Path, text: &str, known: &Known) -> (Option<Sequence>, Di
         Ok(n) => n,
         Err(e) => {
             cx.load_error(e);
-            return (None, cx.diags);
+            return (None, cx.diags, Vec::new());
         }
     };
     let seq = cx.sequence(&root);
     let seq = if cx.diags.has_errors() { None } else { seq };
-    (seq, cx.diags)
+    (seq, cx.diags, cx.enrolls)
 }
 
 struct Cx<'a> {
@@ -113,6 +160,7 @@ struct Cx<'a> {
     source: Arc<str>,
     diags: Diagnostics,
     known: &'a Known,
+    enrolls: EnrollRefs,
 }
 
 fn location(node: &Node) -> Location {
@@ -288,10 +336,51 @@ impl Cx<'_> {
 
         let on_reply = map
             .get_node("on_reply")
-            .and_then(|n| self.rule(n, "on_reply"));
+            .and_then(|n| self.rule(n, "on_reply", RULE_KEYS));
         let on_finish = map
             .get_node("on_finish")
-            .and_then(|n| self.rule(n, "on_finish"));
+            .and_then(|n| self.rule(n, "on_finish", RULE_KEYS));
+        let on_open = map
+            .get_node("on_open")
+            .map(|n| self.rules(n, "on_open", RULE_KEYS))
+            .unwrap_or_default();
+        let on_click = map
+            .get_node("on_click")
+            .map(|n| self.rules(n, "on_click", CLICK_RULE_KEYS))
+            .unwrap_or_default();
+        let track = map
+            .get_node("track")
+            .map(|n| self.track(n))
+            .unwrap_or_default();
+        let unsubscribe = match map.get_node("unsubscribe") {
+            None => Unsubscribe::default(),
+            Some(n) => match self.string(n, "unsubscribe").as_deref() {
+                Some("one-click") => Unsubscribe::OneClick,
+                Some("link") => Unsubscribe::Link,
+                Some("reply") => Unsubscribe::Reply,
+                Some(other) => {
+                    let help = match did_you_mean(other, UNSUBSCRIBE_MODES.iter().copied()) {
+                        Some(s) => format!("did you mean '{s}'?"),
+                        None => "one-click (bulk mail, RFC 8058 headers), link (a link in the body) or reply (a line inviting a reply)".into(),
+                    };
+                    self.error(n, format!("unknown unsubscribe mode '{other}'"))
+                        .help = Some(help);
+                    Unsubscribe::default()
+                }
+                None => Unsubscribe::default(),
+            },
+        };
+        let language = map.get_node("language").and_then(|n| {
+            let l = self.string(n, "language")?;
+            let ok = l.len() <= 35
+                && l.split(['-', '_'])
+                    .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric()));
+            if !ok {
+                self.error(n, format!("'{l}' is not a language tag")).help =
+                    Some("for example en, zh, zh-CN or de".into());
+            }
+            Some(l)
+        });
         let stop_on_domain_reply = match map.get_node("stop_on_domain_reply") {
             None => true,
             Some(n) => match n.as_scalar().and_then(|s| s.as_bool()) {
@@ -311,8 +400,52 @@ impl Cx<'_> {
             steps,
             on_reply,
             on_finish,
+            on_open,
+            on_click,
             stop_on_domain_reply,
+            track,
+            unsubscribe,
+            language,
         })
+    }
+
+    fn bool(&mut self, node: &Node, what: &str) -> Option<bool> {
+        let b = node.as_scalar().and_then(|s| s.as_bool());
+        if b.is_none() {
+            self.error(node, format!("'{what}' is true or false"));
+        }
+        b
+    }
+
+    /// `track: false`, `track: true` or `track: { opens: true, clicks: false }`.
+    fn track(&mut self, node: &Node) -> Tracking {
+        if let Some(s) = node.as_scalar() {
+            return match s.as_bool() {
+                Some(on) => Tracking {
+                    opens: on,
+                    clicks: on,
+                },
+                None => {
+                    self.error(
+                        node,
+                        "'track' is true, false or { opens: ..., clicks: ... }",
+                    );
+                    Tracking::default()
+                }
+            };
+        }
+        let Some(map) = self.mapping(node, "'track'") else {
+            return Tracking::default();
+        };
+        self.check_keys(map, TRACK_KEYS, "track");
+        let mut t = Tracking::default();
+        if let Some(n) = map.get_node("opens") {
+            t.opens = self.bool(n, "opens").unwrap_or(true);
+        }
+        if let Some(n) = map.get_node("clicks") {
+            t.clicks = self.bool(n, "clicks").unwrap_or(true);
+        }
+        t
     }
 
     fn senders(&mut self, node: &Node) -> Vec<String> {
@@ -406,31 +539,37 @@ impl Cx<'_> {
                     }
                 }
             };
-            let template = match map.get_node("template") {
-                None => {
+            let variants = match map.get_node("variants") {
+                Some(n) => self.variants(n),
+                None => Vec::new(),
+            };
+            let template = match (map.get_node("template"), map.get_node("variants")) {
+                (None, None) => {
                     self.error(
                         item,
                         format!("step {} has no 'template'", id.as_deref().unwrap_or("?")),
-                    );
+                    )
+                    .help = Some("give it `template: NAME`, or `variants:` for an A/B test".into());
                     None
                 }
-                Some(n) => {
-                    let t = self.string(n, "template");
-                    if let Some(t) = &t {
-                        if !self.known.templates.contains(t) {
-                            let help = match did_you_mean(
-                                t,
-                                self.known.templates.iter().map(String::as_str),
-                            ) {
-                                Some(s) => format!("did you mean '{s}'?"),
-                                None => format!("no templates/{t}.hbs"),
-                            };
-                            self.error(n, format!("unknown template '{t}'")).help = Some(help);
-                        }
-                    }
-                    t
+                (Some(n), Some(_)) => {
+                    self.error(n, "a step has either 'template' or 'variants', not both")
+                        .help = Some("each variant names its own template".into());
+                    None
                 }
+                (None, Some(_)) => variants.first().map(|v| v.template.clone()),
+                (Some(n), None) => self.template_ref(n),
             };
+            let condition = map
+                .get_node("if")
+                .and_then(|n| self.condition(n, i, &steps));
+            if condition.is_some() && i == 0 {
+                let n = map.get_node("if").expect("present");
+                self.error(
+                    n,
+                    "the first step cannot have 'if': there is no earlier mail to look at",
+                );
+            }
             let thread = match map.get_node("thread") {
                 None => false,
                 Some(n) => match n.as_scalar().and_then(|s| s.as_bool()) {
@@ -453,17 +592,199 @@ impl Cx<'_> {
                     id,
                     wait,
                     template,
+                    variants,
                     thread,
+                    condition,
                 });
             }
         }
         steps
     }
 
-    fn rule(&mut self, node: &Node, what: &str) -> Option<Rule> {
+    /// A template name, checked against templates/.
+    fn template_ref(&mut self, n: &Node) -> Option<String> {
+        let t = self.string(n, "template");
+        if let Some(t) = &t {
+            if !self.known.templates.contains(t) {
+                let help = match did_you_mean(t, self.known.templates.iter().map(String::as_str)) {
+                    Some(s) => format!("did you mean '{s}'?"),
+                    None => format!("no templates/{t}.hbs"),
+                };
+                self.error(n, format!("unknown template '{t}'")).help = Some(help);
+            }
+        }
+        t
+    }
+
+    fn variants(&mut self, node: &Node) -> Vec<Variant> {
+        let Some(list) = node.as_sequence() else {
+            self.error(
+                node,
+                "'variants' must be a list (- id: a, template: ..., weight: 50)",
+            );
+            return Vec::new();
+        };
+        if list.len() < 2 {
+            self.error(node, "'variants' needs at least two variants to compare")
+                .help = Some("for a single mail, use `template:`".into());
+        }
+        let mut out: Vec<Variant> = Vec::new();
+        for item in list.iter() {
+            let Some(map) = self.mapping(item, "a variant") else {
+                continue;
+            };
+            self.check_keys(map, VARIANT_KEYS, "variant");
+            let id = match map.get_node("id") {
+                Some(n) => self.string(n, "id"),
+                None => {
+                    self.error(item, "a variant has no 'id'");
+                    None
+                }
+            };
+            if let (Some(v), Some(n)) = (&id, map.get_node("id")) {
+                if out.iter().any(|o| &o.id == v) {
+                    self.error(n, format!("duplicate variant id '{v}'"));
+                }
+            }
+            let template = match map.get_node("template") {
+                Some(n) => self.template_ref(n),
+                None => {
+                    self.error(item, "a variant has no 'template'");
+                    None
+                }
+            };
+            let weight = match map.get_node("weight") {
+                None => Some(1),
+                Some(n) => match n.as_scalar().and_then(|s| s.as_str().parse::<u32>().ok()) {
+                    Some(w) if w <= 1_000_000 => Some(w),
+                    _ => {
+                        self.error(n, "'weight' is a whole number from 0 to 1000000");
+                        None
+                    }
+                },
+            };
+            if let (Some(id), Some(template), Some(weight)) = (id, template, weight) {
+                out.push(Variant {
+                    id,
+                    template,
+                    weight,
+                });
+            }
+        }
+        if !out.is_empty() && out.iter().all(|v| v.weight == 0) {
+            self.error(node, "every variant has weight 0: none would ever be sent");
+        }
+        out
+    }
+
+    /// `if: opened` (or not_opened, clicked, not_clicked: any earlier step), or
+    /// `if: { clicked: pricing, step: first }`, `if: { opened: first }`.
+    fn condition(&mut self, node: &Node, index: usize, earlier: &[Step]) -> Option<Condition> {
+        let word = |w: &str| match w {
+            "opened" => Some((false, false)),
+            "not_opened" => Some((true, false)),
+            "clicked" => Some((false, true)),
+            "not_clicked" => Some((true, true)),
+            _ => None,
+        };
+        let make =
+            |negate: bool, click: bool, part: Option<String>, step: Option<String>| Condition {
+                negate,
+                behaviour: if click {
+                    Behaviour::Clicked(part)
+                } else {
+                    Behaviour::Opened
+                },
+                step,
+            };
+        let _ = index;
+        if let Some(s) = node.as_scalar() {
+            return match word(s.as_str()) {
+                Some((negate, click)) => Some(make(negate, click, None, None)),
+                None => {
+                    let help = match did_you_mean(s.as_str(), IF_WORDS.iter().copied()) {
+                        Some(w) => format!("did you mean '{w}'?"),
+                        None => "opened, not_opened, clicked, not_clicked, or { clicked: \"url part\", step: ID }".into(),
+                    };
+                    self.error(node, format!("unknown condition '{}'", s.as_str()))
+                        .help = Some(help);
+                    None
+                }
+            };
+        }
+        let map = self.mapping(node, "'if'")?;
+        self.check_keys(map, IF_KEYS, "if");
+        let present: Vec<&str> = IF_WORDS
+            .iter()
+            .copied()
+            .filter(|w| map.get_node(w).is_some())
+            .collect();
+        let [w] = present[..] else {
+            self.error(
+                node,
+                "'if' names exactly one of opened, not_opened, clicked, not_clicked",
+            );
+            return None;
+        };
+        let (negate, click) = word(w)?;
+        let value = map.get_node(w).and_then(|n| self.string(n, w));
+        let mut step = map.get_node("step").and_then(|n| self.string(n, "step"));
+        let mut part = None;
+        if click {
+            part = value;
+        } else if step.is_some() && value.is_some() {
+            self.error(node, format!("'{w}' names the step; 'step' is not needed"));
+        } else {
+            step = step.or(value);
+        }
+        if let Some(id) = &step {
+            if !earlier.iter().any(|s| &s.id == id) {
+                let at = map
+                    .get_node("step")
+                    .or_else(|| map.get_node(w))
+                    .unwrap_or(node);
+                self.error(
+                    at,
+                    format!("'{id}' is not an earlier step of this sequence"),
+                )
+                .help = Some(
+                    match did_you_mean(id, earlier.iter().map(|s| s.id.as_str())) {
+                        Some(s) => format!("did you mean '{s}'?"),
+                        None => {
+                            "a condition looks at mails already sent: name a step above this one"
+                                .into()
+                        }
+                    },
+                );
+                return None;
+            }
+        }
+        Some(make(negate, click, part, step))
+    }
+
+    /// One rule, or a list of them (`on_click` may react differently per link).
+    fn rules(&mut self, node: &Node, what: &str, keys: &[&str]) -> Vec<Rule> {
+        match node {
+            Node::Sequence(list) => list
+                .iter()
+                .filter_map(|n| self.rule(n, what, keys))
+                .collect(),
+            n => self.rule(n, what, keys).into_iter().collect(),
+        }
+    }
+
+    fn rule(&mut self, node: &Node, what: &str, keys: &[&str]) -> Option<Rule> {
         let map = self.mapping(node, what)?;
-        self.check_keys(map, RULE_KEYS, what);
+        self.check_keys(map, keys, what);
         let stage = map.get_node("stage").and_then(|n| self.string(n, "stage"));
+        let enroll = map.get_node("enroll").and_then(|n| {
+            let s = self.string(n, "enroll")?;
+            self.enrolls.push((location(n), s.clone()));
+            Some(s)
+        });
+        let url_contains = map
+            .get_node("url_contains")
+            .and_then(|n| self.string(n, "url_contains"));
         let mut tags = Vec::new();
         for key in ["tag", "tags"] {
             match map.get_node(key) {
@@ -476,7 +797,18 @@ impl Cx<'_> {
                 None => {}
             }
         }
-        Some(Rule { stage, tags })
+        if stage.is_none() && tags.is_empty() && enroll.is_none() {
+            self.error(
+                node,
+                format!("'{what}' does nothing: give it a stage, tags or enroll"),
+            );
+        }
+        Some(Rule {
+            stage,
+            tags,
+            enroll,
+            url_contains,
+        })
     }
 }
 
@@ -601,7 +933,8 @@ mod tests {
             s.on_reply,
             Some(Rule {
                 stage: Some("replied".into()),
-                tags: vec!["warm".into()]
+                tags: vec!["warm".into()],
+                ..Rule::default()
             })
         );
     }
@@ -618,5 +951,133 @@ mod tests {
             "{}",
             e[0]
         );
+    }
+
+    #[test]
+    fn tracking_unsubscribe_variants_and_branches_load() {
+        let text = "name: intro\nsender: sales\ntrack: { opens: false }\nunsubscribe: one-click\nlanguage: zh-CN\n\
+on_open: { tag: opened }\non_click:\n  - { url_contains: pricing, stage: interested }\n  - { tag: clicked }\n\
+steps:\n  - id: a\n    variants:\n      - { id: x, template: intro, weight: 70 }\n      - { id: y, template: bump, weight: 30 }\n  - id: b\n    template: bump\n    if: { clicked: pricing, step: a }\n  - id: c\n    template: breakup\n    if: not_opened\n";
+        let (s, d) = load_str(Path::new("x.yaml"), text, &known());
+        assert!(d.is_empty(), "{:?}", d.items);
+        let s = s.unwrap();
+        assert_eq!(
+            s.track,
+            Tracking {
+                opens: false,
+                clicks: true
+            }
+        );
+        assert_eq!(s.unsubscribe, Unsubscribe::OneClick);
+        assert_eq!(s.language.as_deref(), Some("zh-CN"));
+        assert_eq!(s.on_click.len(), 2);
+        assert_eq!(s.on_click[0].url_contains.as_deref(), Some("pricing"));
+        assert_eq!(s.steps[0].variants.len(), 2);
+        assert_eq!(s.steps[0].variants[1].weight, 30);
+        assert_eq!(
+            s.steps[1].condition,
+            Some(Condition {
+                negate: false,
+                behaviour: Behaviour::Clicked(Some("pricing".into())),
+                step: Some("a".into())
+            })
+        );
+        assert_eq!(
+            s.steps[2].condition,
+            Some(Condition {
+                negate: true,
+                behaviour: Behaviour::Opened,
+                step: None
+            })
+        );
+        let off = load_str(
+            Path::new("x.yaml"),
+            &GOOD.replace("steps:", "track: false\nsteps:"),
+            &known(),
+        )
+        .0
+        .unwrap();
+        assert_eq!(
+            off.track,
+            Tracking {
+                opens: false,
+                clicks: false
+            }
+        );
+    }
+
+    #[test]
+    fn tracking_mistakes_point_at_their_line() {
+        let e = errors(&GOOD.replace("steps:", "unsubscribe: oneclick\nsteps:"));
+        assert!(
+            e[0].starts_with(
+                "sequences/intro.yaml:4:14: error: unknown unsubscribe mode 'oneclick'"
+            ),
+            "{}",
+            e[0]
+        );
+        assert!(e[0].ends_with("did you mean 'one-click'?"), "{}", e[0]);
+        let e = errors(&GOOD.replace("    thread: true\n", "    thread: true\n    if: clickd\n"));
+        assert!(
+            e[0].starts_with("sequences/intro.yaml:11:9: error: unknown condition 'clickd'"),
+            "{}",
+            e[0]
+        );
+        assert!(e[0].ends_with("did you mean 'clicked'?"), "{}", e[0]);
+        let e = errors(&GOOD.replace(
+            "    thread: true\n",
+            "    thread: true\n    if: { opened: later }\n",
+        ));
+        assert!(
+            e[0].contains("'later' is not an earlier step of this sequence"),
+            "{}",
+            e[0]
+        );
+        let e = errors(&GOOD.replace(
+            "    template: intro\n",
+            "    template: intro\n    if: opened\n",
+        ));
+        assert!(e[0].contains("the first step cannot have 'if'"), "{}", e[0]);
+        let e = errors(&GOOD.replace("    template: bump\n", "    template: bump\n    variants:\n      - { id: a, template: bump }\n      - { id: b, template: bumpp }\n"));
+        assert!(
+            e.iter()
+                .any(|e| e.contains("either 'template' or 'variants'")),
+            "{e:#?}"
+        );
+        assert!(
+            e.iter().any(|e| e.contains("unknown template 'bumpp'")),
+            "{e:#?}"
+        );
+        let e = errors(&GOOD.replace("steps:", "on_click: { url_contain: x, tag: y }\nsteps:"));
+        assert!(
+            e[0].contains("unknown key 'url_contain' in on_click"),
+            "{}",
+            e[0]
+        );
+        assert!(e[0].ends_with("did you mean 'url_contains'?"), "{}", e[0]);
+    }
+
+    #[test]
+    fn enroll_targets_are_checked_across_files() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("a.yaml"),
+            GOOD.replace("steps:", "on_click: { enroll: demoo }\nsteps:"),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("b.yaml"),
+            GOOD.replace("name: intro", "name: demo"),
+        )
+        .unwrap();
+        let (_, d) = load_dir(dir.path(), &known());
+        let e: Vec<String> = d.items.iter().map(|d| d.to_string()).collect();
+        assert_eq!(e.len(), 1, "{e:#?}");
+        assert!(
+            e[0].contains("a.yaml:4:21: error: unknown sequence 'demoo'"),
+            "{}",
+            e[0]
+        );
+        assert!(e[0].ends_with("did you mean 'demo'?"), "{}", e[0]);
     }
 }

@@ -261,11 +261,6 @@ impl Store {
             tx.commit().await?;
             Ok::<bool, super::Error>(true)
         })?;
-        // Lifecycle rules read and write the contact; applied after the commit, they are
-        // idempotent (a stage set twice is one change, a tag added twice is one tag).
-        for (contact_id, rule) in &r.rules {
-            self.apply_rule(*contact_id, rule, now).await?;
-        }
         Ok(true)
     }
 

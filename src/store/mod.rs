@@ -597,10 +597,12 @@ impl Store {
 mod inbound;
 mod send;
 mod status;
+mod track;
 
 pub use inbound::{Checkpoint, InboundRecord, WatchState};
 pub use send::{Begin, Begun, Claimed, Finish, InDoubt, MessageUpdate};
-pub use status::{Count, Status};
+pub use status::{Count, Funnel, LinkClicks, Status};
+pub use track::{HitEvent, TrackedMessage, Unsubscribed};
 
 // ---------------------------------------------------------------------------------------
 // Lifecycle and suppression
@@ -731,17 +733,31 @@ impl Store {
 }
 
 impl Store {
-    /// A contact's history, oldest first: (when, kind, data).
+    /// A contact's history, oldest first: (when, kind, data). Opens and clicks carry
+    /// the clicked URL (`url`) and, for machine hits, the reason (`machine`) in data.
     pub async fn timeline(&self, contact_id: i64) -> Result<Vec<(DateTime<Utc>, String, Value)>> {
         with_pool!(self, p => {
-            let rows = sqlx::query("SELECT at, kind, data FROM events WHERE contact_id = $1 ORDER BY at, id")
+            let rows = sqlx::query(
+                "SELECT ev.at, ev.kind, ev.data, ev.machine, l.url FROM events ev \
+                 LEFT JOIN links l ON l.message_id = ev.message_id AND l.idx = ev.link \
+                 WHERE ev.contact_id = $1 ORDER BY ev.at, ev.id",
+            )
                 .bind(contact_id)
                 .fetch_all(p)
                 .await?;
             rows.iter()
                 .map(|r| {
                     let data: String = r.try_get("data")?;
-                    Ok((from_ms(r.try_get("at")?), r.try_get("kind")?, serde_json::from_str(&data).unwrap_or(Value::Null)))
+                    let mut v: Value = serde_json::from_str(&data).unwrap_or(Value::Null);
+                    if let Value::Object(m) = &mut v {
+                        if let Some(url) = r.try_get::<Option<String>, _>("url")? {
+                            m.insert("url".into(), Value::String(url));
+                        }
+                        if let Some(why) = r.try_get::<Option<String>, _>("machine")? {
+                            m.insert("machine".into(), Value::String(why));
+                        }
+                    }
+                    Ok((from_ms(r.try_get("at")?), r.try_get("kind")?, v))
                 })
                 .collect()
         })

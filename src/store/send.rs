@@ -29,6 +29,11 @@ pub struct Begin {
     pub message_id: String,
     pub subject: String,
     pub content_hash: String,
+    pub variant: Option<String>,
+    /// The message's tracking key (hex); a retry gets this fresh one too.
+    pub track_key: String,
+    /// Original URLs of its tracked links, by index.
+    pub links: Vec<String>,
 }
 
 /// A message committed as `sending`.
@@ -184,13 +189,19 @@ impl Store {
         lease_until: DateTime<Utc>,
     ) -> Result<Vec<Begun>> {
         let mut out = Vec::with_capacity(items.len());
+        let by_enrollment: HashMap<i64, &Begin> =
+            items.iter().map(|i| (i.enrollment_id, i)).collect();
+        let any_links = items.iter().any(|i| !i.links.is_empty());
         for chunk in items.chunks(CHUNK) {
             with_pool!(self, p => {
+                // One transaction with its links, so that a message never goes out
+                // without the URLs its clicks lead to.
+                let mut tx = p.begin_write().await?;
                 let mut qb = QueryBuilder::new(
                     "INSERT INTO messages (message_id, enrollment_id, contact_id, sequence, step_id, step_index, mailbox, \
-                     subject, content_hash, status, attempts, locked_until, sent_at, created_at, updated_at) \
+                     subject, content_hash, variant, track_key, status, attempts, locked_until, sent_at, created_at, updated_at) \
                      SELECT v.column2, e.id, e.contact_id, e.sequence, e.step_id, e.step_index, e.mailbox, v.column3, v.column4, \
-                     'sending', 1, ",
+                     v.column6, v.column7, 'sending', 1, ",
                 );
                 qb.push_bind(ms(lease_until)).push(", ").push_bind(ms(now)).push(", ").push_bind(ms(now)).push(", ").push_bind(ms(now));
                 qb.push(" FROM (");
@@ -199,7 +210,9 @@ impl Store {
                         .push_bind(i.message_id.clone())
                         .push_bind(i.subject.clone())
                         .push_bind(i.content_hash.clone())
-                        .push_bind(i.step_id.clone());
+                        .push_bind(i.step_id.clone())
+                        .push_bind(i.variant.clone())
+                        .push_bind(i.track_key.clone());
                 });
                 qb.push(
                     ") AS v JOIN enrollments e ON e.id = v.column1 JOIN contacts c ON c.id = e.contact_id \
@@ -212,19 +225,48 @@ impl Store {
                      AND NOT EXISTS (SELECT 1 FROM suppressions s WHERE s.pattern = c.email OR s.pattern = '@' || c.domain) \
                      ON CONFLICT (enrollment_id, step_id) DO UPDATE SET status = 'sending', \
                      attempts = messages.attempts + 1, locked_until = excluded.locked_until, \
-                     sent_at = excluded.sent_at, updated_at = excluded.updated_at \
+                     sent_at = excluded.sent_at, updated_at = excluded.updated_at, \
+                     track_key = excluded.track_key, variant = excluded.variant \
                      WHERE messages.status = 'deferred' \
                      RETURNING id, enrollment_id, message_id, attempts",
                 );
-                let rows = qb.build().fetch_all(p).await?;
+                let rows = qb.build().fetch_all(&mut *tx).await?;
+                let mut begun = Vec::with_capacity(rows.len());
                 for r in rows {
-                    out.push(Begun {
+                    begun.push(Begun {
                         row_id: r.try_get("id")?,
                         enrollment_id: r.try_get("enrollment_id")?,
                         message_id: r.try_get("message_id")?,
                         attempts: r.try_get("attempts")?,
                     });
                 }
+                if any_links {
+                    // A retry's earlier links belonged to a key that never went out.
+                    let retried: Vec<i64> = begun.iter().filter(|b| b.attempts > 1).map(|b| b.row_id).collect();
+                    for ids in retried.chunks(CHUNK) {
+                        let mut qb = QueryBuilder::new("DELETE FROM links WHERE message_id IN (");
+                        let mut sep = qb.separated(", ");
+                        for id in ids {
+                            sep.push_bind(*id);
+                        }
+                        qb.push(")");
+                        qb.build().execute(&mut *tx).await?;
+                    }
+                    let links: Vec<(i64, i64, &str)> = begun
+                        .iter()
+                        .filter_map(|b| by_enrollment.get(&b.enrollment_id).map(|i| (b.row_id, *i)))
+                        .flat_map(|(row, i)| i.links.iter().enumerate().map(move |(n, u)| (row, n as i64, u.as_str())))
+                        .collect();
+                    for part in links.chunks(CHUNK) {
+                        let mut qb = QueryBuilder::new("INSERT INTO links (message_id, idx, url) ");
+                        qb.push_values(part.iter(), |mut b, (row, n, url)| {
+                            b.push_bind(*row).push_bind(*n).push_bind(url.to_string());
+                        });
+                        qb.build().execute(&mut *tx).await?;
+                    }
+                }
+                tx.commit().await?;
+                out.extend(begun);
             });
         }
         Ok(out)

@@ -10,3 +10,4 @@ mod mailworld;
 mod replies;
 mod send;
 mod store;
+mod track;

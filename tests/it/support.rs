@@ -444,3 +444,55 @@ impl Drop for Daemon {
         let _ = self.child.wait();
     }
 }
+
+impl Project {
+    /// Runs one SQL statement against the project's database; returns the rows changed.
+    /// For tests that set up a moment (a message sent a minute ago) or read one back.
+    pub fn sql(&self, q: &str) -> u64 {
+        self.query(q, false) as u64
+    }
+
+    /// One integer from the database (`SELECT count(*) ...`).
+    pub fn sql_count(&self, q: &str) -> i64 {
+        self.query(q, true)
+    }
+
+    fn query(&self, q: &str, scalar: bool) -> i64 {
+        let (url, q) = (self.database.clone(), q.to_string());
+        // On a thread of its own: callers may already be inside a tokio runtime.
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                macro_rules! run {
+                    ($pool:expr) => {{
+                        let pool = $pool.await.unwrap();
+                        let n = if scalar {
+                            sqlx::query_scalar::<_, i64>(&q)
+                                .fetch_one(&pool)
+                                .await
+                                .unwrap()
+                        } else {
+                            sqlx::query(&q)
+                                .execute(&pool)
+                                .await
+                                .unwrap()
+                                .rows_affected() as i64
+                        };
+                        pool.close().await;
+                        n
+                    }};
+                }
+                if url.starts_with("sqlite:") {
+                    run!(sqlx::SqlitePool::connect(&url))
+                } else {
+                    run!(sqlx::PgPool::connect(&url))
+                }
+            })
+        })
+        .join()
+        .unwrap()
+    }
+}

@@ -1,0 +1,510 @@
+//! The tracking endpoint (axum): `/o/{token}` answers the open pixel, `/c/{token}`
+//! redirects to a link's stored URL, `/u/{token}` shows the unsubscribe page and takes
+//! its POST (also RFC 8058 one-click), `/healthz` and `/metrics`.
+//!
+//! It faces the internet, so every handler starts by checking the token's signature,
+//! which costs no database access: a tampered, truncated or foreign token gets the same
+//! bare 404 and writes nothing. A redirect goes only to the URL stored for that message
+//! and link when it was sent; nothing in the request can choose it.
+//!
+//! Opens and clicks are not written by the request that sees them: they go into a
+//! bounded channel that [`super::record`] drains in batched transactions, so a burst
+//! of pixel hits costs one commit per batch, not one per hit. When the channel is full
+//! the hit is still answered, and counted as dropped in `/metrics`. An unsubscribe is
+//! the exception: it is committed before the page says it worked.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use chrono::{DateTime, Utc};
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use super::machine::HitKind;
+use super::pages::{self, Lang};
+use super::token::{Kind, Signer};
+use super::{key_hex, HONEYPOT};
+use crate::project::Project;
+use crate::store::{Store, TrackedMessage};
+
+/// One open or click, as the request saw it; resolved and classified by the recorder.
+#[derive(Debug, Clone)]
+pub struct RawHit {
+    pub kind: HitKind,
+    pub key: [u8; 8],
+    pub link: u16,
+    pub at: DateTime<Utc>,
+    pub head: bool,
+    pub user_agent: Option<String>,
+    pub ip: Option<IpAddr>,
+}
+
+/// The 43-byte transparent 1×1 GIF.
+const PIXEL: &[u8] = &[
+    0x47, 0x49, 0x46, 0x38, 0x39, 0x61, 0x01, 0x00, 0x01, 0x00, 0x80, 0x00, 0x00, 0x00, 0x00, 0x00,
+    0xff, 0xff, 0xff, 0x21, 0xf9, 0x04, 0x01, 0x00, 0x00, 0x00, 0x00, 0x2c, 0x00, 0x00, 0x00, 0x00,
+    0x01, 0x00, 0x01, 0x00, 0x00, 0x02, 0x02, 0x44, 0x01, 0x00, 0x3b,
+];
+
+const ROUTES: [&str; 6] = [
+    "open",
+    "click",
+    "unsubscribe",
+    "healthz",
+    "metrics",
+    "other",
+];
+const STATUSES: [u16; 8] = [200, 204, 302, 400, 404, 405, 503, 500];
+
+/// Counters for `/metrics`. Plain atomics in fixed arrays: the pixel path takes no
+/// lock to count itself.
+#[derive(Default)]
+pub struct Metrics {
+    requests: [[AtomicU64; STATUSES.len()]; ROUTES.len()],
+    /// Hits answered but not recorded because the channel was full.
+    pub dropped: AtomicU64,
+    /// Recorded events by kind: opened/clicked × human/machine, unsubscribed.
+    pub opened_human: AtomicU64,
+    pub opened_machine: AtomicU64,
+    pub clicked_human: AtomicU64,
+    pub clicked_machine: AtomicU64,
+    pub unsubscribed: AtomicU64,
+    /// Hits whose key matched no message (a database restored from an older backup).
+    pub unknown: AtomicU64,
+}
+
+impl Metrics {
+    fn count(&self, route: usize, status: StatusCode) {
+        let s = STATUSES
+            .iter()
+            .position(|c| *c == status.as_u16())
+            .unwrap_or(STATUSES.len() - 1);
+        self.requests[route][s].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+struct AppState {
+    signer: Signer,
+    store: Store,
+    project: Arc<Project>,
+    hits: mpsc::Sender<RawHit>,
+    queue: usize,
+    metrics: Arc<Metrics>,
+}
+
+type Shared = State<Arc<AppState>>;
+
+/// The endpoint's router.
+pub fn router(
+    project: Arc<Project>,
+    store: Store,
+    signer: Signer,
+    hits: mpsc::Sender<RawHit>,
+    metrics: Arc<Metrics>,
+) -> Router {
+    let queue = hits.max_capacity();
+    let state = Arc::new(AppState {
+        signer,
+        store,
+        project,
+        hits,
+        queue,
+        metrics,
+    });
+    Router::new()
+        .route("/o/{token}", get(open))
+        .route("/c/{token}", get(click))
+        .route("/u/{token}", get(unsubscribe_page).post(unsubscribe))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics_page))
+        .fallback(fallback)
+        // The one-click body is 26 bytes; nothing here needs more than a little.
+        .layer(DefaultBodyLimit::max(4096))
+        .with_state(state)
+}
+
+/// Serves until `shutdown`; then stops accepting and lets requests in progress finish.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move { shutdown.cancelled().await })
+    .await
+}
+
+fn not_found() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        [(header::CACHE_CONTROL, "no-store")],
+        "not found\n",
+    )
+        .into_response()
+}
+
+/// The client's address: the peer, or, behind a reverse proxy on the same host, the
+/// first address of X-Forwarded-For (which only a local proxy is trusted to set).
+fn client_ip(peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
+    if peer.ip().is_loopback() {
+        if let Some(ip) = headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .and_then(|v| v.trim().parse::<IpAddr>().ok())
+        {
+            return ip;
+        }
+    }
+    peer.ip()
+}
+
+fn raw_hit(
+    kind: HitKind,
+    key: [u8; 8],
+    link: u16,
+    method: &Method,
+    headers: &HeaderMap,
+    peer: SocketAddr,
+) -> RawHit {
+    RawHit {
+        kind,
+        key,
+        link,
+        at: Utc::now(),
+        head: method == Method::HEAD,
+        user_agent: headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(|s| s.chars().take(512).collect()),
+        ip: Some(client_ip(peer, headers)),
+    }
+}
+
+impl AppState {
+    fn enqueue(&self, hit: RawHit) {
+        if self.hits.try_send(hit).is_err() {
+            self.metrics.dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+async fn open(
+    State(s): Shared,
+    Path(token): Path<String>,
+    method: Method,
+    headers: HeaderMap,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+) -> Response {
+    let r = match s.signer.verify(&token) {
+        Some(t) if t.kind == Kind::Open => {
+            s.enqueue(raw_hit(HitKind::Open, t.key, 0, &method, &headers, peer));
+            (
+                StatusCode::OK,
+                [
+                    (header::CONTENT_TYPE, "image/gif"),
+                    (
+                        header::CACHE_CONTROL,
+                        "no-store, no-cache, must-revalidate, private, max-age=0",
+                    ),
+                    (header::PRAGMA, "no-cache"),
+                    (header::EXPIRES, "0"),
+                ],
+                PIXEL,
+            )
+                .into_response()
+        }
+        _ => not_found(),
+    };
+    s.metrics.count(0, r.status());
+    r
+}
+
+async fn click(
+    State(s): Shared,
+    Path(token): Path<String>,
+    method: Method,
+    headers: HeaderMap,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+) -> Response {
+    let r = click_inner(&s, &token, &method, &headers, peer).await;
+    s.metrics.count(1, r.status());
+    r
+}
+
+async fn click_inner(
+    s: &AppState,
+    token: &str,
+    method: &Method,
+    headers: &HeaderMap,
+    peer: SocketAddr,
+) -> Response {
+    let Some(t) = s.signer.verify(token).filter(|t| t.kind == Kind::Click) else {
+        return not_found();
+    };
+    if t.link == HONEYPOT {
+        // No person can see this link: record who followed it, show nothing.
+        s.enqueue(raw_hit(
+            HitKind::Click,
+            t.key,
+            t.link,
+            method,
+            headers,
+            peer,
+        ));
+        return (
+            StatusCode::NO_CONTENT,
+            [(header::CACHE_CONTROL, "no-store")],
+        )
+            .into_response();
+    }
+    let url = match s.store.link_url(&key_hex(t.key), i64::from(t.link)).await {
+        Ok(Some(u)) => u,
+        Ok(None) => return not_found(),
+        Err(e) => {
+            warn!(error = %e, "click: cannot look the link up");
+            return unavailable();
+        }
+    };
+    // Stored at send time from an http(s) href of the sequence's own template.
+    let Ok(location) = HeaderValue::from_str(&url) else {
+        return not_found();
+    };
+    s.enqueue(raw_hit(
+        HitKind::Click,
+        t.key,
+        t.link,
+        method,
+        headers,
+        peer,
+    ));
+    (
+        StatusCode::FOUND,
+        [
+            (header::LOCATION, location),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-store")),
+            (
+                header::REFERRER_POLICY,
+                HeaderValue::from_static("no-referrer"),
+            ),
+        ],
+    )
+        .into_response()
+}
+
+/// The sequence's language and the sender's name, for the page.
+fn page_context(s: &AppState, sequence: &str, mailbox: &str) -> (Lang, String) {
+    let lang = Lang::parse(
+        s.project
+            .sequence(sequence)
+            .and_then(|q| q.language.as_deref()),
+    );
+    let sender = s
+        .project
+        .config
+        .mailboxes
+        .get(mailbox)
+        .map(|m| {
+            m.from
+                .name
+                .clone()
+                .unwrap_or_else(|| m.from.email.to_string())
+        })
+        .unwrap_or_default();
+    (lang, sender)
+}
+
+fn html(status: StatusCode, body: String) -> Response {
+    (
+        status,
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-store"),
+            (header::X_FRAME_OPTIONS, "DENY"),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'",
+            ),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// The message an unsubscribe token names, or the response that says it cannot be
+/// found (404, or 503 when the database does not answer).
+async fn unsubscribe_target(s: &AppState, token: &str) -> Result<TrackedMessage, Response> {
+    let Some(t) = s
+        .signer
+        .verify(token)
+        .filter(|t| t.kind == Kind::Unsubscribe)
+    else {
+        return Err(html(StatusCode::NOT_FOUND, pages::not_found(Lang::En)));
+    };
+    match s.store.tracked_message(&key_hex(t.key)).await {
+        Ok(Some(m)) => Ok(m),
+        Ok(None) => Err(html(StatusCode::NOT_FOUND, pages::not_found(Lang::En))),
+        Err(e) => {
+            warn!(error = %e, "unsubscribe: cannot look the message up");
+            Err(unavailable())
+        }
+    }
+}
+
+fn unavailable() -> Response {
+    (StatusCode::SERVICE_UNAVAILABLE, "try again later\n").into_response()
+}
+
+async fn unsubscribe_page(State(s): Shared, Path(token): Path<String>) -> Response {
+    let r = match unsubscribe_target(&s, &token).await {
+        Err(r) => r,
+        Ok(m) => {
+            let (lang, sender) = page_context(&s, &m.sequence, &m.mailbox);
+            html(
+                StatusCode::OK,
+                pages::confirm(
+                    lang,
+                    &format!("/u/{token}"),
+                    &pages::mask_email(&m.email),
+                    &sender,
+                ),
+            )
+        }
+    };
+    s.metrics.count(2, r.status());
+    r
+}
+
+/// POST: from the page's button or from a mail provider's RFC 8058 one-click. Both
+/// send `List-Unsubscribe=One-Click`; any body is accepted, because the token alone
+/// says who, and a POST is what a link scanner does not do.
+async fn unsubscribe(State(s): Shared, Path(token): Path<String>, body: Bytes) -> Response {
+    let r = match unsubscribe_target(&s, &token).await {
+        Err(r) => r,
+        Ok(m) => {
+            let via = if body.as_ref() == b"List-Unsubscribe=One-Click" {
+                "one-click"
+            } else {
+                "web"
+            };
+            match s.store.unsubscribe(&m, via, Utc::now()).await {
+                Ok(u) => {
+                    if u.new {
+                        s.metrics.unsubscribed.fetch_add(1, Ordering::Relaxed);
+                        info!(contact = %m.email, sequence = %m.sequence, step = %m.step_id, via, stopped = u.stopped, "unsubscribed");
+                    }
+                    let (lang, sender) = page_context(&s, &m.sequence, &m.mailbox);
+                    html(
+                        StatusCode::OK,
+                        pages::done(lang, &pages::mask_email(&m.email), &sender),
+                    )
+                }
+                Err(e) => {
+                    warn!(error = %e, contact = %m.email, "cannot unsubscribe");
+                    unavailable()
+                }
+            }
+        }
+    };
+    s.metrics.count(2, r.status());
+    r
+}
+
+async fn healthz(State(s): Shared) -> Response {
+    let r = if s.store.ping().await {
+        (StatusCode::OK, "ok\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "database unreachable\n").into_response()
+    };
+    s.metrics.count(3, r.status());
+    r
+}
+
+async fn fallback(State(s): Shared) -> Response {
+    let r = not_found();
+    s.metrics.count(5, r.status());
+    r
+}
+
+async fn metrics_page(State(s): Shared) -> Response {
+    use std::fmt::Write as _;
+    let m = &s.metrics;
+    let mut out = String::with_capacity(2048);
+    out.push_str("# HELP followup_http_requests_total HTTP requests by route and status.\n# TYPE followup_http_requests_total counter\n");
+    for (r, route) in ROUTES.iter().enumerate() {
+        for (i, status) in STATUSES.iter().enumerate() {
+            let n = m.requests[r][i].load(Ordering::Relaxed);
+            if n > 0 {
+                let _ = writeln!(
+                    out,
+                    "followup_http_requests_total{{route=\"{route}\",status=\"{status}\"}} {n}"
+                );
+            }
+        }
+    }
+    out.push_str("# HELP followup_events_total Events recorded by the endpoint, by kind; machine hits are labelled.\n# TYPE followup_events_total counter\n");
+    for (kind, who, v) in [
+        ("opened", "human", &m.opened_human),
+        ("opened", "machine", &m.opened_machine),
+        ("clicked", "human", &m.clicked_human),
+        ("clicked", "machine", &m.clicked_machine),
+        ("unsubscribed", "human", &m.unsubscribed),
+    ] {
+        let _ = writeln!(
+            out,
+            "followup_events_total{{kind=\"{kind}\",source=\"{who}\"}} {}",
+            v.load(Ordering::Relaxed)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP followup_hits_dropped_total Hits answered but not recorded: the event queue was full.\n# TYPE followup_hits_dropped_total counter\nfollowup_hits_dropped_total {}",
+        m.dropped.load(Ordering::Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP followup_hits_unknown_total Hits with a valid signature whose message is not in the database.\n# TYPE followup_hits_unknown_total counter\nfollowup_hits_unknown_total {}",
+        m.unknown.load(Ordering::Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP followup_event_queue_depth Hits waiting to be written.\n# TYPE followup_event_queue_depth gauge\nfollowup_event_queue_depth {}",
+        s.queue.saturating_sub(s.hits.capacity())
+    );
+    let status = match s.store.gauges(Utc::now()).await {
+        Ok((by_status, due)) => {
+            out.push_str(
+                "# HELP followup_messages Messages by status.\n# TYPE followup_messages gauge\n",
+            );
+            for (st, n) in by_status {
+                let _ = writeln!(out, "followup_messages{{status=\"{st}\"}} {n}");
+            }
+            let _ = writeln!(
+                out,
+                "# HELP followup_enrollments_due Active enrollments due now (the send queue).\n# TYPE followup_enrollments_due gauge\nfollowup_enrollments_due {due}"
+            );
+            StatusCode::OK
+        }
+        Err(e) => {
+            warn!(error = %e, "metrics: cannot read the database");
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+    };
+    m.count(4, status);
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        out,
+    )
+        .into_response()
+}
