@@ -292,7 +292,22 @@ fn classify_inner(raw: &[u8], received: Option<NaiveDate>) -> Classification {
     // 4. A person wrote it. What do they ask for?
     let fresh = new_text(&main_text(&msg, true));
     let fresh_low = lower(&fresh);
-    let intent = read_intent(&fresh, &fresh_low);
+    let mut intent = read_intent(&fresh, &fresh_low);
+    // A `List-Unsubscribe: <mailto:...?subject=unsubscribe>` followed by a mail client
+    // sends a new message whose subject is the word and whose body is empty or says
+    // nothing else: that is a request to be removed, not a conversation.
+    if intent.is_none() {
+        let subj = subject_low.trim().trim_end_matches(['.', '!']);
+        if matches!(
+            subj,
+            "unsubscribe" | "退订" | "abmelden" | "remove" | "remove me"
+        ) {
+            intent = Some((
+                Intent::Unsubscribe,
+                format!("Subject: {}", subject_low.trim()),
+            ));
+        }
+    }
     if intent.is_none() {
         if let Some(reason) = out_of_office_body(&fresh_low) {
             return finish_auto_reply(c, reason, &subject_low, &fresh, &fresh_low, received);

@@ -298,3 +298,59 @@ fn preview_prints_the_exact_message_and_simulate_the_times() {
         assert!(l.contains(" CST"), "local time in the contact's zone: {l}");
     }
 }
+
+/// Opting out and bulk rules, as warnings `check` prints (exit 0: they are advice).
+#[test]
+fn check_warns_about_opt_out_postal_address_and_bulk_volume() {
+    let p = Project::new(
+        Db::Sqlite,
+        &Options {
+            extra_mailbox: "daily_limit = 6000\n",
+            ..Options::default()
+        },
+    );
+    let out = p.run(&["check"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let e = stderr(&out);
+    for x in [
+        "sequences/intro.yaml: warning: sequence 'intro' has no way to opt out: not every template has {{unsubscribe_url}}",
+        "sequences/intro.yaml: warning: sequence 'intro' may reach many contacts and not every template has a postal address (CAN-SPAM asks for one)",
+        "sequences/intro.yaml: warning: sequence 'intro': its mailboxes allow 6000 a day, near or past the 5,000 a day to one provider from which Gmail and Yahoo require one-click unsubscribe",
+    ] {
+        assert!(e.contains(x), "expected\n{x}\nin\n{e}");
+    }
+    // Fixed: one-click, a link and an address in every template.
+    let seq = std::fs::read_to_string(p.path("sequences/intro.yaml")).unwrap();
+    p.write(
+        "sequences/intro.yaml",
+        &seq.replacen(
+            "sender: sales\n",
+            "sender: sales\nunsubscribe: one-click\n",
+            1,
+        ),
+    );
+    for t in ["first", "bump", "last"] {
+        let path = p.path(&format!("templates/{t}.hbs"));
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(
+            &path,
+            format!("{text}\nUnsubscribe: {{{{unsubscribe_url}}}}\n{{{{postal_address}}}}\n"),
+        )
+        .unwrap();
+    }
+    let html = std::fs::read_to_string(p.path("templates/first.html")).unwrap();
+    p.write(
+        "templates/first.html",
+        &format!("{html}<p><a href=\"{{{{unsubscribe_url}}}}\">unsubscribe</a> {{{{postal_address}}}}</p>"),
+    );
+    let cfg = std::fs::read_to_string(&p.config).unwrap();
+    std::fs::write(
+        &p.config,
+        format!("postal_address = \"1 Test Road, Shenzhen\"\n{cfg}"),
+    )
+    .unwrap();
+    let out = p.run(&["check"]);
+    let e = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{e}");
+    assert!(!e.contains("warning"), "{e}");
+}

@@ -946,6 +946,52 @@ fn in_doubt_settled_through_sent(db: Db) {
     assert_eq!(in_doubt, 0, "nothing left for an operator: {s}");
 }
 
+/// Why `unsubscribe: link` is the default for one-to-one outreach, shown with
+/// followup's own mail: with `one-click`, the first mail carries List-Unsubscribe
+/// (RFC 8058) and the real Sieve vacation responder stays silent, so the prospect's
+/// return date is never learnt and the sequence goes on; the `vacation` case shows the
+/// same responder answering the same mail sent with `link`.
+fn one_click_silences_vacation(db: Db) {
+    let mut c = Case::build(db, &[OOO, LI], ("1h", "1h"), false);
+    let seq = std::fs::read_to_string(c.p.path("sequences/intro.yaml")).unwrap();
+    c.p.write(
+        "sequences/intro.yaml",
+        &seq.replacen(
+            "sender: sales\n",
+            "sender: sales\nunsubscribe: one-click\n",
+            1,
+        ),
+    );
+    c.daemon = Some(c.p.daemon());
+    let mail = c.first(OOO);
+    let lu = mail.header("List-Unsubscribe").expect("one-click header");
+    assert!(
+        lu.contains("mailto:rep@followup.test?subject=unsubscribe"),
+        "{lu}"
+    );
+    c.first(LI);
+    c.wait("Dovecot to discard the vacation reply", || {
+        c.world
+            .log("dovecot.log")
+            .contains("discarding vacation response to mailinglist recipient")
+            .then_some(())
+    });
+    c.wait_idle();
+    let answered = c
+        .world
+        .mails(REP, "")
+        .into_iter()
+        .any(|m| m.header("From").is_some_and(|f| f.contains(OOO)));
+    assert!(
+        !answered,
+        "no vacation reply to a mail with List-Unsubscribe"
+    );
+    // So nothing pauses the contact: the sequence would go on as if they were there.
+    let e = c.enrollment(OOO);
+    assert_eq!(e.state, "active", "{e:?}");
+    assert!(e.paused_until.is_none(), "{e:?}");
+}
+
 macro_rules! on_both {
     ($($case:ident),* $(,)?) => {
         mod sqlite {
@@ -966,6 +1012,7 @@ on_both!(
     colleague_reply,
     remove_me,
     vacation,
+    one_click_silences_vacation,
     bounce,
     manual,
     imap_restart,

@@ -144,7 +144,15 @@ fn age_messages(p: &Project) {
 }
 
 fn endpoint(db: Db) {
-    let t = project(db, "unsubscribe: one-click\n", ("1h", "1h"));
+    let t = project(
+        db,
+        "unsubscribe: one-click\nlanguage: zh-CN\non_open: { tag: opened, enroll: nurture }\n",
+        ("1h", "1h"),
+    );
+    t.p.write(
+        "sequences/nurture.yaml",
+        "name: nurture\nsender: sales\nsteps:\n  - id: news\n    wait: 1h\n    template: last\n",
+    );
     let emails = t.p.import_contacts(3);
     let daemon = t.p.daemon();
     wait_http(&t.base, &daemon);
@@ -212,6 +220,27 @@ fn endpoint(db: Db) {
         .contains("no-store"));
     assert_eq!(r.bytes().unwrap()[..6], *b"GIF89a");
     eventually("the open recorded", || events() == 1);
+    // A person's open runs on_open: tagged, and enrolled in another sequence.
+    let nurtured = || {
+        t.p.sql_count("SELECT count(*) FROM enrollments WHERE sequence = 'nurture'")
+    };
+    eventually("on_open enrolled the contact", || nurtured() == 1);
+    // Apple's privacy proxy fetching another contact's pixel is recorded but drives
+    // no rule.
+    let other = got.iter().find(|r| r.to_addr() == emails[1]).unwrap();
+    let other_pixel = urls(&html_of(other))
+        .into_iter()
+        .find(|u| u.contains("/o/"))
+        .unwrap();
+    let r = c
+        .get(&other_pixel)
+        .header("user-agent", "Mozilla/5.0")
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    eventually("the proxy's open recorded", || events() == 2);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(nurtured(), 1, "a machine open enrolled nobody");
 
     // A click goes to the stored URL, whatever the request adds.
     let r = c.get(click[0].as_str()).send().unwrap();
@@ -233,7 +262,7 @@ fn endpoint(db: Db) {
             "{evil}"
         );
     }
-    eventually("four clicks recorded", || events() == 5);
+    eventually("four clicks recorded", || events() == 6);
     let before = events();
 
     // Tampered, truncated, kind-confused, foreign and made-up tokens: a bare 404 and
@@ -290,7 +319,7 @@ fn endpoint(db: Db) {
     eventually("machine hits recorded", || events() == before + 3);
     assert_eq!(
         t.p.sql_count("SELECT count(*) FROM events WHERE machine IS NOT NULL"),
-        3
+        4
     );
 
     // Unsubscribe: GET shows a page and changes nothing (link scanners follow GETs).
@@ -298,6 +327,10 @@ fn endpoint(db: Db) {
     assert_eq!(r.status(), 200);
     let page = r.text().unwrap();
     assert!(page.contains("method=\"post\""), "{page}");
+    assert!(
+        page.contains("lang=\"zh-Hans\"") && page.contains("确认退订"),
+        "the sequence's language: {page}"
+    );
     assert!(page.contains("List-Unsubscribe"), "{page}");
     assert!(!page.contains(&emails[0]), "the address is masked: {page}");
     let suppressed = || {
@@ -346,6 +379,14 @@ fn endpoint(db: Db) {
         m.contains("followup_events_total{kind=\"opened\",source=\"human\"} 1"),
         "{m}"
     );
+    assert!(
+        m.contains("followup_events_total{kind=\"opened\",source=\"machine\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains("followup_events_total{kind=\"opened\",source=\"machine\"} 1"),
+        "{m}"
+    );
     assert!(m.contains("followup_hits_dropped_total 0"), "{m}");
     assert!(m.contains("followup_messages{status=\"sent\"} 3"), "{m}");
 
@@ -359,7 +400,7 @@ fn endpoint(db: Db) {
     let f = &row["funnel"];
     assert_eq!(f["sent"], 3, "{row}");
     assert_eq!(f["opened_human"], 1, "{row}");
-    assert_eq!(f["opened_total"], 1, "{row}");
+    assert_eq!(f["opened_total"], 2, "{row}");
     assert_eq!(f["clicked_human"], 1, "{row}");
     assert_eq!(f["clicked_total"], 1, "{row}");
     assert_eq!(f["unsubscribed"], 1, "{row}");
