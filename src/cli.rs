@@ -941,68 +941,70 @@ fn funnel_json(f: &crate::store::Funnel) -> Value {
 
 /// The funnel table: per step and variant, people first, then all hits.
 fn print_funnel(out: &mut impl std::io::Write, rows: &[Value]) -> std::io::Result<()> {
-    let pct = |v: &Value, k: &str| format!("{:.1}%", v["rates"][k].as_f64().unwrap_or(0.0) * 100.0);
-    let line = |out: &mut dyn std::io::Write, label: &str, f: &Value, skipped: Option<i64>| {
-        writeln!(
-            out,
-            "  {:<16} {:>6} {:>7} {:>6} {:>5} {:>7} {:>6} {:>5} {:>7} {:>6} {:>7} {:>6} {:>7}",
-            label,
-            f["sent"],
-            f["opened_human"],
+    const HEAD: [&str; 12] = [
+        "sent", "opened", "rate", "all", "clicked", "rate", "all", "replied", "rate", "bounced",
+        "unsub", "skipped",
+    ];
+    let n = |v: &Value, k: &str| v[k].as_i64().unwrap_or(0).to_string();
+    let pct = |v: &Value, k: &str| {
+        format!("{:.1}%", v["rates"][k].as_f64().unwrap_or(0.0) * 100.0)
+    };
+    let line = |out: &mut dyn std::io::Write, label: &str, f: &Value, skipped: String| {
+        let cells = [
+            n(f, "sent"),
+            n(f, "opened_human"),
             pct(f, "opened_human"),
-            f["opened_total"],
-            f["clicked_human"],
+            n(f, "opened_total"),
+            n(f, "clicked_human"),
             pct(f, "clicked_human"),
-            f["clicked_total"],
-            f["replied"],
+            n(f, "clicked_total"),
+            n(f, "replied"),
             pct(f, "replied"),
-            f["bounced"],
-            f["unsubscribed"],
-            skipped.map(|s| s.to_string()).unwrap_or_default(),
-        )
+            n(f, "bounced"),
+            n(f, "unsubscribed"),
+            skipped,
+        ];
+        write!(out, "  {label:<16}")?;
+        for (c, h) in cells.iter().zip(HEAD) {
+            write!(out, " {c:>w$}", w = h.len().max(6))?;
+        }
+        writeln!(out)
     };
     if rows.iter().all(|r| {
         r["funnel"]["sent"].as_i64().unwrap_or(0) == 0 && r["skipped"].as_i64().unwrap_or(0) == 0
     }) {
         return Ok(());
     }
-    writeln!(
-        out,
-        "  {:<16} {:>6} {:>14} {:>5} {:>14} {:>5} {:>14} {:>6} {:>7} {:>6} {:>7}",
-        "funnel",
-        "sent",
-        "opened people",
-        "all",
-        "clicked people",
-        "all",
-        "replied",
-        "bounce",
-        "unsub",
-        "",
-        "skipped"
-    )?;
+    write!(out, "  {:<16}", "funnel")?;
+    for h in HEAD {
+        write!(out, " {h:>w$}", w = h.len().max(6))?;
+    }
+    writeln!(out)?;
     for r in rows {
         let step = r["step"].as_str().unwrap_or("");
-        line(out, step, &r["funnel"], r["skipped"].as_i64())?;
+        line(out, step, &r["funnel"], n(r, "skipped"))?;
         for v in r["variants"].as_array().into_iter().flatten() {
             line(
                 out,
-                &format!("  [{}]", v["variant"].as_str().unwrap_or("")),
+                &format!("  variant {}", v["variant"].as_str().unwrap_or("")),
                 v,
-                None,
+                String::new(),
             )?;
         }
         for l in r["links"].as_array().into_iter().flatten() {
             writeln!(
                 out,
-                "    {step} link {}: {} people, {} all",
+                "    {step}: {} clicked by {} people ({} with machines)",
                 l["url"].as_str().unwrap_or(""),
                 l["clicked_human"],
                 l["clicked_total"]
             )?;
         }
     }
-    Ok(())
+    writeln!(
+        out,
+        "  (opened, clicked: people, unique per mail; all: with image proxies and link scanners)"
+    )
 }
 
 async fn cmd_status(
