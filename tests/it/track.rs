@@ -390,17 +390,29 @@ fn endpoint(db: Db) {
     assert!(m.contains("followup_hits_dropped_total 0"), "{m}");
     assert!(m.contains("followup_messages{status=\"sent\"} 3"), "{m}");
 
+    // A hit answered just before SIGTERM is written on the way out.
+    let third = got.iter().find(|r| r.to_addr() == emails[2]).unwrap();
+    let third_pixel = urls(&html_of(third))
+        .into_iter()
+        .find(|u| u.contains("/o/"))
+        .unwrap();
+    let opens = || {
+        t.p.sql_count("SELECT count(*) FROM events WHERE kind = 'opened'")
+    };
+    let opens_before = opens();
+    assert_eq!(c.get(&third_pixel).send().unwrap().status(), 200);
     let log = daemon.log_text();
     let status = daemon.stop();
     assert!(status.success(), "{log}");
+    assert_eq!(opens(), opens_before + 1, "flushed on shutdown");
     assert!(!log.contains(SECRET), "the secret never reaches the log");
 
     // Honest numbers per step: people apart from machines, unique per message.
     let row = funnel(&t.p, "first");
     let f = &row["funnel"];
     assert_eq!(f["sent"], 3, "{row}");
-    assert_eq!(f["opened_human"], 1, "{row}");
-    assert_eq!(f["opened_total"], 2, "{row}");
+    assert_eq!(f["opened_human"], 2, "{row}");
+    assert_eq!(f["opened_total"], 3, "{row}");
     assert_eq!(f["clicked_human"], 1, "{row}");
     assert_eq!(f["clicked_total"], 1, "{row}");
     assert_eq!(f["unsubscribed"], 1, "{row}");
