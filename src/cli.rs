@@ -946,9 +946,7 @@ fn print_funnel(out: &mut impl std::io::Write, rows: &[Value]) -> std::io::Resul
         "unsub", "skipped",
     ];
     let n = |v: &Value, k: &str| v[k].as_i64().unwrap_or(0).to_string();
-    let pct = |v: &Value, k: &str| {
-        format!("{:.1}%", v["rates"][k].as_f64().unwrap_or(0.0) * 100.0)
-    };
+    let pct = |v: &Value, k: &str| format!("{:.1}%", v["rates"][k].as_f64().unwrap_or(0.0) * 100.0);
     let line = |out: &mut dyn std::io::Write, label: &str, f: &Value, skipped: String| {
         let cells = [
             n(f, "sent"),
