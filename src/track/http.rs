@@ -388,14 +388,23 @@ async fn unsubscribe_page(State(s): Shared, Path(token): Path<String>) -> Respon
 /// POST: from the page's button or from a mail provider's RFC 8058 one-click. Both
 /// send `List-Unsubscribe=One-Click`; any body is accepted, because the token alone
 /// says who, and a POST is what a link scanner does not do.
-async fn unsubscribe(State(s): Shared, Path(token): Path<String>, body: Bytes) -> Response {
+async fn unsubscribe(
+    State(s): Shared,
+    Path(token): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let r = match unsubscribe_target(&s, &token).await {
         Err(r) => r,
         Ok(m) => {
-            let via = if body.as_ref() == b"List-Unsubscribe=One-Click" {
+            // The page's button posts the same body; a browser says where the form
+            // was (Origin, Referer), a mail provider's one-click POST does not.
+            let from_page =
+                headers.contains_key(header::ORIGIN) || headers.contains_key(header::REFERER);
+            let via = if body.as_ref() == b"List-Unsubscribe=One-Click" && !from_page {
                 "one-click"
             } else {
-                "web"
+                "page"
             };
             match s.store.unsubscribe(&m, via, Utc::now()).await {
                 Ok(u) => {
