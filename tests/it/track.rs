@@ -563,3 +563,84 @@ fn variant_split() {
         String::from_utf8_lossy(&preview.stderr)
     );
 }
+
+/// When the database cannot keep up, the endpoint still answers every pixel at once,
+/// counts what it could not queue, and records the rest when the database is back.
+/// (A writer holding SQLite's lock stands in for a slow database.)
+#[test]
+fn full_queue_still_answers_and_counts_drops() {
+    let t = project(
+        Db::Sqlite,
+        "track: { opens: true, clicks: false }\n",
+        ("1h", "1h"),
+    );
+    let config = std::fs::read_to_string(&t.p.config).unwrap();
+    t.p.write("followup.toml", &format!("{config}queue = 16\n"));
+    t.p.import_contacts(1);
+    let daemon = t.p.daemon();
+    wait_http(&t.base, &daemon);
+    let got = t.smtp.wait_for(1, Duration::from_secs(30));
+    let html = html_of(&got[0]);
+    assert!(!html.contains("/c/"), "clicks not tracked: {html}");
+    let pixel = urls(&html).into_iter().find(|u| u.contains("/o/")).unwrap();
+    eventually("the first step recorded", || {
+        t.p.sql_count("SELECT count(*) FROM messages WHERE status = 'sent'") == 1
+    });
+    // Another writer takes SQLite's write lock and holds it.
+    let (hold_tx, hold_rx) = std::sync::mpsc::channel::<()>();
+    let (held_tx, held_rx) = std::sync::mpsc::channel::<()>();
+    let url = t.p.database.clone();
+    let holder = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            use sqlx::Connection;
+            let mut c = sqlx::SqliteConnection::connect(&url).await.unwrap();
+            sqlx::query("BEGIN IMMEDIATE")
+                .execute(&mut c)
+                .await
+                .unwrap();
+            held_tx.send(()).unwrap();
+            let _ = hold_rx.recv();
+            sqlx::query("ROLLBACK").execute(&mut c).await.unwrap();
+        });
+    });
+    held_rx.recv().unwrap();
+    let c = client();
+    let start = Instant::now();
+    for _ in 0..200 {
+        assert_eq!(c.get(&pixel).send().unwrap().status(), 200);
+    }
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "answered without waiting for the database"
+    );
+    let metrics = c
+        .get(format!("{}/metrics", t.base))
+        .send()
+        .unwrap()
+        .text()
+        .unwrap();
+    let dropped: u64 = metrics
+        .lines()
+        .find(|l| l.starts_with("followup_hits_dropped_total"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert!(
+        dropped >= 150,
+        "most of 200 hits dropped with a queue of 16: {metrics}"
+    );
+    hold_tx.send(()).unwrap();
+    holder.join().unwrap();
+    let opens = || {
+        t.p.sql_count("SELECT count(*) FROM events WHERE kind = 'opened'")
+    };
+    eventually("the queued hits recorded", || {
+        opens() as u64 == 200 - dropped
+    });
+    daemon.stop();
+    assert_eq!(opens() as u64, 200 - dropped, "nothing queued was lost");
+}
