@@ -424,6 +424,7 @@ mod tests {
             track: Default::default(),
             unsubscribe: Default::default(),
             language: None,
+            spans: Default::default(),
         }
     }
 

@@ -174,16 +174,26 @@ impl Project {
                 continue;
             };
             let templates: Vec<&str> = seq.templates().collect();
+            // Point at `unsubscribe:` (or `sender:` when it is not written) in the file.
+            let warn = |msg: String, at: Option<&crate::diagnostic::Location>| {
+                let d = Diagnostic::warning(path, msg);
+                match (at.or(seq.spans.sender.as_ref()), &seq.spans.source) {
+                    (Some(loc), Some(src)) => d.at(loc.clone(), src),
+                    _ => d,
+                }
+            };
+            let at_unsub = seq.spans.unsubscribe.as_ref();
+            let at_sender = seq.spans.sender.as_ref();
             let has_link = templates
                 .iter()
                 .all(|t| self.templates.mentions(t, "unsubscribe_url"));
             match seq.unsubscribe {
                 Unsubscribe::Link if !has_link => diags.push(
-                    Diagnostic::warning(path, format!("sequence '{name}' has no way to opt out: not every template has {{{{unsubscribe_url}}}}"))
+                    warn(format!("sequence '{name}' has no way to opt out: not every template has {{{{unsubscribe_url}}}}"), at_unsub)
                         .with_help("put a link such as <a href=\"{{unsubscribe_url}}\">unsubscribe</a> in each template's footer, or set `unsubscribe: reply` and invite a reply"),
                 ),
                 Unsubscribe::OneClick if !has_link => diags.push(
-                    Diagnostic::warning(path, format!("sequence '{name}' opts out only through the List-Unsubscribe header: not every template has {{{{unsubscribe_url}}}}"))
+                    warn(format!("sequence '{name}' opts out only through the List-Unsubscribe header: not every template has {{{{unsubscribe_url}}}}"), at_unsub)
                         .with_help("mail clients that hide the header leave no way out; add the link to each template's footer"),
                 ),
                 _ => {}
@@ -207,7 +217,7 @@ impl Project {
             });
             if many && !has_address {
                 diags.push(
-                    Diagnostic::warning(path, format!("sequence '{name}' may reach many contacts and not every template has a postal address (CAN-SPAM asks for one)"))
+                    warn(format!("sequence '{name}' may reach many contacts and not every template has a postal address (CAN-SPAM asks for one)"), at_sender)
                         .with_help("set postal_address = \"...\" in followup.toml and put {{postal_address}} in each template's footer"),
                 );
             }
@@ -226,7 +236,7 @@ impl Project {
                         .map(|v| format!("{v} a day"))
                         .unwrap_or_else(|| "no daily limit".into());
                     diags.push(
-                        Diagnostic::warning(path, format!("sequence '{name}': its mailboxes allow {allowed}, near or past the 5,000 a day to one provider from which Gmail and Yahoo require one-click unsubscribe"))
+                        warn(format!("sequence '{name}': its mailboxes allow {allowed}, near or past the 5,000 a day to one provider from which Gmail and Yahoo require one-click unsubscribe"), at_sender)
                             .with_help("set `unsubscribe: one-click` for bulk sending, or a daily_limit on each mailbox for one-to-one outreach"),
                     );
                 }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use marked_yaml::types::{MarkedMappingNode, MarkedScalarNode};
 use marked_yaml::{LoadError, Node};
 
-use super::{Behaviour, Condition, Rule, Sequence, Step, Tracking, Unsubscribe, Variant};
+use super::{Behaviour, Condition, Rule, Sequence, Spans, Step, Tracking, Unsubscribe, Variant};
 use crate::diagnostic::{did_you_mean, Diagnostic, Diagnostics, Location};
 use crate::schedule::{parse_wait, Window};
 
@@ -406,6 +406,11 @@ impl Cx<'_> {
             track,
             unsubscribe,
             language,
+            spans: Spans {
+                source: Some(self.source.clone()),
+                sender: map.get_node("sender").map(location),
+                unsubscribe: map.get_node("unsubscribe").map(location),
+            },
         })
     }
 

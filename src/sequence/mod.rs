@@ -39,6 +39,17 @@ pub struct Sequence {
     /// BCP 47 tag of the language the mails are written in (the unsubscribe page
     /// follows it); None: English.
     pub language: Option<String>,
+    /// Where `sender:` and `unsubscribe:` are written, for `check`'s warnings about
+    /// the whole sequence (opt-out, volume) to show the line.
+    pub spans: Spans,
+}
+
+/// Places in the sequence file, with its text.
+#[derive(Debug, Clone, Default)]
+pub struct Spans {
+    pub source: Option<std::sync::Arc<str>>,
+    pub sender: Option<crate::diagnostic::Location>,
+    pub unsubscribe: Option<crate::diagnostic::Location>,
 }
 
 impl Sequence {

@@ -313,9 +313,9 @@ fn check_warns_about_opt_out_postal_address_and_bulk_volume() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let e = stderr(&out);
     for x in [
-        "sequences/intro.yaml: warning: sequence 'intro' has no way to opt out: not every template has {{unsubscribe_url}}",
-        "sequences/intro.yaml: warning: sequence 'intro' may reach many contacts and not every template has a postal address (CAN-SPAM asks for one)",
-        "sequences/intro.yaml: warning: sequence 'intro': its mailboxes allow 6000 a day, near or past the 5,000 a day to one provider from which Gmail and Yahoo require one-click unsubscribe",
+        "sequences/intro.yaml:2:9: warning: sequence 'intro' has no way to opt out: not every template has {{unsubscribe_url}}\n  |\n2 | sender: sales\n  |         ^^^^^ put a link such as",
+        "sequences/intro.yaml:2:9: warning: sequence 'intro' may reach many contacts and not every template has a postal address (CAN-SPAM asks for one)",
+        "sequences/intro.yaml:2:9: warning: sequence 'intro': its mailboxes allow 6000 a day, near or past the 5,000 a day to one provider from which Gmail and Yahoo require one-click unsubscribe",
     ] {
         assert!(e.contains(x), "expected\n{x}\nin\n{e}");
     }
