@@ -887,7 +887,14 @@ async fn cmd_simulate(
     Ok(ExitCode::SUCCESS)
 }
 
-const MESSAGE_COLUMNS: &[&str] = &["sending", "sent", "deferred", "failed", "in_doubt"];
+const MESSAGE_COLUMNS: &[&str] = &[
+    "sending",
+    "sent",
+    "deferred",
+    "failed",
+    "in_doubt",
+    "cancelled",
+];
 const RESPONSE_COLUMNS: &[&str] = &["replied", "auto_replied", "bounced", "unsubscribed"];
 const STATE_COLUMNS: &[&str] = &["active", "held", "paused", "stopped", "finished"];
 

@@ -43,6 +43,9 @@ pub enum Outcome {
     Permanent { at: DateTime<Utc>, reply: String },
     /// The contact lacks a field the template needs: hold, never send a mail with a hole.
     Held { at: DateTime<Utc>, reason: String },
+    /// Not sent: while it waited its turn for SMTP the enrollment was stopped or paused
+    /// by someone else (a reply, an unsubscribe, an operator), who took the claim.
+    Cancelled { at: DateTime<Utc>, reason: String },
 }
 
 /// The message status an outcome leads to.
@@ -151,6 +154,21 @@ pub fn after(cx: &Context<'_>, e: &Enrollment, index: usize, outcome: &Outcome) 
         Outcome::Permanent { at, reply } => {
             stop_failed(e, next, &step_id, *at, format!("smtp: {reply}"), reply)
         }
+        Outcome::Cancelled { reason, .. } => Transition {
+            // The enrollment is someone else's now: left as they set it.
+            enrollment: next,
+            message: Some(MessageOutcome {
+                status: "cancelled",
+                reply: Some(reason.clone()),
+                sent_at: None,
+            }),
+            events: vec![event(
+                e,
+                "cancelled",
+                json!({ "step": step_id, "reason": reason }),
+            )],
+            rule: None,
+        },
         Outcome::Held { reason, .. } => {
             next.state = "held".into();
             next.next_run_at = None;

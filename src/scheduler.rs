@@ -37,6 +37,14 @@ use crate::template::{RenderError, Rendered};
 /// and shutdown again.
 const MAX_BATCHES: usize = 20;
 
+/// A message that waited longer than this between its `sending` commit and its turn
+/// for SMTP is looked at once more (does this daemon still hold its claim?), since a
+/// reply or unsubscribe may have stopped the enrollment meanwhile. Below it the
+/// `sending` commit's own re-check stands: a read per message would cost a quarter of
+/// the send throughput (measured with `cargo bench --bench send`), while a backlog
+/// waits only a batch (about 20 ms at full speed) and a slow server waits seconds.
+const RECHECK_AFTER: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// How long the recording stage gathers outcomes before it commits what it has.
 const RECORD_WAIT: std::time::Duration = std::time::Duration::from_millis(20);
 
@@ -86,6 +94,8 @@ struct Prepared {
     variant: Option<String>,
     /// Tracking key, rewritten HTML, link targets, List-Unsubscribe.
     tracked: crate::track::Tracked,
+    /// When its `sending` row was committed; see [`RECHECK_AFTER`].
+    committed: std::time::Instant,
 }
 
 impl Scheduler {
@@ -345,9 +355,23 @@ impl Scheduler {
                 let project = self.project.clone();
                 let sender = sender.clone();
                 let name = mailbox.name.clone();
+                let store = self.store.clone();
+                let owner = self.owner.clone();
                 tokio::spawn(
                     async move {
+                        // Last look before SMTP for a message that waited: a reply or
+                        // unsubscribe that came in meanwhile has taken the claim away.
+                        // (On a database error the `sending` commit's check stands.)
+                        let held = p.committed.elapsed() < RECHECK_AFTER
+                            || store
+                                .holds_claim(p.claimed.enrollment.id, &owner)
+                                .await
+                                .unwrap_or(true);
                         let outcome = match project.config.mailboxes.get(&name) {
+                            _ if !held => Outcome::Cancelled {
+                                at: Utc::now(),
+                                reason: "stopped or paused while waiting to be sent".into(),
+                            },
                             Some(m) => deliver(m, &sender, &p, &b).await,
                             None => Outcome::Permanent {
                                 at: Utc::now(),
@@ -502,7 +526,9 @@ impl Scheduler {
                 .finish_sends(&finishes, Some(&self.owner), Utc::now())
                 .await?;
             crate::lifecycle::apply(&self.project, &self.store, &rules, Utc::now()).await?;
-            for item in to_send {
+            let committed = std::time::Instant::now();
+            for mut item in to_send {
+                item.0.committed = committed;
                 if work.send(item).await.is_err() {
                     // `record` failed and everything downstream stopped; the rest stay
                     // `sending` and come back as in doubt, never sent twice.
@@ -564,6 +590,10 @@ impl Scheduler {
                         warn!(contact = %p.claimed.contact.email, sequence = %e.sequence, step = %e.step_id, message_id = %b.message_id, reply = %reply, "send failed permanently; enrollment stopped");
                     }
                     Outcome::Held { .. } => round.held += 1,
+                    Outcome::Cancelled { .. } => {
+                        round.released += 1;
+                        info!(contact = %p.claimed.contact.email, sequence = %e.sequence, step = %e.step_id, message_id = %b.message_id, "not sent: stopped or paused while waiting to be sent");
+                    }
                 }
                 let tr = self.transition(&p, &outcome);
                 if let Some(rule) = tr.rule.clone() {
@@ -752,6 +782,7 @@ impl Scheduler {
             thread,
             variant: variant.map(String::from),
             tracked,
+            committed: std::time::Instant::now(),
         })
     }
 

@@ -227,7 +227,7 @@ impl Store {
                      attempts = messages.attempts + 1, locked_until = excluded.locked_until, \
                      sent_at = excluded.sent_at, updated_at = excluded.updated_at, \
                      track_key = excluded.track_key, variant = excluded.variant \
-                     WHERE messages.status = 'deferred' \
+                     WHERE messages.status IN ('deferred', 'cancelled') \
                      RETURNING id, enrollment_id, message_id, attempts",
                 );
                 let rows = qb.build().fetch_all(&mut *tx).await?;
@@ -270,6 +270,21 @@ impl Store {
             });
         }
         Ok(out)
+    }
+
+    /// Whether this daemon still holds the claim on an enrollment: checked just before
+    /// a message goes to SMTP, because whoever stops or pauses an enrollment meanwhile
+    /// (the reply watcher, an unsubscribe, an operator, in any process) takes its claim
+    /// away. One primary-key read, outside any write transaction.
+    pub async fn holds_claim(&self, enrollment_id: i64, owner: &str) -> Result<bool> {
+        with_pool!(self, p => {
+            let n: i64 = sqlx::query_scalar("SELECT count(*) FROM claims WHERE enrollment_id = $1 AND owner = $2")
+                .bind(enrollment_id)
+                .bind(owner)
+                .fetch_one(p)
+                .await?;
+            Ok(n > 0)
+        })
     }
 
     /// Records outcomes: message status, the enrollment's new state, events; one

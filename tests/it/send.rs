@@ -326,3 +326,42 @@ fn server_down_then_up_loses_nothing() {
     );
     assert_eq!(p.counts()["last"]["finished"], 3);
 }
+
+/// A contact stopped while their mail waits its turn for a slow SMTP server is not
+/// mailed: the daemon looks at its claim once more just before SMTP. The stop comes
+/// from another process (`followup suppress`), as a reply seen by another daemon would.
+#[test]
+fn stopped_while_waiting_for_smtp_is_not_sent() {
+    let tmp = tempfile::tempdir().unwrap();
+    let smtp = Smtp::start(&tmp.path().join("smtp"), "slow");
+    let p = Project::new(
+        Db::Sqlite,
+        &Options {
+            smtp_port: smtp.port,
+            waits: ("1h", "1h"),
+            connections: 1,
+            lease: "1m",
+            ..Options::default()
+        },
+    );
+    let emails = p.import_contacts(3);
+    let daemon = p.daemon();
+    // The first message is on the wire (1.5 s each); the third waits behind it.
+    smtp.wait_for(1, Duration::from_secs(30));
+    p.ok(&["suppress", &emails[2]]);
+    std::thread::sleep(Duration::from_secs(5));
+    let got = smtp.received();
+    let log = daemon.log_text();
+    daemon.stop();
+    let to: Vec<String> = got.iter().map(|r| r.to_addr()).collect();
+    assert!(
+        !to.contains(&emails[2]),
+        "suppressed while queued, yet sent: {to:?}\n{log}"
+    );
+    assert_eq!(to.len(), 2, "{to:?}\n{log}");
+    assert!(
+        log.contains("not sent: stopped or paused while waiting to be sent"),
+        "{log}"
+    );
+    assert_eq!(p.counts()["first"]["cancelled"], 1);
+}

@@ -2,7 +2,7 @@
 """A real SMTP server for followup's integration tests (built on aiosmtpd).
 
 Usage:
-    python3 tests/support/smtpd.py --dir DIR [--mode accept|tempfail-first|reject]
+    python3 tests/support/smtpd.py --dir DIR [--mode accept|tempfail-first|reject|slow]
                                    [--port 0] [--auth user:password]
                                    [--exit-on-stdin-eof]
 
@@ -86,6 +86,10 @@ class Handler:
         self.log_path = os.path.join(directory, "log.jsonl")
 
     async def handle_DATA(self, server, session, envelope):
+        if self.mode == "slow":
+            # A server that takes its time over each message (a remote relay under
+            # load), so that tests can act while later messages wait their turn.
+            await asyncio.sleep(1.5)
         at = time.time()
         content = envelope.original_content
         if content is None:
@@ -216,7 +220,7 @@ async def main_async(args) -> int:
 def main() -> int:
     p = argparse.ArgumentParser(description="SMTP server for followup's integration tests")
     p.add_argument("--dir", required=True, help="where .eml files and log.jsonl are written")
-    p.add_argument("--mode", choices=["accept", "tempfail-first", "reject"], default="accept")
+    p.add_argument("--mode", choices=["accept", "tempfail-first", "reject", "slow"], default="accept")
     p.add_argument("--port", type=int, default=0, help="TCP port on 127.0.0.1 (0 = any free port)")
     p.add_argument("--auth", metavar="USER:PASSWORD", default=None,
                    help="require AUTH PLAIN/LOGIN with these credentials")
