@@ -372,12 +372,9 @@ async fn unsubscribe_page(State(s): Shared, Path(token): Path<String>) -> Respon
             let (lang, sender) = page_context(&s, &m.sequence, &m.mailbox);
             html(
                 StatusCode::OK,
-                pages::confirm(
-                    lang,
-                    &format!("/u/{token}"),
-                    &pages::mask_email(&m.email),
-                    &sender,
-                ),
+                // Relative to the page (…/u/TOKEN), so that a public_url with a
+                // path prefix behind a proxy still posts to the right place.
+                pages::confirm(lang, &token, &pages::mask_email(&m.email), &sender),
             )
         }
     };

@@ -327,6 +327,13 @@ fn endpoint(db: Db) {
     assert_eq!(r.status(), 200);
     let page = r.text().unwrap();
     assert!(page.contains("method=\"post\""), "{page}");
+    // The form posts back to the page's own URL (relative, so a public_url with a path
+    // prefix behind a proxy works too).
+    let unsub_token = unsub.rsplit('/').next().unwrap();
+    assert!(
+        page.contains(&format!("action=\"{unsub_token}\"")),
+        "{page}"
+    );
     assert!(
         page.contains("lang=\"zh-Hans\"") && page.contains("确认退订"),
         "the sequence's language: {page}"
