@@ -23,7 +23,7 @@ use crate::sequence::Rule;
 use crate::store::{self, HitEvent, Store, TrackedMessage};
 
 /// Hits taken into one transaction at most.
-const MAX_BATCH: usize = 2000;
+const MAX_BATCH: usize = 20_000;
 
 pub struct Recorder {
     pub project: Arc<Project>,
