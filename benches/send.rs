@@ -21,6 +21,10 @@
 
 mod common;
 
+// As the binary (src/main.rs), so that the library is measured with its allocator.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;

@@ -74,6 +74,9 @@ impl Round {
     }
 }
 
+/// Cheap to clone (shared handles), so that a mailbox's stages can run as tasks of
+/// their own.
+#[derive(Clone)]
 pub struct Scheduler {
     project: Arc<Project>,
     links: crate::track::Links,
@@ -82,6 +85,15 @@ pub struct Scheduler {
     /// This daemon's name on its claims; unique per process so two daemons on one
     /// database never mistake each other's leases for their own.
     owner: String,
+}
+
+/// A claimed and rendered batch on its way to its `sending` commit.
+struct Batch {
+    now: DateTime<Utc>,
+    prepared: Vec<Prepared>,
+    /// Claims that send nothing (held, released, skipped): written back with the batch.
+    finishes: Vec<Finish>,
+    rules: Vec<(i64, crate::sequence::Rule)>,
 }
 
 /// Work prepared for one claimed enrollment.
@@ -397,22 +409,57 @@ impl Scheduler {
             })
             .await;
         };
-        let record = self.record(mailbox, batch, done_rx);
+        // Its own task too: outcome commits go on while this one renders and hands out.
+        let record = {
+            let me = self.clone();
+            let mailbox = mailbox.clone();
+            tokio::spawn(async move { me.record(&mailbox, batch, done_rx).await })
+        };
         let (produced, (), recorded) = tokio::join!(produce, transmit, record);
         let mut round = produced?;
-        round.add(recorded?);
+        round.add(joined(recorded)?);
         Ok(round)
     }
 
-    /// Stage 1: claims, renders and commits `sending`, batch after batch, until nothing
-    /// is due, pacing holds the mailbox back, `stop` is cancelled or `MAX_BATCHES` went
-    /// (so that a long backlog still lets the daemon look at doubts and pauses).
+    /// Stage 1: claims and renders (`prepare_batches`) and commits `sending`
+    /// (`begin_batches`), batch after batch, until nothing is due, pacing holds the
+    /// mailbox back, `stop` is cancelled or `MAX_BATCHES` went (so that a long backlog
+    /// still lets the daemon look at doubts and pauses). The two halves run side by
+    /// side, one batch apart: the next batch is claimed and rendered while this one's
+    /// `sending` rows are committed, so that the write connection, which the outcome
+    /// commits share, never waits for rendering.
     async fn produce(
         &self,
         mailbox: &Mailbox,
         first_now: DateTime<Utc>,
         stop: Option<&CancellationToken>,
         work: mpsc::Sender<(Prepared, store::Begun)>,
+    ) -> Result<Round, store::Error> {
+        let (batches_tx, batches_rx) = mpsc::channel::<Batch>(1);
+        // A task of its own, so that rendering runs on another core than the stages that
+        // drive the database and SMTP.
+        let prepare = {
+            let me = self.clone();
+            let mailbox = mailbox.clone();
+            let stop = stop.cloned();
+            tokio::spawn(async move {
+                me.prepare_batches(&mailbox, first_now, stop.as_ref(), batches_tx)
+                    .await
+            })
+        };
+        let begun = self.begin_batches(mailbox, batches_rx, work).await;
+        let mut round = joined(prepare.await)?;
+        round.add(begun?);
+        Ok(round)
+    }
+
+    /// Stage 1a: claims a batch, renders it and hands it on.
+    async fn prepare_batches(
+        &self,
+        mailbox: &Mailbox,
+        first_now: DateTime<Utc>,
+        stop: Option<&CancellationToken>,
+        batches: mpsc::Sender<Batch>,
     ) -> Result<Round, store::Error> {
         let settings = &self.project.config.send;
         let mut round = Round::default();
@@ -446,9 +493,12 @@ impl Scheduler {
                 break;
             }
             round.claimed += claimed.len();
-            let mut finishes: Vec<Finish> = Vec::new();
-            let mut rules = Vec::new();
-            let mut prepared: Vec<Prepared> = Vec::new();
+            let mut batch = Batch {
+                now,
+                prepared: Vec::with_capacity(claimed.len()),
+                finishes: Vec::new(),
+                rules: Vec::new(),
+            };
             // What contacts did with earlier mails, for steps with `if:`; one query.
             let conditional: Vec<i64> = claimed
                 .iter()
@@ -465,13 +515,18 @@ impl Scheduler {
             } else {
                 self.store.engagement(&conditional).await?
             };
-            for c in claimed {
+            for (i, c) in claimed.into_iter().enumerate() {
+                // Rendering is CPU work inside a task that also drives the database
+                // stages: let them move between messages.
+                if i % 16 == 15 {
+                    tokio::task::yield_now().await;
+                }
                 let eng = engagement
                     .get(&c.enrollment.id)
                     .cloned()
                     .unwrap_or_default();
                 match self.prepare(mailbox, c, now, &eng) {
-                    Ok(p) => prepared.push(p),
+                    Ok(p) => batch.prepared.push(p),
                     Err((finish, kind, rule)) => {
                         match kind {
                             Skip::Held => round.held += 1,
@@ -479,13 +534,41 @@ impl Scheduler {
                             Skip::Skipped => round.skipped += 1,
                         }
                         if let Some(r) = rule {
-                            rules.push((finish.enrollment_contact, r));
+                            batch.rules.push((finish.enrollment_contact, r));
                         }
-                        finishes.push(finish.finish);
+                        batch.finishes.push(finish.finish);
                     }
                 }
             }
+            if batches.send(batch).await.is_err() {
+                // The next stage failed (its error is returned) or stopped; what this
+                // batch claimed is left to its lease.
+                break;
+            }
+            // A paced mailbox sends what its slot allows, then waits for the next one.
+            if allowed < settings.batch {
+                break;
+            }
+        }
+        Ok(round)
+    }
 
+    /// Stage 1b: commits `sending` for a whole batch, then hands its messages to SMTP.
+    async fn begin_batches(
+        &self,
+        mailbox: &Mailbox,
+        mut batches: mpsc::Receiver<Batch>,
+        work: mpsc::Sender<(Prepared, store::Begun)>,
+    ) -> Result<Round, store::Error> {
+        let settings = &self.project.config.send;
+        let mut round = Round::default();
+        while let Some(Batch {
+            now,
+            prepared,
+            mut finishes,
+            mut rules,
+        }) = batches.recv().await
+        {
             // Commit `sending` for the whole batch before any of it goes to SMTP.
             let begins: Vec<Begin> = prepared
                 .iter()
@@ -531,13 +614,10 @@ impl Scheduler {
                 item.0.committed = committed;
                 if work.send(item).await.is_err() {
                     // `record` failed and everything downstream stopped; the rest stay
-                    // `sending` and come back as in doubt, never sent twice.
+                    // `sending` and come back as in doubt, never sent twice. Dropping
+                    // `batches` stops stage 1a.
                     return Ok(round);
                 }
-            }
-            // A paced mailbox sends what its slot allows, then waits for the next one.
-            if allowed < settings.batch {
-                break;
             }
         }
         Ok(round)
@@ -902,6 +982,14 @@ async fn deliver(mailbox: &Mailbox, sender: &Sender, p: &Prepared, b: &store::Be
             at: Utc::now(),
             reply,
         },
+    }
+}
+
+/// A stage's result from its task: a panic goes on up, as it would have in place.
+fn joined<T>(r: Result<T, tokio::task::JoinError>) -> T {
+    match r {
+        Ok(v) => v,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
     }
 }
 

@@ -54,7 +54,7 @@ pub struct WatchState {
 
 impl Store {
     pub async fn checkpoint(&self, mailbox: &str, folder: &str) -> Result<Option<Checkpoint>> {
-        with_pool!(self, p => {
+        with_read_pool!(self, p => {
             let row = sqlx::query("SELECT uidvalidity, last_uid FROM mailbox_state WHERE mailbox = $1 AND folder = $2")
                 .bind(mailbox)
                 .bind(folder)
@@ -116,7 +116,7 @@ impl Store {
     }
 
     pub async fn watch_states(&self) -> Result<Vec<WatchState>> {
-        with_pool!(self, p => {
+        with_read_pool!(self, p => {
             let rows = sqlx::query("SELECT mailbox, folder, state, detail, last_uid, updated_at FROM mailbox_state ORDER BY mailbox, folder")
                 .fetch_all(p)
                 .await?;
@@ -142,7 +142,7 @@ impl Store {
         }
         let mut out = Vec::new();
         for chunk in message_ids.chunks(CHUNK) {
-            with_pool!(self, p => {
+            with_read_pool!(self, p => {
                 let mut qb = QueryBuilder::new("SELECT message_id, enrollment_id, contact_id FROM messages WHERE message_id IN (");
                 let mut sep = qb.separated(", ");
                 for id in chunk {
@@ -162,7 +162,7 @@ impl Store {
         if contact_ids.is_empty() {
             return Ok(Vec::new());
         }
-        with_pool!(self, p => {
+        with_read_pool!(self, p => {
             let mut qb = QueryBuilder::new(format!(
                 "SELECT {ENROLLMENT_COLUMNS} FROM enrollments e JOIN contacts c ON c.id = e.contact_id \
                  WHERE e.state IN ('active', 'paused', 'held') AND e.contact_id IN ("
@@ -179,7 +179,7 @@ impl Store {
 
     /// Contacts at a domain (for a colleague's reply).
     pub async fn contacts_at_domain(&self, domain: &str) -> Result<Vec<Contact>> {
-        with_pool!(self, p => {
+        with_read_pool!(self, p => {
             let rows = sqlx::query(&format!("SELECT {CONTACT_COLUMNS} FROM contacts WHERE domain = $1"))
                 .bind(domain)
                 .fetch_all(p)
@@ -266,7 +266,7 @@ impl Store {
 
     /// The soft-bounce count of a contact.
     pub async fn soft_bounces(&self, contact_id: i64) -> Result<i64> {
-        with_pool!(self, p => Ok(sqlx::query_scalar("SELECT soft_bounces FROM contacts WHERE id = $1").bind(contact_id).fetch_one(p).await?))
+        with_read_pool!(self, p => Ok(sqlx::query_scalar("SELECT soft_bounces FROM contacts WHERE id = $1").bind(contact_id).fetch_one(p).await?))
     }
 
     /// Paused enrollments whose pause has ended become active again, due now (the
@@ -358,11 +358,11 @@ impl Store {
 impl Store {
     /// Why a mailbox is paused, if it is.
     pub async fn mailbox_pause(&self, mailbox: &str) -> Result<Option<String>> {
-        with_pool!(self, p => Ok(sqlx::query_scalar("SELECT reason FROM mailbox_pauses WHERE mailbox = $1").bind(mailbox).fetch_optional(p).await?))
+        with_read_pool!(self, p => Ok(sqlx::query_scalar("SELECT reason FROM mailbox_pauses WHERE mailbox = $1").bind(mailbox).fetch_optional(p).await?))
     }
 
     pub async fn mailbox_pauses(&self) -> Result<Vec<(String, String)>> {
-        with_pool!(self, p => {
+        with_read_pool!(self, p => {
             let rows = sqlx::query("SELECT mailbox, reason FROM mailbox_pauses ORDER BY mailbox").fetch_all(p).await?;
             rows.iter().map(|r| Ok((r.try_get("mailbox")?, r.try_get("reason")?))).collect()
         })
@@ -389,7 +389,7 @@ impl Store {
 
     /// Of the mailbox's last `window` sent messages, how many bounced permanently.
     pub async fn recent_bounces(&self, mailbox: &str, window: u32) -> Result<(i64, i64)> {
-        with_pool!(self, p => {
+        with_read_pool!(self, p => {
             let row = sqlx::query(
                 "SELECT count(*) AS sent, \
                  coalesce(sum(CASE WHEN EXISTS (SELECT 1 FROM contacts c WHERE c.id = recent.contact_id AND c.suppressed_reason = 'bounced') THEN 1 ELSE 0 END), 0) AS bounced \
@@ -410,7 +410,7 @@ impl Store {
     ) -> Result<std::collections::HashMap<i64, i64>> {
         let mut out = std::collections::HashMap::new();
         for chunk in enrollment_ids.chunks(CHUNK) {
-            with_pool!(self, p => {
+            with_read_pool!(self, p => {
                 let mut qb = QueryBuilder::new("SELECT enrollment_id, max(id) AS id FROM messages WHERE status = 'sent' AND enrollment_id IN (");
                 let mut sep = qb.separated(", ");
                 for id in chunk {

@@ -7,8 +7,9 @@ use chrono::{DateTime, Utc};
 use sqlx::{QueryBuilder, Row};
 
 use super::{
-    contact_from_row, from_ms, ms, BeginWrite, Contact, Enrollment, EnrollmentUpdate, Error,
-    NewEvent, Pool, Result, Store, CHUNK, CONTACT_COLUMNS,
+    contact_from_row, enrollment_from_row, from_ms, ms, parse_fields, BeginWrite, Contact,
+    Enrollment, EnrollmentUpdate, NewEvent, Pool, Result, Store, CHUNK, CONTACT_COLUMNS,
+    ENROLLMENT_COLUMNS,
 };
 
 /// A due enrollment this daemon now holds, with its contact.
@@ -137,34 +138,61 @@ impl Store {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let enrollments = self.enrollments_by_id(&ids).await?;
-        let contact_ids: Vec<i64> = enrollments.iter().map(|e| e.contact_id).collect();
-        let contacts: HashMap<i64, Contact> = self
-            .contacts_by_id(&contact_ids)
-            .await?
-            .into_iter()
-            .map(|c| (c.id, c))
-            .collect();
-        enrollments
-            .into_iter()
-            .map(|e| {
-                let contact = contacts.get(&e.contact_id).cloned().ok_or(Error::Corrupt {
-                    what: "enrollment",
-                    detail: format!("{} has no contact", e.id),
-                })?;
-                Ok(Claimed {
-                    enrollment: e,
-                    contact,
-                })
-            })
-            .collect()
+        let mut claimed = self.claimed_by_id(&ids).await?;
+        // In the order claimed: follow-ups first, then by due time.
+        let position: HashMap<i64, usize> =
+            ids.iter().enumerate().map(|(n, id)| (*id, n)).collect();
+        claimed.sort_by_key(|c| {
+            position
+                .get(&c.enrollment.id)
+                .copied()
+                .unwrap_or(usize::MAX)
+        });
+        Ok(claimed)
+    }
+
+    /// Claimed enrollments with their contacts, in one statement.
+    async fn claimed_by_id(&self, ids: &[i64]) -> Result<Vec<Claimed>> {
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(CHUNK) {
+            with_read_pool!(self, p => {
+                let mut qb = QueryBuilder::new(format!(
+                    "SELECT {ENROLLMENT_COLUMNS}, c.name AS c_name, c.fields AS c_fields, c.timezone AS c_timezone, \
+                     c.country AS c_country, c.stage AS c_stage, c.owner_mailbox AS c_owner_mailbox, \
+                     c.suppressed_reason AS c_suppressed_reason \
+                     FROM enrollments e JOIN contacts c ON c.id = e.contact_id WHERE e.id IN ("
+                ));
+                let mut sep = qb.separated(", ");
+                for id in chunk {
+                    sep.push_bind(*id);
+                }
+                qb.push(")");
+                for row in qb.build().fetch_all(p).await? {
+                    let enrollment = enrollment_from_row(&row)?;
+                    let fields: String = row.try_get("c_fields")?;
+                    let contact = Contact {
+                        id: enrollment.contact_id,
+                        email: enrollment.email.clone(),
+                        name: row.try_get("c_name")?,
+                        fields: parse_fields(&fields)?,
+                        timezone: row.try_get("c_timezone")?,
+                        country: row.try_get("c_country")?,
+                        stage: row.try_get("c_stage")?,
+                        owner_mailbox: row.try_get("c_owner_mailbox")?,
+                        suppressed_reason: row.try_get("c_suppressed_reason")?,
+                    };
+                    out.push(Claimed { enrollment, contact });
+                }
+            });
+        }
+        Ok(out)
     }
 
     pub async fn contacts_by_id(&self, ids: &[i64]) -> Result<Vec<Contact>> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        with_pool!(self, p => {
+        with_read_pool!(self, p => {
             let mut qb = QueryBuilder::new(format!("SELECT {CONTACT_COLUMNS} FROM contacts WHERE id IN ("));
             let mut sep = qb.separated(", ");
             for id in ids {
@@ -277,7 +305,7 @@ impl Store {
     /// (the reply watcher, an unsubscribe, an operator, in any process) takes its claim
     /// away. One primary-key read, outside any write transaction.
     pub async fn holds_claim(&self, enrollment_id: i64, owner: &str) -> Result<bool> {
-        with_pool!(self, p => {
+        with_read_pool!(self, p => {
             let n: i64 = sqlx::query_scalar("SELECT count(*) FROM claims WHERE enrollment_id = $1 AND owner = $2")
                 .bind(enrollment_id)
                 .bind(owner)
@@ -336,7 +364,7 @@ impl Store {
         enrollment_id: i64,
         step_id: &str,
     ) -> Result<Option<StepMessage>> {
-        with_pool!(self, p => {
+        with_read_pool!(self, p => {
             let row = sqlx::query(
                 "SELECT id, message_id, subject, status, sent_at FROM messages WHERE enrollment_id = $1 AND step_id = $2",
             )
@@ -415,7 +443,7 @@ impl Store {
 
     /// Every message in doubt.
     pub async fn in_doubt(&self) -> Result<Vec<InDoubt>> {
-        with_pool!(self, p => {
+        with_read_pool!(self, p => {
             let rows = sqlx::query(
                 "SELECT m.id, m.message_id, m.enrollment_id, c.email, m.sequence, m.step_id, m.mailbox, m.updated_at \
                  FROM messages m JOIN contacts c ON c.id = m.contact_id WHERE m.status = 'in_doubt' ORDER BY m.id",
@@ -446,7 +474,7 @@ impl Store {
         mailbox: &str,
         since: DateTime<Utc>,
     ) -> Result<(i64, Option<DateTime<Utc>>)> {
-        with_pool!(self, p => {
+        with_read_pool!(self, p => {
             let row = sqlx::query("SELECT count(*) AS n, max(sent_at) AS last FROM messages WHERE mailbox = $1 AND sent_at >= $2")
                 .bind(mailbox)
                 .bind(ms(since))
@@ -460,7 +488,7 @@ impl Store {
     pub async fn next_due(&self, mailbox: &str) -> Result<Option<DateTime<Utc>>> {
         let mut best: Option<i64> = None;
         for priority in [0i64, 1] {
-            let v: Option<i64> = with_pool!(self, p => sqlx::query_scalar(
+            let v: Option<i64> = with_read_pool!(self, p => sqlx::query_scalar(
                 "SELECT min(next_run_at) FROM enrollments WHERE state = 'active' AND mailbox = $1 AND priority = $2",
             )
             .bind(mailbox)

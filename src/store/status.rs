@@ -86,7 +86,7 @@ impl Store {
             (&msg_sql, &mut status.messages),
             (&enr_sql, &mut status.enrollments),
         ] {
-            let rows = with_pool!(self, p => {
+            let rows = with_read_pool!(self, p => {
                 let mut q = sqlx::query(sql);
                 if let Some(s) = sequence {
                     q = q.bind(s);
@@ -98,7 +98,7 @@ impl Store {
             });
             out.extend(rows);
         }
-        status.reasons = with_pool!(self, p => {
+        status.reasons = with_read_pool!(self, p => {
             let mut q = sqlx::query(&reason_sql);
             if let Some(s) = sequence {
                 q = q.bind(s);
@@ -115,7 +115,7 @@ impl Store {
              GROUP BY m.sequence, m.step_id, ev.kind",
             if sequence.is_some() { " AND m.sequence = $1" } else { "" }
         );
-        status.responses = with_pool!(self, p => {
+        status.responses = with_read_pool!(self, p => {
             let mut q = sqlx::query(&resp_sql);
             if let Some(s) = sequence {
                 q = q.bind(s);
@@ -170,7 +170,7 @@ impl Store {
              FROM events ev JOIN messages m ON m.id = ev.message_id \
              WHERE ev.machine IS NOT NULL{and_seq} GROUP BY m.sequence, ev.kind, ev.machine ORDER BY n DESC"
         );
-        with_pool!(self, p => {
+        with_read_pool!(self, p => {
             macro_rules! bind {
                 ($sql:expr) => {{
                     let mut q = sqlx::query($sql);

@@ -79,7 +79,7 @@ impl Store {
     pub async fn tracked_messages(&self, keys: &[String]) -> Result<Vec<TrackedMessage>> {
         let mut out = Vec::with_capacity(keys.len());
         for chunk in keys.chunks(CHUNK) {
-            with_pool!(self, p => {
+            with_read_pool!(self, p => {
                 let mut qb = QueryBuilder::new(format!(
                     "SELECT {MESSAGE_COLUMNS} FROM messages m JOIN contacts c ON c.id = m.contact_id WHERE m.track_key IN ("
                 ));
@@ -107,7 +107,7 @@ impl Store {
     /// Where link `idx` of the message with tracking key `key` leads: the URL stored
     /// when it was sent. A read only: a bad request never writes.
     pub async fn link_url(&self, key: &str, idx: i64) -> Result<Option<String>> {
-        with_pool!(self, p => Ok(sqlx::query_scalar(
+        with_read_pool!(self, p => Ok(sqlx::query_scalar(
             "SELECT l.url FROM links l JOIN messages m ON m.id = l.message_id WHERE m.track_key = $1 AND l.idx = $2",
         )
         .bind(key)
@@ -120,7 +120,7 @@ impl Store {
     pub async fn link_urls(&self, wanted: &[(i64, i64)]) -> Result<HashMap<(i64, i64), String>> {
         let mut out = HashMap::new();
         for chunk in wanted.chunks(CHUNK) {
-            with_pool!(self, p => {
+            with_read_pool!(self, p => {
                 let mut qb = QueryBuilder::new("SELECT l.message_id, l.idx, l.url FROM links l JOIN (");
                 qb.push_values(chunk.iter(), |mut b, (m, i)| {
                     b.push_bind(*m).push_bind(*i);
@@ -142,7 +142,7 @@ impl Store {
     ) -> Result<HashSet<(i64, String, Option<i64>)>> {
         let mut out = HashSet::new();
         for chunk in message_rows.chunks(CHUNK) {
-            with_pool!(self, p => {
+            with_read_pool!(self, p => {
                 let mut qb = QueryBuilder::new(
                     "SELECT DISTINCT message_id, kind, link FROM events WHERE kind IN ('opened', 'clicked') AND machine IS NULL AND message_id IN (",
                 );
@@ -253,7 +253,7 @@ impl Store {
     pub async fn engagement(&self, enrollment_ids: &[i64]) -> Result<HashMap<i64, Engagement>> {
         let mut out: HashMap<i64, Engagement> = HashMap::new();
         for chunk in enrollment_ids.chunks(CHUNK) {
-            with_pool!(self, p => {
+            with_read_pool!(self, p => {
                 let mut qb = QueryBuilder::new(
                     "SELECT DISTINCT ev.enrollment_id, ev.kind, m.step_id, l.url FROM events ev \
                      JOIN messages m ON m.id = ev.message_id \
@@ -282,7 +282,7 @@ impl Store {
 
     /// Messages by status and enrollments due now, for /metrics.
     pub async fn gauges(&self, now: DateTime<Utc>) -> Result<(Vec<(String, i64)>, i64)> {
-        with_pool!(self, p => {
+        with_read_pool!(self, p => {
             let rows = sqlx::query("SELECT status, count(*) AS n FROM messages GROUP BY status").fetch_all(p).await?;
             let by_status = rows
                 .iter()
