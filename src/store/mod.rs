@@ -52,13 +52,13 @@ enum Pool {
     Postgres(PgPool),
 }
 
-/// SQLite takes one writer at a time. Writers of one process queue for the one write
-/// connection inside the process (sqlx's pool hands it over as soon as it is free);
-/// several write connections would instead bump into each other's lock in SQLite and
-/// sleep in its busy handler (1, 2, 5 ms...), which made a claim wait 4–10 ms behind the
-/// outcome commit of the batch before it. Reads run beside the writer (WAL) on their
-/// own connections. Another process on the same file is still waited for through
-/// `busy_timeout`.
+/// SQLite takes one writer at a time, so a process has one write connection: its
+/// writers (claims, `sending` commits, outcome commits, the hit recorder) queue for it
+/// in sqlx's pool, first come first served, instead of bumping into each other's lock
+/// inside SQLite and sleeping in its busy handler (1, 2, 5 ms...). Reads run beside the
+/// writer (WAL) on read-only connections of their own, so a claim's load or a click's
+/// look-up never waits for a commit. Another process on the same file is still waited
+/// for through `busy_timeout`.
 #[derive(Clone)]
 struct SqlitePools {
     write: SqlitePool,

@@ -151,8 +151,9 @@ impl Store {
         Ok(claimed)
     }
 
-    /// Claimed enrollments with their contacts, in one statement.
-    async fn claimed_by_id(&self, ids: &[i64]) -> Result<Vec<Claimed>> {
+    /// Enrollments with their contacts, in one statement: what [`Store::claim`] loads
+    /// after taking the leases (public for the claim bench).
+    pub async fn claimed_by_id(&self, ids: &[i64]) -> Result<Vec<Claimed>> {
         let mut out = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(CHUNK) {
             with_read_pool!(self, p => {
