@@ -516,8 +516,8 @@ impl Scheduler {
                 self.store.engagement(&conditional).await?
             };
             for (i, c) in claimed.into_iter().enumerate() {
-                // Rendering is CPU work inside a task that also drives the database
-                // stages: let them move between messages.
+                // Rendering is CPU work: now and then let the runtime's other tasks
+                // (SMTP, the commits) run, which matters when it has one thread.
                 if i % 16 == 15 {
                     tokio::task::yield_now().await;
                 }
@@ -985,7 +985,8 @@ async fn deliver(mailbox: &Mailbox, sender: &Sender, p: &Prepared, b: &store::Be
     }
 }
 
-/// A stage's result from its task: a panic goes on up, as it would have in place.
+/// A stage's result from its task: a panic goes on up, as it would have in place. (A
+/// task is only ever cancelled by the runtime shutting down, when nobody awaits this.)
 fn joined<T>(r: Result<T, tokio::task::JoinError>) -> T {
     match r {
         Ok(v) => v,

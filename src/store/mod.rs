@@ -63,8 +63,11 @@ enum Pool {
 struct SqlitePools {
     write: SqlitePool,
     read: SqlitePool,
-    /// Stops the checkpointer when the last handle on the store goes.
-    _checkpoints: std::sync::Arc<tokio_util::sync::DropGuard>,
+    /// `checkpoint_wal`'s connection, and what stops it: `close`, or the last handle
+    /// on the store going away.
+    checkpoint: SqlitePool,
+    stop_checkpoints: tokio_util::sync::CancellationToken,
+    _stop_on_drop: std::sync::Arc<tokio_util::sync::DropGuard>,
 }
 
 /// How often the WAL is copied back into the database file.
@@ -275,12 +278,13 @@ impl Store {
                 .pragma("cache_size", "-16384")
                 // Two processes on one file take turns; a writer waits rather than fails.
                 .busy_timeout(StdDuration::from_secs(30));
-            // The writer first: it creates the file and switches it to WAL. It never
-            // checkpoints itself (see `checkpoint_wal`).
+            // The writer first: it creates the file and switches it to WAL. It leaves
+            // checkpoints to `checkpoint_wal`, but for a backstop far above what that
+            // task lets pile up (10,000 pages, 40 MB), should it ever stall.
             let write = SqlitePoolOptions::new()
                 .max_connections(1)
                 .acquire_timeout(StdDuration::from_secs(60))
-                .connect_with(opts.clone().pragma("wal_autocheckpoint", "0"))
+                .connect_with(opts.clone().pragma("wal_autocheckpoint", "10000"))
                 .await
                 .map_err(connect_err)?;
             let checkpointer = SqlitePoolOptions::new()
@@ -294,12 +298,14 @@ impl Store {
                 .await
                 .map_err(connect_err)?;
             let stop = tokio_util::sync::CancellationToken::new();
-            tokio::spawn(checkpoint_wal(checkpointer, stop.clone()));
+            tokio::spawn(checkpoint_wal(checkpointer.clone(), stop.clone()));
             Ok(Store {
                 pool: Pool::Sqlite(SqlitePools {
                     write,
                     read,
-                    _checkpoints: std::sync::Arc::new(stop.drop_guard()),
+                    checkpoint: checkpointer,
+                    stop_checkpoints: stop.clone(),
+                    _stop_on_drop: std::sync::Arc::new(stop.drop_guard()),
                 }),
             })
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
@@ -336,7 +342,11 @@ impl Store {
     pub async fn close(&self) {
         match &self.pool {
             Pool::Sqlite(p) => {
+                p.stop_checkpoints.cancel();
+                p.checkpoint.close().await;
                 p.read.close().await;
+                // Last: as the file's last connection it copies the WAL back and
+                // removes it.
                 p.write.close().await;
             }
             Pool::Postgres(p) => p.close().await,
