@@ -94,11 +94,7 @@ fn check_wrk() {
 /// The project: followup.toml with `[http]` on `port`, sequence `intro` of one step,
 /// its template with an HTML part holding one link, and `n` contacts in contacts.csv.
 fn write_project(dir: &Path, port: u16, n: usize) -> PathBuf {
-    let write = |rel: &str, text: &str| {
-        let p = dir.join(rel);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(p, text).unwrap();
-    };
+    let write = |rel: &str, text: &str| common::write_file(dir, rel, text);
     write(
         "followup.toml",
         &format!(

@@ -898,22 +898,6 @@ const MESSAGE_COLUMNS: &[&str] = &[
 const RESPONSE_COLUMNS: &[&str] = &["replied", "auto_replied", "bounced", "unsubscribed"];
 const STATE_COLUMNS: &[&str] = &["active", "held", "paused", "stopped", "finished"];
 
-fn sum_funnel(list: &[&crate::store::Funnel]) -> crate::store::Funnel {
-    let mut t = crate::store::Funnel::default();
-    for f in list {
-        t.sent += f.sent;
-        t.opened_human += f.opened_human;
-        t.opened_total += f.opened_total;
-        t.clicked_human += f.clicked_human;
-        t.clicked_total += f.clicked_total;
-        t.replied += f.replied;
-        t.auto_replied += f.auto_replied;
-        t.bounced += f.bounced;
-        t.unsubscribed += f.unsubscribed;
-    }
-    t
-}
-
 /// A rate of sent mails, as a fraction (JSON) rounded to 4 places.
 fn rate(n: i64, sent: i64) -> f64 {
     if sent <= 0 {
@@ -1086,7 +1070,10 @@ async fn cmd_status(
                 .iter()
                 .filter(|f| f.sequence == seq && &f.step_id == step)
                 .collect();
-            let total = sum_funnel(&of_step);
+            let mut total = crate::store::Funnel::default();
+            for f in &of_step {
+                total += f;
+            }
             row.insert("funnel".into(), funnel_json(&total));
             let variants: Vec<Value> = of_step
                 .iter()

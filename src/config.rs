@@ -705,33 +705,50 @@ fn resolve_password(
     m: &RawMailbox,
     var: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Option<SecretString>, Diagnostic> {
-    if let Some(p) = var("PASSWORD") {
-        return Ok(Some(SecretString::from(p)));
+    let secret = resolve_secret(
+        map,
+        var("PASSWORD"),
+        &m.password_env,
+        &m.password_file,
+        &format!("mailbox '{name}'"),
+        "password file",
+    )?;
+    Ok(secret.map(SecretString::from))
+}
+
+/// A secret from, in this order: an override (a `FOLLOWUP_*` variable), the environment
+/// variable the file names, or the file it names (a systemd credential, say). A trailing
+/// newline in the file is an artefact of `echo > file`, never part of a secret. `what`
+/// and `file_kind` name it in the error, which points at the line that named the source.
+fn resolve_secret(
+    map: &SourceMap<'_>,
+    overridden: Option<String>,
+    env_var: &Option<Spanned<String>>,
+    file: &Option<Spanned<String>>,
+    what: &str,
+    file_kind: &str,
+) -> Result<Option<String>, Diagnostic> {
+    if let Some(v) = overridden.filter(|v| !v.is_empty()) {
+        return Ok(Some(v));
     }
-    if let Some(env_var) = &m.password_env {
+    if let Some(env_var) = env_var {
         return match std::env::var(env_var.get_ref()) {
-            Ok(p) if !p.is_empty() => Ok(Some(SecretString::from(p))),
+            Ok(v) if !v.is_empty() => Ok(Some(v)),
             _ => Err(map.error(
                 env_var.span(),
                 format!(
-                    "mailbox '{name}': environment variable {} is not set",
+                    "{what}: environment variable {} is not set",
                     env_var.get_ref()
                 ),
             )),
         };
     }
-    if let Some(file) = &m.password_file {
+    if let Some(file) = file {
         return match std::fs::read_to_string(file.get_ref()) {
-            // A trailing newline is an artefact of `echo > file`, never part of a password.
-            Ok(p) => Ok(Some(SecretString::from(
-                p.trim_end_matches(['\r', '\n']).to_string(),
-            ))),
+            Ok(v) => Ok(Some(v.trim_end_matches(['\r', '\n']).to_string())),
             Err(e) => Err(map.error(
                 file.span(),
-                format!(
-                    "mailbox '{name}': cannot read password file {}: {e}",
-                    file.get_ref()
-                ),
+                format!("{what}: cannot read {file_kind} {}: {e}", file.get_ref()),
             )),
         };
     }
@@ -811,28 +828,8 @@ fn parse_http(
                   file: &Option<Spanned<String>>,
                   what: &str|
      -> Result<Option<Vec<u8>>, Diagnostic> {
-        if let Some(v) = env(env_key) {
-            return Ok(Some(v.into_bytes()));
-        }
-        if let Some(var) = var {
-            return match env(var.get_ref()) {
-                Some(v) => Ok(Some(v.into_bytes())),
-                None => Err(map.error(
-                    var.span(),
-                    format!("{what}: environment variable {} is not set", var.get_ref()),
-                )),
-            };
-        }
-        if let Some(file) = file {
-            return match std::fs::read_to_string(file.get_ref()) {
-                Ok(v) => Ok(Some(v.trim_end_matches(['\r', '\n']).as_bytes().to_vec())),
-                Err(e) => Err(map.error(
-                    file.span(),
-                    format!("{what}: cannot read {}: {e}", file.get_ref()),
-                )),
-            };
-        }
-        Ok(None)
+        resolve_secret(map, env(env_key), var, file, what, "secret file")
+            .map(|s| s.map(String::into_bytes))
     };
     let report = |d: Diagnostic, diags: &mut Diagnostics| {
         if need_secrets {

@@ -187,6 +187,13 @@ fn effective_uid() -> Option<u32> {
         })
 }
 
+/// Writes `text` to `dir/rel`, making the folders on the way.
+pub fn write_file(dir: &Path, rel: &str, text: &str) {
+    let p = dir.join(rel);
+    std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+    std::fs::write(p, text).unwrap();
+}
+
 /// The project files: one mailbox pointed at `smtp`, a one-step sequence `bench` and a
 /// template of about 2 KB of text (its HTML part is derived from the text). Returns
 /// the path of followup.toml.
@@ -198,11 +205,7 @@ pub fn write_project(
     batch: usize,
     on_finish: bool,
 ) -> PathBuf {
-    let write = |rel: &str, text: &str| {
-        let p = dir.join(rel);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(p, text).unwrap();
-    };
+    let write = |rel: &str, text: &str| write_file(dir, rel, text);
     write(
         "followup.toml",
         &format!(

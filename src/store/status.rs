@@ -59,6 +59,21 @@ pub struct Funnel {
     pub unsubscribed: i64,
 }
 
+/// Adds another funnel's counts (a step's total over its variants); the names stay.
+impl std::ops::AddAssign<&Funnel> for Funnel {
+    fn add_assign(&mut self, other: &Funnel) {
+        self.sent += other.sent;
+        self.opened_human += other.opened_human;
+        self.opened_total += other.opened_total;
+        self.clicked_human += other.clicked_human;
+        self.clicked_total += other.clicked_total;
+        self.replied += other.replied;
+        self.auto_replied += other.auto_replied;
+        self.bounced += other.bounced;
+        self.unsubscribed += other.unsubscribed;
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct LinkClicks {
     pub sequence: String,

@@ -116,7 +116,7 @@ pub fn router(
         project,
         hits,
         queue,
-        metrics,
+        metrics: metrics.clone(),
     });
     Router::new()
         .route("/o/{token}", get(open))
@@ -127,6 +127,10 @@ pub fn router(
         .fallback(fallback)
         // The one-click body is 26 bytes; nothing here needs more than a little.
         .layer(DefaultBodyLimit::max(4096))
+        .layer(axum::middleware::from_fn_with_state(
+            metrics,
+            count_requests,
+        ))
         .with_state(state)
 }
 
@@ -206,7 +210,7 @@ async fn open(
     headers: HeaderMap,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
 ) -> Response {
-    let r = match s.signer.verify(&token) {
+    match s.signer.verify(&token) {
         Some(t) if t.kind == Kind::Open => {
             s.enqueue(raw_hit(HitKind::Open, t.key, 0, &method, &headers, peer));
             (
@@ -225,9 +229,7 @@ async fn open(
                 .into_response()
         }
         _ => not_found(),
-    };
-    s.metrics.count(0, r.status());
-    r
+    }
 }
 
 async fn click(
@@ -237,9 +239,7 @@ async fn click(
     headers: HeaderMap,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
 ) -> Response {
-    let r = click_inner(&s, &token, &method, &headers, peer).await;
-    s.metrics.count(1, r.status());
-    r
+    click_inner(&s, &token, &method, &headers, peer).await
 }
 
 async fn click_inner(
@@ -378,7 +378,6 @@ async fn unsubscribe_page(State(s): Shared, Path(token): Path<String>) -> Respon
             )
         }
     };
-    s.metrics.count(2, r.status());
     r
 }
 
@@ -422,7 +421,6 @@ async fn unsubscribe(
             }
         }
     };
-    s.metrics.count(2, r.status());
     r
 }
 
@@ -432,14 +430,35 @@ async fn healthz(State(s): Shared) -> Response {
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "database unreachable\n").into_response()
     };
-    s.metrics.count(3, r.status());
     r
 }
 
-async fn fallback(State(s): Shared) -> Response {
-    let r = not_found();
-    s.metrics.count(5, r.status());
-    r
+async fn fallback() -> Response {
+    not_found()
+}
+
+/// Counts every answer by route and status, on the way out: one place, so that no
+/// handler (nor axum's own 405s) can forget to.
+async fn count_requests(
+    State(metrics): State<Arc<Metrics>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let route = match request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| p.as_str())
+    {
+        Some("/o/{token}") => 0,
+        Some("/c/{token}") => 1,
+        Some("/u/{token}") => 2,
+        Some("/healthz") => 3,
+        Some("/metrics") => 4,
+        _ => 5,
+    };
+    let response = next.run(request).await;
+    metrics.count(route, response.status());
+    response
 }
 
 async fn metrics_page(State(s): Shared) -> Response {

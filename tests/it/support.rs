@@ -29,26 +29,17 @@ pub fn database_url(db: Db, dir: &Path) -> String {
                 )
             });
             let name = format!("followup_t{:016x}", fastrand::u64(..));
-            // On a thread of its own: callers may already be inside a tokio runtime.
             let (url, db) = (base.clone(), name.clone());
-            std::thread::spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .unwrap();
-                rt.block_on(async {
-                    use sqlx::Connection;
-                    let mut c = sqlx::PgConnection::connect(&url)
-                        .await
-                        .expect("connect to FOLLOWUP_TEST_PG");
-                    sqlx::query(&format!("CREATE DATABASE {db}"))
-                        .execute(&mut c)
-                        .await
-                        .expect("create test database");
-                });
-            })
-            .join()
-            .unwrap();
+            block_on_own_thread(async move {
+                use sqlx::Connection;
+                let mut c = sqlx::PgConnection::connect(&url)
+                    .await
+                    .expect("connect to FOLLOWUP_TEST_PG");
+                sqlx::query(&format!("CREATE DATABASE {db}"))
+                    .execute(&mut c)
+                    .await
+                    .expect("create test database");
+            });
             let (prefix, _) = base
                 .rsplit_once('/')
                 .expect("FOLLOWUP_TEST_PG ends with /DBNAME");
@@ -459,40 +450,47 @@ impl Project {
 
     fn query(&self, q: &str, scalar: bool) -> i64 {
         let (url, q) = (self.database.clone(), q.to_string());
-        // On a thread of its own: callers may already be inside a tokio runtime.
-        std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                macro_rules! run {
-                    ($pool:expr) => {{
-                        let pool = $pool.await.unwrap();
-                        let n = if scalar {
-                            sqlx::query_scalar::<_, i64>(&q)
-                                .fetch_one(&pool)
-                                .await
-                                .unwrap()
-                        } else {
-                            sqlx::query(&q)
-                                .execute(&pool)
-                                .await
-                                .unwrap()
-                                .rows_affected() as i64
-                        };
-                        pool.close().await;
-                        n
-                    }};
-                }
-                if url.starts_with("sqlite:") {
-                    run!(sqlx::SqlitePool::connect(&url))
-                } else {
-                    run!(sqlx::PgPool::connect(&url))
-                }
-            })
+        block_on_own_thread(async move {
+            macro_rules! run {
+                ($pool:expr) => {{
+                    let pool = $pool.await.unwrap();
+                    let n = if scalar {
+                        sqlx::query_scalar::<_, i64>(&q)
+                            .fetch_one(&pool)
+                            .await
+                            .unwrap()
+                    } else {
+                        sqlx::query(&q)
+                            .execute(&pool)
+                            .await
+                            .unwrap()
+                            .rows_affected() as i64
+                    };
+                    pool.close().await;
+                    n
+                }};
+            }
+            if url.starts_with("sqlite:") {
+                run!(sqlx::SqlitePool::connect(&url))
+            } else {
+                run!(sqlx::PgPool::connect(&url))
+            }
         })
-        .join()
-        .unwrap()
     }
+}
+
+/// Runs `f` to completion on a runtime of its own, on a thread of its own: callers may
+/// already be inside a tokio runtime, which cannot block on another future.
+fn block_on_own_thread<T: Send + 'static>(
+    f: impl std::future::Future<Output = T> + Send + 'static,
+) -> T {
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(f)
+    })
+    .join()
+    .unwrap()
 }

@@ -371,6 +371,12 @@ fn endpoint(db: Db) {
     );
     assert!(stopped.contains("[machine:"), "{stopped}");
 
+    // Answers that no handler gives are counted too: axum's 405, the fallback's 404.
+    let r = c.post(format!("{}/o/anything", t.base)).send().unwrap();
+    assert_eq!(r.status().as_u16(), 405);
+    let r = c.get(format!("{}/nowhere", t.base)).send().unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+
     // /metrics in Prometheus text.
     let m = c
         .get(format!("{}/metrics", t.base))
@@ -380,6 +386,14 @@ fn endpoint(db: Db) {
         .unwrap();
     assert!(
         m.contains("followup_http_requests_total{route=\"click\",status=\"404\"}"),
+        "{m}"
+    );
+    assert!(
+        m.contains("followup_http_requests_total{route=\"open\",status=\"405\"} 1"),
+        "{m}"
+    );
+    assert!(
+        m.contains("followup_http_requests_total{route=\"other\",status=\"404\"}"),
         "{m}"
     );
     assert!(
