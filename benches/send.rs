@@ -326,7 +326,6 @@ async fn replay(su: &Setup, batch: usize) -> Phases {
                     row_id: b.row_id,
                     status: m.status.to_string(),
                     smtp_reply: m.reply,
-                    sent_at: m.sent_at,
                 }),
                 enrollment: tr.enrollment,
                 events: tr

@@ -49,7 +49,6 @@ pub async fn release(
         row_id: d.row_id,
         status: "deferred".into(),
         smtp_reply: Some(format!("released: {why}")),
-        sent_at: None,
     };
     store
         .finish_sends(
@@ -131,7 +130,6 @@ pub async fn settle_as_sent(
         row_id: d.row_id,
         status: m.status.into(),
         smtp_reply: m.reply,
-        sent_at: m.sent_at,
     });
     // If the enrollment was stopped meanwhile (a reply), keep it stopped.
     let mut enrollment = tr.enrollment;

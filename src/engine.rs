@@ -53,7 +53,6 @@ pub enum Outcome {
 pub struct MessageOutcome {
     pub status: &'static str,
     pub reply: Option<String>,
-    pub sent_at: Option<DateTime<Utc>>,
 }
 
 /// The engine's decision.
@@ -115,7 +114,6 @@ pub fn after(cx: &Context<'_>, e: &Enrollment, index: usize, outcome: &Outcome) 
                 message: Some(MessageOutcome {
                     status: "sent",
                     reply: Some(reply.clone()),
-                    sent_at: Some(*at),
                 }),
                 events,
                 rule,
@@ -141,7 +139,6 @@ pub fn after(cx: &Context<'_>, e: &Enrollment, index: usize, outcome: &Outcome) 
                 message: Some(MessageOutcome {
                     status: "deferred",
                     reply: Some(reply.clone()),
-                    sent_at: None,
                 }),
                 events: vec![event(
                     e,
@@ -160,7 +157,6 @@ pub fn after(cx: &Context<'_>, e: &Enrollment, index: usize, outcome: &Outcome) 
             message: Some(MessageOutcome {
                 status: "cancelled",
                 reply: Some(reason.clone()),
-                sent_at: None,
             }),
             events: vec![event(
                 e,
@@ -270,7 +266,6 @@ fn stop_failed(
         message: Some(MessageOutcome {
             status: "failed",
             reply: Some(reply.to_string()),
-            sent_at: None,
         }),
         events: vec![
             event(e, "failed", json!({ "step": step_id, "reply": reply })),

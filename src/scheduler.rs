@@ -1012,7 +1012,6 @@ fn finish(tr: Transition, row_id: Option<i64>) -> Finish {
             row_id,
             status: m.status.to_string(),
             smtp_reply: m.reply,
-            sent_at: m.sent_at,
         }),
         _ => None,
     };

@@ -46,13 +46,15 @@ pub struct Begun {
     pub attempts: i64,
 }
 
-/// A message's new status.
+/// A message's new status. A `sent` message keeps the `sent_at` committed with its
+/// `sending` row, the moment before SMTP (so that it counted against the daily limit
+/// from then on, and the settling update leaves the mailbox's send-time index alone);
+/// any other status clears it: that attempt did not reach anyone.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MessageUpdate {
     pub row_id: i64,
     pub status: String,
     pub smtp_reply: Option<String>,
-    pub sent_at: Option<DateTime<Utc>>,
 }
 
 /// The outcome of one send (or of a claim that did not lead to a send).
@@ -337,20 +339,25 @@ impl Store {
             .collect();
         with_pool!(self, p => {
             let mut tx = p.begin_write().await?;
-            for chunk in messages.chunks(CHUNK) {
-                let mut qb = QueryBuilder::new(
-                    "UPDATE messages SET status = v.column2, smtp_reply = v.column3, sent_at = v.column4, \
-                     locked_until = NULL, updated_at = v.column5 FROM (",
-                );
-                qb.push_values(chunk.iter(), |mut b, m| {
-                    b.push_bind(m.row_id)
-                        .push_bind(m.status.clone())
-                        .push_bind(m.smtp_reply.clone())
-                        .push_bind(m.sent_at.map(ms))
-                        .push_bind(ms(now));
-                });
-                qb.push(") AS v WHERE messages.id = v.column1");
-                qb.build().execute(&mut *tx).await?;
+            let (sent, unsent): (Vec<&MessageUpdate>, Vec<&MessageUpdate>) =
+                messages.iter().partition(|m| m.status == "sent");
+            // Two statements rather than one with a CASE: SQLite rewrites an index entry
+            // for every column named in SET, changed or not.
+            for (group, set_sent_at) in [(sent, ""), (unsent, ", sent_at = NULL")] {
+                for chunk in group.chunks(CHUNK) {
+                    let mut qb = QueryBuilder::new(format!(
+                        "UPDATE messages SET status = v.column2, smtp_reply = v.column3{set_sent_at}, \
+                         locked_until = NULL, updated_at = v.column4 FROM ("
+                    ));
+                    qb.push_values(chunk.iter(), |mut b, m| {
+                        b.push_bind(m.row_id)
+                            .push_bind(m.status.clone())
+                            .push_bind(m.smtp_reply.clone())
+                            .push_bind(ms(now));
+                    });
+                    qb.push(") AS v WHERE messages.id = v.column1");
+                    qb.build().execute(&mut *tx).await?;
+                }
             }
             update_enrollments!(tx, updates, now, owner);
             insert_events!(tx, events, now);
