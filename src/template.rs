@@ -631,15 +631,21 @@ fn one_line(s: &str) -> String {
 
 /// The HTML part made from a text part: escaped, paragraphs and line breaks kept.
 pub fn text_to_html(text: &str) -> String {
-    let mut html = String::from("<!DOCTYPE html>\n<html><body>\n");
-    for para in text
-        .replace("\r\n", "\n")
-        .split("\n\n")
-        .filter(|p| !p.trim().is_empty())
-    {
-        let escaped: Vec<String> = para.trim_matches('\n').lines().map(escape_html).collect();
+    let text: std::borrow::Cow<'_, str> = if text.contains('\r') {
+        text.replace("\r\n", "\n").into()
+    } else {
+        text.into()
+    };
+    let mut html = String::with_capacity(text.len() + text.len() / 8 + 64);
+    html.push_str("<!DOCTYPE html>\n<html><body>\n");
+    for para in text.split("\n\n").filter(|p| !p.trim().is_empty()) {
         html.push_str("<p>");
-        html.push_str(&escaped.join("<br>\n"));
+        for (i, line) in para.trim_matches('\n').lines().enumerate() {
+            if i > 0 {
+                html.push_str("<br>\n");
+            }
+            escape_html_into(&mut html, line);
+        }
         html.push_str("</p>\n");
     }
     html.push_str("</body></html>\n");
@@ -650,17 +656,28 @@ pub fn text_to_html(text: &str) -> String {
 /// own escaper also encodes `=` and backticks, which makes plain text ugly).
 pub(crate) fn escape_html(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
+    escape_html_into(&mut out, s);
     out
+}
+
+/// `escape_html` appending to `out`. It copies the runs between special characters
+/// whole: the five are ASCII, so every cut is on a character boundary.
+pub(crate) fn escape_html_into(out: &mut String, s: &str) {
+    let mut start = 0;
+    for (i, b) in s.bytes().enumerate() {
+        let entity = match b {
+            b'&' => "&amp;",
+            b'<' => "&lt;",
+            b'>' => "&gt;",
+            b'"' => "&quot;",
+            b'\'' => "&#39;",
+            _ => continue,
+        };
+        out.push_str(&s[start..i]);
+        out.push_str(entity);
+        start = i + 1;
+    }
+    out.push_str(&s[start..]);
 }
 
 /// A readable text part made from HTML: tags dropped, block elements and `<br>` become
@@ -909,6 +926,20 @@ mod tests {
                 .contains("<p>Line &lt;one&gt;<br>\nline two</p>\n<p>Para</p>"),
             "{}",
             r.html
+        );
+    }
+
+    #[test]
+    fn html_made_from_text_escapes_any_script_and_line_end() {
+        assert_eq!(
+            escape_html("王小明 & 'Müller' <b>\"x\"</b>"),
+            "王小明 &amp; &#39;Müller&#39; &lt;b&gt;&quot;x&quot;&lt;/b&gt;"
+        );
+        assert_eq!(escape_html("plain"), "plain");
+        assert_eq!(
+            text_to_html("您好 <王>,\r\nzweite Zeile\r\n\r\n\r\nGrüße & bye\r\n"),
+            "<!DOCTYPE html>\n<html><body>\n<p>您好 &lt;王&gt;,<br>\nzweite Zeile</p>\n\
+             <p>Grüße &amp; bye</p>\n</body></html>\n"
         );
     }
 

@@ -7,10 +7,11 @@
 
 use std::time::SystemTime;
 
-use lettre::message::{header, Mailbox, MultiPart};
+use lettre::message::{header, Mailbox, MultiPart, SinglePart};
 use lettre::{Address, Message};
 use sha2::{Digest, Sha256};
 
+use super::body;
 use crate::template::Rendered;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -157,10 +158,19 @@ pub fn compose(d: &Draft<'_>) -> Result<Message, Error> {
         }
     }
     b.header(header::MIME_VERSION_1_0)
-        .multipart(MultiPart::alternative_plain_html(
-            d.rendered.text.clone(),
-            d.rendered.html.clone(),
-        ))
+        .multipart(
+            MultiPart::alternative()
+                .singlepart(
+                    SinglePart::builder()
+                        .header(header::ContentType::TEXT_PLAIN)
+                        .body(body::text_body(&d.rendered.text)),
+                )
+                .singlepart(
+                    SinglePart::builder()
+                        .header(header::ContentType::TEXT_HTML)
+                        .body(body::text_body(&d.rendered.html)),
+                ),
+        )
         .map_err(|e| Error::Build(e.to_string()))
 }
 

@@ -1,5 +1,6 @@
 //! Mail in and out: composing MIME messages and handing them to SMTP or a file outbox.
 
+pub mod body;
 pub mod classify;
 pub mod compose;
 pub mod send;
