@@ -345,6 +345,18 @@ impl Store {
                 p.stop_checkpoints.cancel();
                 p.checkpoint.close().await;
                 p.read.close().await;
+                // A connection on its way back to its pool when `close` ran (sqlx
+                // returns them from a task of their own) can land among the idle ones
+                // afterwards and stay open; closing again closes it. A read-only
+                // connection that closes after the writer leaves the WAL behind.
+                let deadline = tokio::time::Instant::now() + StdDuration::from_secs(2);
+                while p.read.size() + p.checkpoint.size() > 0
+                    && tokio::time::Instant::now() < deadline
+                {
+                    tokio::time::sleep(StdDuration::from_millis(1)).await;
+                    p.read.close().await;
+                    p.checkpoint.close().await;
+                }
                 // Last: as the file's last connection it copies the WAL back and
                 // removes it.
                 p.write.close().await;
