@@ -3,8 +3,9 @@
 //! lettre's `Body::new` chooses the transfer encoding with a scan of its own, turns line
 //! ends into CRLF by inserting a byte per line (moving the rest of the text each time)
 //! and then quoted-printable encodes through a general encoder: a fifth of the CPU a
-//! message costs the send path. Here one scan decides, and one more writes the encoded
-//! body, which lettre then carries as it is (`Body::dangerous_pre_encoded`). The
+//! message costs the send path. Here a count of the bytes to escape and a look at the
+//! line ends decide, and one pass writes the encoded body, which lettre then carries
+//! as it is (`Body::dangerous_pre_encoded`). The
 //! choice is lettre's: 7bit for short-lined ASCII, quoted-printable while at most a
 //! third of the bytes need escaping (Latin scripts), base64 beyond (Chinese, Japanese).
 
@@ -184,11 +185,6 @@ mod tests {
         out
     }
 
-    /// What a reader gets back: the text with CRLF line ends.
-    fn expected(text: &str) -> Vec<u8> {
-        crlf(text).into_bytes()
-    }
-
     fn well_formed(s: &str) {
         assert!(s.is_ascii(), "{s}");
         for line in s.split("\r\n") {
@@ -255,7 +251,12 @@ mod tests {
             let text: String = (0..n).map(|_| pieces[rng.usize(..pieces.len())]).collect();
             let out = String::from_utf8(quoted_printable(text.as_bytes())).unwrap();
             well_formed(&out);
-            assert_eq!(decode_qp(&out), expected(&text), "{text:?} -> {out:?}");
+            // What a reader gets back: the text with CRLF line ends.
+            assert_eq!(
+                decode_qp(&out),
+                crlf(&text).into_bytes(),
+                "{text:?} -> {out:?}"
+            );
         }
     }
 
