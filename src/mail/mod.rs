@@ -4,4 +4,6 @@ pub mod body;
 pub mod classify;
 pub mod compose;
 pub mod send;
+pub mod smtp;
+pub mod tls;
 pub mod watch;

@@ -1,26 +1,22 @@
-//! Hands messages over: a small SMTP connection pool per mailbox, or a file outbox.
+//! Hands messages over: a small pool of SMTP connections per mailbox ([`super::smtp`],
+//! pipelined, `TCP_NODELAY`), or a file outbox.
 //!
-//! Why our own pool: lettre 0.11's async client leaves Nagle's algorithm on, and the
-//! final `CRLF.CRLF` then waits for the server's delayed ACK (about 23 messages/s per
-//! connection, see NOTES.md). We open the TCP connection ourselves with `TCP_NODELAY`
-//! and give it to lettre's `AsyncSmtpConnection`, keeping up to `connections` of them
-//! open per mailbox and reusing them across messages.
+//! Up to `connections` connections are kept open per mailbox and reused across
+//! messages; one that ended a transaction in an unknown state is dropped.
 //!
-//! Retry policy is not decided here: a send returns what the server said, classified
-//! with lettre's own predicates (4xx transient, 5xx permanent), and the engine decides.
+//! Retry policy is not decided here: a send returns what the server said, classified by
+//! its first digit (4xx transient, 5xx permanent), and the engine decides.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lettre::address::Envelope;
-use lettre::transport::smtp::authentication::{Credentials, Mechanism};
-use lettre::transport::smtp::client::{AsyncSmtpConnection, TlsParameters};
 use lettre::transport::smtp::extension::ClientId;
-use secrecy::ExposeSecret;
-use tokio::net::TcpStream;
+use secrecy::SecretString;
 use tokio::sync::Semaphore;
 
+use super::smtp::{self, Connection, Login, Security};
 use crate::config::{Mailbox, Transport};
 
 /// How long one SMTP conversation step may take before the connection is given up.
@@ -55,10 +51,11 @@ enum Inner {
 
 struct SmtpPool {
     transport: Transport,
-    credentials: Option<Credentials>,
+    /// The mailbox's login (it is the IMAP login too).
+    login: Option<(String, SecretString)>,
     hello: ClientId,
     /// Idle connections. A std Mutex: it is never held across an `.await`.
-    idle: Mutex<Vec<AsyncSmtpConnection>>,
+    idle: Mutex<Vec<Connection>>,
     /// Bounds open connections (idle + in use) to the mailbox's `connections`.
     permits: Semaphore,
 }
@@ -69,10 +66,8 @@ impl Sender {
             Transport::File { dir } => Inner::File(dir.clone()),
             t => Inner::Smtp(SmtpPool {
                 transport: t.clone(),
-                credentials: match (&mailbox.user, &mailbox.password) {
-                    (Some(u), Some(p)) => {
-                        Some(Credentials::new(u.clone(), p.expose_secret().to_string()))
-                    }
+                login: match (&mailbox.user, &mailbox.password) {
+                    (Some(u), Some(p)) => Some((u.clone(), p.clone())),
                     _ => None,
                 },
                 hello: ClientId::default(),
@@ -136,23 +131,17 @@ impl SmtpPool {
                 }
             },
         };
-        match tokio::time::timeout(TIMEOUT, conn.send(envelope, raw)).await {
-            Ok(Ok(resp)) => {
-                let reply = format!(
-                    "{} {}",
-                    resp.code(),
-                    resp.message().collect::<Vec<_>>().join(" ")
-                );
-                if !conn.has_broken() {
-                    if let Ok(mut idle) = self.idle.lock() {
-                        idle.push(conn);
-                    }
-                }
-                SendOutcome::Sent {
-                    reply: reply.trim().to_string(),
-                }
+        let result = tokio::time::timeout(TIMEOUT, conn.send(envelope, raw)).await;
+        // A connection is kept after a transaction that ended cleanly, refused or not.
+        if !conn.is_broken() && result.is_ok() {
+            if let Ok(mut idle) = self.idle.lock() {
+                idle.push(conn);
             }
-            // The connection is dropped after any error: its state is unknown.
+        }
+        match result {
+            Ok(Ok(reply)) => SendOutcome::Sent {
+                reply: reply.to_string().trim().to_string(),
+            },
             Ok(Err(e)) => classify(&e),
             Err(_) => SendOutcome::Transient {
                 reply: format!("timed out talking to {}", self.transport),
@@ -160,63 +149,33 @@ impl SmtpPool {
         }
     }
 
-    /// Opens an authenticated connection; a failure comes back already classified.
-    async fn connect(&self) -> Result<AsyncSmtpConnection, SendOutcome> {
-        let io_err = |e: std::io::Error| SendOutcome::Transient {
-            reply: format!("cannot connect to {}: {e}", self.transport),
-        };
-        let smtp_err = |e: lettre::transport::smtp::Error| classify(&e);
-        let mut conn = match &self.transport {
-            Transport::Smtp { host, port } | Transport::StartTls { host, port } => {
-                let stream = TcpStream::connect((host.as_str(), *port))
-                    .await
-                    .map_err(io_err)?;
-                // See the module comment: without this, each message waits ~40 ms.
-                stream.set_nodelay(true).map_err(io_err)?;
-                let mut conn =
-                    AsyncSmtpConnection::connect_with_transport(Box::new(stream), &self.hello)
-                        .await
-                        .map_err(smtp_err)?;
-                if let Transport::StartTls { host, .. } = &self.transport {
-                    let tls = TlsParameters::new(host.clone()).map_err(smtp_err)?;
-                    conn.starttls(tls, &self.hello).await.map_err(smtp_err)?;
-                }
-                conn
-            }
-            Transport::Smtps { host, port } => {
-                // Implicit TLS: lettre opens the socket here, so Nagle stays on; TLS
-                // records coalesce the end of DATA, which hides most of the delay.
-                let tls = TlsParameters::new(host.clone()).map_err(smtp_err)?;
-                AsyncSmtpConnection::connect_tokio1(
-                    (host.as_str(), *port),
-                    Some(TIMEOUT),
-                    &self.hello,
-                    Some(tls),
-                    None,
-                )
-                .await
-                .map_err(smtp_err)?
-            }
+    /// Opens a connection, authenticated if the mailbox has a login and the server
+    /// offers AUTH; a failure comes back already classified.
+    async fn connect(&self) -> Result<Connection, SendOutcome> {
+        let (host, port, security) = match &self.transport {
+            Transport::Smtp { host, port } => (host, *port, Security::Plain),
+            Transport::StartTls { host, port } => (host, *port, Security::StartTls),
+            Transport::Smtps { host, port } => (host, *port, Security::Tls),
             Transport::File { .. } => unreachable!("file transports have no SMTP pool"),
         };
-        // `user` and the password are the mailbox's, for IMAP too: a relay that offers
-        // no AUTH at all (a local Postfix trusting 127.0.0.1) gets the mail without it,
-        // and answers with a 5xx if it wanted a login after all.
-        let offers_auth = [Mechanism::Plain, Mechanism::Login, Mechanism::Xoauth2]
-            .into_iter()
-            .any(|m| conn.server_info().supports_auth_mechanism(m));
-        if let (Some(creds), true) = (&self.credentials, offers_auth) {
-            conn.auth(&[Mechanism::Plain, Mechanism::Login], creds)
-                .await
-                .map_err(smtp_err)?;
-        }
-        Ok(conn)
+        let login = self
+            .login
+            .as_ref()
+            .map(|(user, password)| Login { user, password });
+        Connection::connect(host, port, security, &self.hello, login)
+            .await
+            .map_err(|e| match e {
+                smtp::Error::Io(io) => SendOutcome::Transient {
+                    reply: format!("cannot connect to {}: {io}", self.transport),
+                },
+                e => classify(&e),
+            })
     }
 }
 
-/// Maps lettre's error onto retry or fail, with lettre's own predicates (never by
-/// matching strings). Anything that is not a definite 5xx is worth another try.
-fn classify(e: &lettre::transport::smtp::Error) -> SendOutcome {
+/// Maps the client's error onto retry or fail. Anything that is not a definite 5xx (or
+/// a missing extension) is worth another try.
+fn classify(e: &smtp::Error) -> SendOutcome {
     let reply = e.to_string();
     if e.is_permanent() {
         SendOutcome::Permanent { reply }

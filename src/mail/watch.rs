@@ -105,36 +105,14 @@ pub async fn connect(mailbox: &Mailbox) -> Result<Session, Error> {
     }
 }
 
-fn tls_config() -> Arc<tokio_rustls::rustls::ClientConfig> {
-    let roots = tokio_rustls::rustls::RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-    };
-    Arc::new(
-        tokio_rustls::rustls::ClientConfig::builder_with_provider(Arc::new(
-            tokio_rustls::rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map(|b| b.with_root_certificates(roots).with_no_client_auth())
-        .unwrap_or_else(|_| {
-            tokio_rustls::rustls::ClientConfig::builder()
-                .with_root_certificates(tokio_rustls::rustls::RootCertStore::empty())
-                .with_no_client_auth()
-        }),
-    )
-}
-
 async fn tls(
     host: &str,
     tcp: TcpStream,
 ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, Error> {
-    let name = tokio_rustls::rustls::pki_types::ServerName::try_from(host.to_string())
-        .map_err(|e| Error::Tls(host.into(), e.to_string()))?;
-    let connector = tokio_rustls::TlsConnector::from(tls_config());
     timed(async {
-        connector
-            .connect(name, tcp)
+        crate::mail::tls::connect(host, tcp)
             .await
-            .map_err(|e| Error::Tls(host.into(), e.to_string()))
+            .map_err(|e| Error::Tls(host.into(), e))
     })
     .await
 }
@@ -143,14 +121,10 @@ async fn tls_over(
     host: &str,
     io: Box<dyn Io>,
 ) -> Result<tokio_rustls::client::TlsStream<Box<dyn Io>>, Error> {
-    let name = tokio_rustls::rustls::pki_types::ServerName::try_from(host.to_string())
-        .map_err(|e| Error::Tls(host.into(), e.to_string()))?;
-    let connector = tokio_rustls::TlsConnector::from(tls_config());
     timed(async {
-        connector
-            .connect(name, io)
+        crate::mail::tls::connect(host, io)
             .await
-            .map_err(|e| Error::Tls(host.into(), e.to_string()))
+            .map_err(|e| Error::Tls(host.into(), e))
     })
     .await
 }
