@@ -32,6 +32,7 @@ use crate::project::Project;
 use crate::schedule::{mailbox_day, next_in_window, next_slot, MailboxUsage};
 use crate::store::{self, Begin, Claimed, Finish, MessageUpdate, Store};
 use crate::template::{RenderError, Rendered};
+use crate::track::token::KeyClock;
 
 /// Batches one mailbox claims in one round before the daemon looks at doubts, pauses
 /// and shutdown again.
@@ -85,6 +86,8 @@ pub struct Scheduler {
     /// This daemon's name on its claims; unique per process so two daemons on one
     /// database never mistake each other's leases for their own.
     owner: String,
+    /// Makes tracking keys; its node is allocated from the database on first use.
+    keys: Arc<tokio::sync::OnceCell<KeyClock>>,
 }
 
 /// A claimed and rendered batch on its way to its `sending` commit.
@@ -130,6 +133,7 @@ impl Scheduler {
             store,
             senders,
             owner,
+            keys: Arc::default(),
         }
     }
 
@@ -493,6 +497,13 @@ impl Scheduler {
                 break;
             }
             round.claimed += claimed.len();
+            let keys = self
+                .keys
+                .get_or_try_init(|| async {
+                    let node = self.store.allocate_node(&self.owner, Utc::now()).await?;
+                    Ok::<_, store::Error>(KeyClock::new(node))
+                })
+                .await?;
             let mut batch = Batch {
                 now,
                 prepared: Vec::with_capacity(claimed.len()),
@@ -525,7 +536,7 @@ impl Scheduler {
                     .get(&c.enrollment.id)
                     .cloned()
                     .unwrap_or_default();
-                match self.prepare(mailbox, c, now, &eng) {
+                match self.prepare(mailbox, c, now, &eng, keys) {
                     Ok(p) => batch.prepared.push(p),
                     Err((finish, kind, rule)) => {
                         match kind {
@@ -737,6 +748,7 @@ impl Scheduler {
         c: Claimed,
         now: DateTime<Utc>,
         engagement: &crate::sequence::Engagement,
+        keys: &KeyClock,
     ) -> Result<Prepared, (NotSent, Skip, Option<crate::sequence::Rule>)> {
         let e = &c.enrollment;
         let hold = |reason: String| {
@@ -825,7 +837,7 @@ impl Scheduler {
             None => return Err(hold("no send time: the window never opens".into())),
             Some(_) => {}
         }
-        let key = crate::track::token::new_key();
+        let key = keys.next();
         let fields = send_fields(&self.project, &self.links, &c.contact, mailbox, key);
         let (variant, template) = step.choose(&seq.name, &c.contact.email);
         let rendered = match self.project.templates.render(template, &fields) {
