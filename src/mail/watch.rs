@@ -92,7 +92,7 @@ pub async fn connect(mailbox: &Mailbox) -> Result<Session, Error> {
         timed(client.run_command_and_check_ok("STARTTLS", None)).await?;
         let inner = client.into_inner();
         // `inner` is the boxed TCP stream; TLS goes on top of it.
-        let tls_stream = tls_over(&imap.host, inner).await?;
+        let tls_stream = tls(&imap.host, inner).await?;
         client = async_imap::Client::new(Box::new(tls_stream));
     }
     let user = mailbox.user.clone().ok_or(Error::NoCredentials)?;
@@ -105,22 +105,12 @@ pub async fn connect(mailbox: &Mailbox) -> Result<Session, Error> {
     }
 }
 
-async fn tls(
+/// A TLS handshake over plain TCP or an upgraded (STARTTLS) stream, within the
+/// command timeout.
+async fn tls<IO: AsyncRead + AsyncWrite + Unpin>(
     host: &str,
-    tcp: TcpStream,
-) -> Result<tokio_rustls::client::TlsStream<TcpStream>, Error> {
-    timed(async {
-        crate::mail::tls::connect(host, tcp)
-            .await
-            .map_err(|e| Error::Tls(host.into(), e))
-    })
-    .await
-}
-
-async fn tls_over(
-    host: &str,
-    io: Box<dyn Io>,
-) -> Result<tokio_rustls::client::TlsStream<Box<dyn Io>>, Error> {
+    io: IO,
+) -> Result<tokio_rustls::client::TlsStream<IO>, Error> {
     timed(async {
         crate::mail::tls::connect(host, io)
             .await

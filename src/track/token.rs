@@ -183,19 +183,22 @@ impl KeyClock {
     }
 
     pub fn next(&self) -> [u8; 8] {
-        use std::sync::atomic::Ordering;
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64);
-        self.at(now_ms, Ordering::Relaxed)
+        self.at(now_ms)
     }
 
-    fn at(&self, now_ms: u64, order: std::sync::atomic::Ordering) -> [u8; 8] {
+    fn at(&self, now_ms: u64) -> [u8; 8] {
+        use std::sync::atomic::Ordering::Relaxed;
         let now = (now_ms & ((1 << 42) - 1)) << 12;
-        let mut prev = self.last.load(order);
+        let mut prev = self.last.load(Relaxed);
         let tick = loop {
             let next = now.max(prev + 1);
-            match self.last.compare_exchange_weak(prev, next, order, order) {
+            match self
+                .last
+                .compare_exchange_weak(prev, next, Relaxed, Relaxed)
+            {
                 Ok(_) => break next,
                 Err(p) => prev = p,
             }
@@ -221,23 +224,22 @@ mod tests {
 
     #[test]
     fn keys_follow_the_clock_never_repeat_and_carry_their_node() {
-        use std::sync::atomic::Ordering::Relaxed;
         let c = KeyClock::new(5);
         let t = 1_796_000_000_000u64;
-        let a = u64::from_be_bytes(c.at(t, Relaxed));
+        let a = u64::from_be_bytes(c.at(t));
         assert_eq!((a >> 22, a & 0x3ff), (t, 5));
         // 5,000 keys in one millisecond: they borrow from the next, still in order.
         let mut prev = a;
         for _ in 0..5000 {
-            let k = u64::from_be_bytes(c.at(t, Relaxed));
+            let k = u64::from_be_bytes(c.at(t));
             assert!(k > prev);
             prev = k;
         }
         // The system clock steps back by a second: keys still go forward.
-        let back = u64::from_be_bytes(c.at(t - 1000, Relaxed));
+        let back = u64::from_be_bytes(c.at(t - 1000));
         assert!(back > prev);
         // Another node at the same instant makes other keys.
-        let other = u64::from_be_bytes(KeyClock::new(6).at(t, Relaxed));
+        let other = u64::from_be_bytes(KeyClock::new(6).at(t));
         assert_ne!(other, a);
         // And hex text sorts as the numbers do (the column is TEXT).
         assert!(format!("{a:016x}") < format!("{back:016x}"));
