@@ -233,7 +233,7 @@ async fn replay(su: &Setup, batch: usize) -> Phases {
         let now = Utc::now();
         let t = Instant::now();
         let claimed = store
-            .claim(MAILBOX, now, batch, now + settings.lease, owner)
+            .claim(MAILBOX, now, batch, now + settings.lease, owner, None)
             .await
             .unwrap();
         ph.claim += t.elapsed();

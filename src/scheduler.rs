@@ -30,7 +30,7 @@ use crate::mail::send::{SendOutcome, Sender};
 use crate::model::{Contact, EnrollmentUpdate, NewEvent};
 use crate::project::Project;
 use crate::schedule::{mailbox_day, next_in_window, next_slot, MailboxUsage};
-use crate::store::{self, Begin, Claimed, Finish, MessageUpdate, Store};
+use crate::store::{self, Begin, ClaimCursor, Claimed, Finish, MessageUpdate, Store};
 use crate::template::{RenderError, Rendered};
 use crate::track::token::KeyClock;
 
@@ -467,6 +467,10 @@ impl Scheduler {
     ) -> Result<Round, store::Error> {
         let settings = &self.project.config.send;
         let mut round = Round::default();
+        // Each claim of the round starts where the last stopped, so that it does not walk
+        // past the leases of the batches still in flight; the next round starts afresh
+        // and takes what fell due behind the cursor.
+        let mut cursor: Option<ClaimCursor> = None;
         for n in 0..MAX_BATCHES {
             if stop.is_some_and(|s| s.is_cancelled()) {
                 break;
@@ -491,11 +495,13 @@ impl Scheduler {
                     allowed,
                     now + settings.lease,
                     &self.owner,
+                    cursor,
                 )
                 .await?;
             if claimed.is_empty() {
                 break;
             }
+            cursor = ClaimCursor::after(&claimed);
             round.claimed += claimed.len();
             let keys = self
                 .keys

@@ -165,6 +165,16 @@ macro_rules! with_read_pool {
     };
 }
 
+/// An enrollment's claim priority: follow-ups (0) before first steps (1), so that when a
+/// daily limit binds, threads already started are continued.
+pub(crate) fn priority(step_index: i64) -> i64 {
+    if step_index == 0 {
+        1
+    } else {
+        0
+    }
+}
+
 /// Writes enrollment updates with one multi-row `UPDATE ... FROM (VALUES ...)` per chunk
 /// (both SQLite ≥ 3.33 and PostgreSQL take it; VALUES columns are `column1..N` in both).
 /// The claim lease is released by the same statement. A macro rather than a function so
@@ -184,7 +194,7 @@ macro_rules! update_enrollments {
                     .push_bind(u.reason.clone())
                     .push_bind(u.step_index)
                     .push_bind(u.step_id.clone())
-                    .push_bind(if u.step_index == 0 { 1i64 } else { 0i64 })
+                    .push_bind($crate::store::priority(u.step_index))
                     .push_bind(u.next_run_at.map(ms))
                     .push_bind(u.paused_until.map(ms))
                     .push_bind(u.attempts)
@@ -618,7 +628,7 @@ impl Store {
                 );
                 qb.push_values(chunk.iter(), |mut b, e| {
                     b.push_bind(e.contact_id).push_bind(&e.sequence).push_bind(&e.mailbox).push_bind("active")
-                        .push_bind(0i64).push_bind(&e.step_id).push_bind(1i64).push_bind(ms(e.next_run_at))
+                        .push_bind(0i64).push_bind(&e.step_id).push_bind(priority(0)).push_bind(ms(e.next_run_at))
                         .push_bind(ms(now)).push_bind(ms(now));
                 });
                 qb.push(" ON CONFLICT (contact_id, sequence) DO NOTHING RETURNING id, contact_id");
@@ -704,7 +714,7 @@ mod status;
 mod track;
 
 pub use inbound::{Checkpoint, InboundRecord, WatchState};
-pub use send::{Begin, Begun, Claimed, Finish, InDoubt, MessageUpdate};
+pub use send::{Begin, Begun, ClaimCursor, Claimed, Finish, InDoubt, MessageUpdate};
 pub use status::{Count, Funnel, LinkClicks, Status};
 pub use track::{HitEvent, TrackedMessage, Unsubscribed};
 

@@ -58,18 +58,24 @@ async fn follow_ups_first(db: Db) {
     store.apply(&[u], &[], now).await.unwrap();
 
     let lease = now + Duration::seconds(60);
-    let got = store.claim("sales", now, 1, lease, "a").await.unwrap();
+    let got = store
+        .claim("sales", now, 1, lease, "a", None)
+        .await
+        .unwrap();
     assert_eq!(got.len(), 1);
     assert_eq!(
         got[0].enrollment.step_id, "bump",
         "the follow-up goes first"
     );
     // Claimed rows are leased: another daemon gets the others, oldest first.
-    let got = store.claim("sales", now, 10, lease, "b").await.unwrap();
+    let got = store
+        .claim("sales", now, 10, lease, "b", None)
+        .await
+        .unwrap();
     let emails: Vec<&str> = got.iter().map(|c| c.contact.email.as_str()).collect();
     assert_eq!(emails, ["c0@prospect.example", "c1@prospect.example"]);
     assert!(store
-        .claim("sales", now, 10, lease, "c")
+        .claim("sales", now, 10, lease, "c", None)
         .await
         .unwrap()
         .is_empty());
@@ -77,7 +83,7 @@ async fn follow_ups_first(db: Db) {
     let later = lease + Duration::seconds(1);
     assert_eq!(
         store
-            .claim("sales", later, 10, later + Duration::seconds(60), "c")
+            .claim("sales", later, 10, later + Duration::seconds(60), "c", None)
             .await
             .unwrap()
             .len(),
@@ -85,7 +91,7 @@ async fn follow_ups_first(db: Db) {
     );
     // Another mailbox's work is not touched.
     assert!(store
-        .claim("other", later, 10, later, "c")
+        .claim("other", later, 10, later, "c", None)
         .await
         .unwrap()
         .is_empty());
@@ -100,6 +106,107 @@ async fn follow_ups_first_sqlite() {
 #[tokio::test]
 async fn follow_ups_first_postgres() {
     follow_ups_first(Db::Postgres).await;
+}
+
+/// Within a round each claim starts after the last one (a cursor), so it does not walk
+/// past the leases still in flight: claims of one row at a time through a follow-up and
+/// first steps that share a due time take each enrollment once, in order. A row that
+/// falls due behind the cursor waits for a claim without one: the next round.
+async fn claims_continue_after_the_cursor(db: Db) {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, ids) = setup(db, dir.path(), 6).await;
+    let now = Utc::now();
+    // c0..c3 share one due time (ties are broken by id, so none is passed over);
+    // c4 is due a minute later; c5 only later on.
+    let due = now - Duration::minutes(10);
+    let items: Vec<NewEnrollment> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| NewEnrollment {
+            contact_id: *id,
+            sequence: "intro".into(),
+            mailbox: "sales".into(),
+            step_id: "first".into(),
+            next_run_at: match i {
+                0..=3 => due,
+                4 => due + Duration::minutes(1),
+                _ => now + Duration::hours(1),
+            },
+        })
+        .collect();
+    let created = store.enroll(&items, now).await.unwrap();
+    assert_eq!(created.len(), 6);
+    // c3 has had its first mail; its follow-up is due last of all, but goes first.
+    let e = store
+        .enrollments_by_id(&[created[3].0])
+        .await
+        .unwrap()
+        .remove(0);
+    let mut u = e.unchanged();
+    u.step_index = 1;
+    u.step_id = "bump".into();
+    u.next_run_at = Some(now - Duration::seconds(1));
+    store.apply(&[u], &[], now).await.unwrap();
+
+    let lease = now + Duration::seconds(60);
+    let mut cursor = None;
+    let mut order = Vec::new();
+    loop {
+        let got = store
+            .claim("sales", now, 1, lease, "a", cursor)
+            .await
+            .unwrap();
+        if got.is_empty() {
+            break;
+        }
+        assert_eq!(got.len(), 1);
+        cursor = followup::store::ClaimCursor::after(&got);
+        order.push(got[0].contact.email.clone());
+    }
+    assert_eq!(
+        order,
+        [
+            "c3@prospect.example",
+            "c0@prospect.example",
+            "c1@prospect.example",
+            "c2@prospect.example",
+            "c4@prospect.example",
+        ],
+        "the follow-up first, then first steps by due time and id, each once"
+    );
+
+    // c5 is moved to a due time behind the cursor: a claim after the cursor does not
+    // see it, a fresh claim does.
+    let e = store
+        .enrollments_by_id(&[created[5].0])
+        .await
+        .unwrap()
+        .remove(0);
+    let mut u = e.unchanged();
+    u.next_run_at = Some(due - Duration::minutes(1));
+    store.apply(&[u], &[], now).await.unwrap();
+    assert!(store
+        .claim("sales", now, 10, lease, "a", cursor)
+        .await
+        .unwrap()
+        .is_empty());
+    let got = store
+        .claim("sales", now, 10, lease, "a", None)
+        .await
+        .unwrap();
+    let emails: Vec<&str> = got.iter().map(|c| c.contact.email.as_str()).collect();
+    assert_eq!(emails, ["c5@prospect.example"]);
+    store.close().await;
+}
+
+#[tokio::test]
+async fn claims_continue_after_the_cursor_sqlite() {
+    claims_continue_after_the_cursor(Db::Sqlite).await;
+}
+
+#[tokio::test]
+async fn claims_continue_after_the_cursor_postgres() {
+    claims_continue_after_the_cursor(Db::Postgres).await;
 }
 
 /// On SQLite the WAL is copied back into the database file by the store's own
