@@ -26,7 +26,7 @@ use tracing::{info, info_span, warn, Instrument};
 use crate::config::Mailbox;
 use crate::engine::{self, Context, Outcome, Transition};
 use crate::mail::compose::{self, content_hash, new_message_id, subject_for, Draft, Thread};
-use crate::mail::send::{SendOutcome, Sender};
+use crate::mail::send::{Message, SendOutcome, Sender};
 use crate::model::{Contact, EnrollmentUpdate, NewEvent};
 use crate::project::Project;
 use crate::schedule::{mailbox_day, next_in_window, next_slot, MailboxUsage};
@@ -45,6 +45,11 @@ const MAX_BATCHES: usize = 20;
 /// the send throughput (measured with `cargo bench --bench send`), while a backlog
 /// waits only a batch (about 20 ms at full speed) and a slow server waits seconds.
 const RECHECK_AFTER: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// The most messages one connection carries in a run, each one's end of data with the
+/// next one's commands (see `mail::smtp`). Runs are an even share of what is waiting, so
+/// this only binds on a backlog; it bounds how long one run holds a connection.
+const RUN_AHEAD: usize = 16;
 
 /// How long the recording stage gathers outcomes before it commits what it has.
 const RECORD_WAIT: std::time::Duration = std::time::Duration::from_millis(20);
@@ -352,20 +357,27 @@ impl Scheduler {
             // Ends when the work does, or as soon as `record` has failed: then nothing
             // more is handed to SMTP (what was begun stays `sending`, in doubt later),
             // and dropping `work_rx` stops `produce` too.
-            stream::unfold((work_rx, done_tx.clone()), |(mut rx, tx)| async move {
+            //
+            // Messages go out in runs, one run per connection at a time: each run is
+            // an even share of what is waiting (up to RUN_AHEAD), so that a backlog
+            // rides pipelined runs and a trickle still uses every connection.
+            stream::unfold((work_rx, done_tx.clone()), move |(mut rx, tx)| async move {
                 if tx.is_closed() {
                     return None;
                 }
-                rx.recv().await.map(|w| (w, (rx, tx)))
+                let first = rx.recv().await?;
+                let take = (rx.len() / parallel + 1).min(RUN_AHEAD);
+                let mut run = Vec::with_capacity(take);
+                run.push(first);
+                while run.len() < take {
+                    match rx.try_recv() {
+                        Ok(w) => run.push(w),
+                        Err(_) => break,
+                    }
+                }
+                Some((run, (rx, tx)))
             })
-            .map(|(p, b)| {
-                let span = info_span!(
-                    "send",
-                    contact = %p.claimed.contact.email,
-                    sequence = %p.claimed.enrollment.sequence,
-                    step = %p.claimed.enrollment.step_id,
-                    message_id = %b.message_id,
-                );
+            .map(|run| {
                 // Its own task, so that composing and SMTP run on every core while
                 // this task claims and records.
                 let project = self.project.clone();
@@ -373,31 +385,10 @@ impl Scheduler {
                 let name = mailbox.name.clone();
                 let store = self.store.clone();
                 let owner = self.owner.clone();
-                tokio::spawn(
-                    async move {
-                        // Last look before SMTP for a message that waited: a reply or
-                        // unsubscribe that came in meanwhile has taken the claim away.
-                        // (On a database error the `sending` commit's check stands.)
-                        let held = p.committed.elapsed() < RECHECK_AFTER
-                            || store
-                                .holds_claim(p.claimed.enrollment.id, &owner)
-                                .await
-                                .unwrap_or(true);
-                        let outcome = match project.config.mailboxes.get(&name) {
-                            _ if !held => Outcome::Cancelled {
-                                at: Utc::now(),
-                                reason: "stopped or paused while waiting to be sent".into(),
-                            },
-                            Some(m) => deliver(m, &sender, &p, &b).await,
-                            None => Outcome::Permanent {
-                                at: Utc::now(),
-                                reply: format!("mailbox '{name}' is gone"),
-                            },
-                        };
-                        (p, b, outcome)
-                    }
-                    .instrument(span),
-                )
+                tokio::spawn(async move {
+                    let mailbox = project.config.mailboxes.get(&name);
+                    deliver(&name, mailbox, &sender, &store, &owner, run).await
+                })
             })
             .buffer_unordered(parallel)
             .for_each(|done| {
@@ -405,8 +396,14 @@ impl Scheduler {
                 async move {
                     match done {
                         // A closed channel means `record` failed; its error is returned.
-                        Ok(done) => drop(tx.send(done).await),
-                        // Its message stays `sending` and comes back as in doubt.
+                        Ok(done) => {
+                            for d in done {
+                                if tx.send(d).await.is_err() {
+                                    break;
+                                }
+                            }
+                        }
+                        // Its messages stay `sending` and come back as in doubt.
                         Err(e) => warn!(error = %e, "send task failed"),
                     }
                 }
@@ -946,8 +943,111 @@ impl Scheduler {
 
 /// Composes with the Message-ID the store gave (a retry keeps its first one) and
 /// hands the message to the mailbox's transport.
-async fn deliver(mailbox: &Mailbox, sender: &Sender, p: &Prepared, b: &store::Begun) -> Outcome {
-    let now = Utc::now();
+/// Sends a run of messages over one connection ([`Sender::send_all`]) and returns each
+/// with its outcome. Each message has a last look just before its commands go out, if
+/// it waited: a reply or unsubscribe that came in meanwhile has taken the claim away.
+/// (On a database error the `sending` commit's check stands.)
+async fn deliver(
+    name: &str,
+    mailbox: Option<&Mailbox>,
+    sender: &Sender,
+    store: &Store,
+    owner: &str,
+    run: Vec<(Prepared, store::Begun)>,
+) -> Vec<(Prepared, store::Begun, Outcome)> {
+    let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(run.len());
+    // (index in `run`, envelope, formatted message) of those that go to SMTP.
+    let mut outgoing = Vec::with_capacity(run.len());
+    for (i, (p, b)) in run.iter().enumerate() {
+        let _entered = send_span(p, b).entered();
+        outcomes.push(match mailbox {
+            Some(m) => match compose_one(m, p, b) {
+                Ok((envelope, raw)) => {
+                    outgoing.push((i, envelope, raw));
+                    None
+                }
+                Err(e) => Some(Outcome::Permanent {
+                    at: Utc::now(),
+                    reply: e.to_string(),
+                }),
+            },
+            None => Some(Outcome::Permanent {
+                at: Utc::now(),
+                reply: format!("mailbox '{name}' is gone"),
+            }),
+        });
+    }
+    if let (Some(mailbox), false) = (mailbox, outgoing.is_empty()) {
+        let messages: Vec<Message> = outgoing
+            .iter()
+            .map(|(i, envelope, raw)| Message {
+                envelope,
+                raw,
+                message_id: &run[*i].1.message_id,
+            })
+            .collect();
+        let wanted = |k: usize| {
+            let (p, b) = &run[outgoing[k].0];
+            async move {
+                p.committed.elapsed() < RECHECK_AFTER
+                    || store
+                        .holds_claim(p.claimed.enrollment.id, owner)
+                        .instrument(send_span(p, b))
+                        .await
+                        .unwrap_or(true)
+            }
+        };
+        let sent = sender
+            .send_all(&messages, wanted)
+            .instrument(info_span!("smtp", mailbox = %name, messages = messages.len()))
+            .await;
+        for ((i, _, raw), outcome) in outgoing.iter().zip(sent) {
+            let (p, b) = &run[*i];
+            outcomes[*i] = Some(match outcome {
+                Some(outcome) => {
+                    outcome_of(mailbox, p, b, raw, outcome)
+                        .instrument(send_span(p, b))
+                        .await
+                }
+                None => Outcome::Cancelled {
+                    at: Utc::now(),
+                    reason: "stopped or paused while waiting to be sent".into(),
+                },
+            });
+        }
+    }
+    run.into_iter()
+        .zip(outcomes)
+        .map(|((p, b), o)| {
+            // Every message has its outcome by now; one without is not known to have
+            // gone out, and is tried again.
+            let o = o.unwrap_or_else(|| Outcome::Transient {
+                at: Utc::now(),
+                reply: "not sent".into(),
+                attempts: b.attempts,
+            });
+            (p, b, o)
+        })
+        .collect()
+}
+
+/// The span that follows one message from the claim's batch to SMTP.
+fn send_span(p: &Prepared, b: &store::Begun) -> tracing::Span {
+    info_span!(
+        "send",
+        contact = %p.claimed.contact.email,
+        sequence = %p.claimed.enrollment.sequence,
+        step = %p.claimed.enrollment.step_id,
+        message_id = %b.message_id,
+    )
+}
+
+/// The message as it goes on the wire: its envelope and formatted bytes.
+fn compose_one(
+    mailbox: &Mailbox,
+    p: &Prepared,
+    b: &store::Begun,
+) -> Result<(lettre::address::Envelope, Vec<u8>), compose::Error> {
     let c = &p.claimed.contact;
     let rendered = Rendered {
         subject: p.subject.clone(),
@@ -964,23 +1064,24 @@ async fn deliver(mailbox: &Mailbox, sender: &Sender, p: &Prepared, b: &store::Be
         thread: p.thread.as_ref(),
         list_unsubscribe: p.tracked.list_unsubscribe.as_deref(),
     };
-    let message = match compose::compose(&draft) {
-        Ok(m) => m,
-        Err(e) => {
-            return Outcome::Permanent {
-                at: now,
-                reply: e.to_string(),
-            }
-        }
-    };
-    let envelope = message.envelope().clone();
-    let raw = message.formatted();
-    match sender.send(&envelope, &raw, &b.message_id).await {
+    let message = compose::compose(&draft)?;
+    Ok((message.envelope().clone(), message.formatted()))
+}
+
+/// What SMTP's answer means for the message.
+async fn outcome_of(
+    mailbox: &Mailbox,
+    p: &Prepared,
+    b: &store::Begun,
+    raw: &[u8],
+    outcome: SendOutcome,
+) -> Outcome {
+    match outcome {
         SendOutcome::Sent { reply } => {
             // Before `sent` is committed, so that a message in doubt is in Sent if
             // and only if it reached the server (but for the instant in between).
             if mailbox.imap.as_ref().is_some_and(|i| i.append_sent) {
-                if let Err(e) = crate::mail::watch::append_sent(mailbox, &raw).await {
+                if let Err(e) = crate::mail::watch::append_sent(mailbox, raw).await {
                     warn!(mailbox = %mailbox.name, message_id = %b.message_id, error = %e, "cannot append to the Sent folder");
                 }
             }

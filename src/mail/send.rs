@@ -19,7 +19,7 @@ use tokio::sync::Semaphore;
 use super::smtp::{self, Connection, Login, Security};
 use crate::config::{Mailbox, Transport};
 
-/// How long one SMTP conversation step may take before the connection is given up.
+/// How long connecting (with greeting, EHLO, STARTTLS and AUTH) may take.
 const TIMEOUT: Duration = Duration::from_secs(60);
 
 /// What the server said.
@@ -36,6 +36,14 @@ pub enum SendOutcome {
     Permanent {
         reply: String,
     },
+}
+
+/// One message for [`Sender::send_all`]. `message_id` names the outbox file.
+#[derive(Clone, Copy)]
+pub struct Message<'a> {
+    pub envelope: &'a Envelope,
+    pub raw: &'a [u8],
+    pub message_id: &'a str,
 }
 
 /// Sends for one mailbox.
@@ -90,9 +98,46 @@ impl Sender {
 
     /// Sends one message. `message_id` names the outbox file.
     pub async fn send(&self, envelope: &Envelope, raw: &[u8], message_id: &str) -> SendOutcome {
+        let one = [Message {
+            envelope,
+            raw,
+            message_id,
+        }];
+        let mut outcomes = self.send_all(&one, |_| async { true }).await;
+        match outcomes.pop() {
+            Some(Some(outcome)) => outcome,
+            _ => SendOutcome::Transient {
+                reply: "not sent".into(),
+            },
+        }
+    }
+
+    /// Sends messages one after another on one connection, so that each message's
+    /// end of data carries the next one's commands; one outcome per message, in order,
+    /// `None` for one that `wanted`, asked just before it goes, turned down (see
+    /// [`Connection::send_all`]).
+    pub async fn send_all<F, Fut>(
+        &self,
+        messages: &[Message<'_>],
+        mut wanted: F,
+    ) -> Vec<Option<SendOutcome>>
+    where
+        F: FnMut(usize) -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
         match &*self.inner {
-            Inner::File(dir) => write_outbox(dir, raw, message_id).await,
-            Inner::Smtp(pool) => pool.send(envelope, raw).await,
+            Inner::File(dir) => {
+                let mut out = Vec::with_capacity(messages.len());
+                for (i, m) in messages.iter().enumerate() {
+                    out.push(if wanted(i).await {
+                        Some(write_outbox(dir, m.raw, m.message_id).await)
+                    } else {
+                        None
+                    });
+                }
+                out
+            }
+            Inner::Smtp(pool) => pool.send_all(messages, wanted).await,
         }
     }
 
@@ -112,41 +157,61 @@ impl Sender {
 }
 
 impl SmtpPool {
-    async fn send(&self, envelope: &Envelope, raw: &[u8]) -> SendOutcome {
+    async fn send_all<F, Fut>(
+        &self,
+        messages: &[Message<'_>],
+        wanted: F,
+    ) -> Vec<Option<SendOutcome>>
+    where
+        F: FnMut(usize) -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let all = |outcome: SendOutcome| vec![Some(outcome); messages.len()];
         let Ok(_permit) = self.permits.acquire().await else {
-            return SendOutcome::Transient {
+            return all(SendOutcome::Transient {
                 reply: "sender closed".into(),
-            };
+            });
         };
         let reused = self.idle.lock().ok().and_then(|mut v| v.pop());
         let mut conn = match reused {
             Some(c) => c,
             None => match tokio::time::timeout(TIMEOUT, self.connect()).await {
                 Ok(Ok(c)) => c,
-                Ok(Err(outcome)) => return outcome,
+                Ok(Err(outcome)) => return all(outcome),
                 Err(_) => {
-                    return SendOutcome::Transient {
+                    return all(SendOutcome::Transient {
                         reply: format!("timed out connecting to {}", self.transport),
-                    }
+                    })
                 }
             },
         };
-        let result = tokio::time::timeout(TIMEOUT, conn.send(envelope, raw)).await;
+        // Each step of the conversation has its own timeout inside the client, so that
+        // a stall late in the run keeps the outcomes of the messages before it.
+        let outgoing: Vec<smtp::Outgoing> = messages
+            .iter()
+            .map(|m| smtp::Outgoing {
+                envelope: m.envelope,
+                raw: m.raw,
+            })
+            .collect();
+        let results = conn.send_all(&outgoing, wanted).await;
         // A connection is kept after a transaction that ended cleanly, refused or not.
-        if !conn.is_broken() && result.is_ok() {
+        if !conn.is_broken() {
             if let Ok(mut idle) = self.idle.lock() {
                 idle.push(conn);
             }
         }
-        match result {
-            Ok(Ok(reply)) => SendOutcome::Sent {
-                reply: reply.to_string().trim().to_string(),
-            },
-            Ok(Err(e)) => classify(&e),
-            Err(_) => SendOutcome::Transient {
-                reply: format!("timed out talking to {}", self.transport),
-            },
-        }
+        results
+            .into_iter()
+            .map(|r| {
+                r.map(|r| match r {
+                    Ok(reply) => SendOutcome::Sent {
+                        reply: reply.to_string().trim().to_string(),
+                    },
+                    Err(e) => classify(&e),
+                })
+            })
+            .collect()
     }
 
     /// Opens a connection, authenticated if the mailbox has a login and the server

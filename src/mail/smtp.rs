@@ -1,12 +1,13 @@
 //! The SMTP client of the send path: one connection, one mail transaction at a time,
-//! in two round trips where the server offers PIPELINING (RFC 2920).
+//! in one round trip per message where the server offers PIPELINING (RFC 2920).
 //!
 //! Why not lettre's `AsyncSmtpConnection`: it waits for the reply to MAIL FROM before
 //! it sends RCPT TO, and for that before DATA, so every message costs four round trips
 //! and four wake-ups on each side. Pipelined, MAIL FROM, RCPT TO and DATA go out in one
-//! write and their replies come back in one read; then the content and its final dot.
-//! On loopback that halves what the server and this process do per message; across a
-//! WAN to a relay it halves the time each message holds a connection. lettre still
+//! write and their replies come back in one read; then the content and its final dot,
+//! and with them the next message's MAIL FROM, RCPT TO and DATA ([`Connection::send_all`]).
+//! On loopback that cuts what the server and this process do per message; across a WAN
+//! to a relay it cuts the time each message holds a connection to one round trip. lettre still
 //! builds every message (typed headers, encodings) and formats every command here
 //! (`Mail`, `Rcpt`, `Ehlo`, with their parameters).
 //!
@@ -19,6 +20,7 @@ use std::fmt::{self, Write as _};
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use base64::Engine as _;
 use lettre::address::Envelope;
@@ -33,6 +35,23 @@ use tokio_rustls::client::TlsStream;
 /// A reply longer than this is not SMTP (RFC 5321 allows 512 bytes per line; EHLO
 /// answers run to a few dozen lines).
 const MAX_REPLY: usize = 64 * 1024;
+
+/// The longest the client waits for the server to take a write or send a reply: a
+/// stall detector, per step, so that a long run of messages on one connection is not
+/// cut off as a whole (the results of those already sent would be lost with it).
+pub const IO_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A message whose commands ran ahead is asked about again before its content goes if
+/// the server took longer than this over the message before it (see
+/// [`Connection::send_all`]).
+const ASK_AGAIN_AFTER: Duration = Duration::from_millis(50);
+
+fn timed_out(what: &str) -> Error {
+    Error::Io(io::Error::new(
+        io::ErrorKind::TimedOut,
+        format!("timed out {what} the server"),
+    ))
+}
 
 /// How the connection is secured.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -201,6 +220,13 @@ impl AsyncWrite for Stream {
     }
 }
 
+/// One message for [`Connection::send_all`]: its envelope and its formatted bytes.
+#[derive(Clone, Copy)]
+pub struct Outgoing<'a> {
+    pub envelope: &'a Envelope,
+    pub raw: &'a [u8],
+}
+
 /// An open, greeted (and, if asked, secured and authenticated) SMTP connection.
 pub struct Connection {
     stream: Stream,
@@ -282,11 +308,195 @@ impl Connection {
     /// Sends one message to the envelope's recipients. Every recipient must be
     /// accepted. Returns the server's reply to the content.
     pub async fn send(&mut self, envelope: &Envelope, raw: &[u8]) -> Result<Reply, Error> {
+        let one = [Outgoing { envelope, raw }];
+        let mut results = self.send_all(&one, |_| async { true }).await;
+        match results.pop() {
+            Some(Some(result)) => result,
+            _ => Err(Error::Protocol("no result".into())),
+        }
+    }
+
+    /// Sends messages one after another, each to all of its envelope's recipients, and
+    /// returns one result per message, in order: the server's reply to the content, or
+    /// why it was not accepted; `None` for a message `wanted` turned down.
+    ///
+    /// Where the server offers PIPELINING, a message's content and final dot go out in
+    /// one write with the next message's MAIL FROM, RCPT TO and DATA (RFC 2920 allows a
+    /// command group after the end of data; its example sends QUIT so), and their
+    /// replies come back together: after the first, a message costs one round trip.
+    /// Only commands run ahead, never content, so whatever happens to one message, the
+    /// next has not been sent: a refusal ends only its own transaction, and after a
+    /// broken connection the messages left fail as not sent (worth a retry).
+    ///
+    /// `wanted(i)` is asked about each message just before its commands are written
+    /// (where they run ahead, that is just before the content of the message before
+    /// it), so that the caller can take back one that waited its turn. A message whose
+    /// commands ran ahead is asked again before its content if the server took more
+    /// than 50 ms over the message before it; turned down then, the server is waiting
+    /// for its content, so the connection is dropped and the messages after it fail as
+    /// not sent.
+    pub async fn send_all<F, Fut>(
+        &mut self,
+        messages: &[Outgoing<'_>],
+        mut wanted: F,
+    ) -> Vec<Option<Result<Reply, Error>>>
+    where
+        F: FnMut(usize) -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let mut results: Vec<Option<Result<Reply, Error>>> =
+            (0..messages.len()).map(|_| None).collect();
+        // The next message wanted, from `from` on.
+        async fn next_wanted<F, Fut>(from: usize, n: usize, wanted: &mut F) -> Option<usize>
+        where
+            F: FnMut(usize) -> Fut,
+            Fut: std::future::Future<Output = bool>,
+        {
+            for i in from..n {
+                if wanted(i).await {
+                    return Some(i);
+                }
+            }
+            None
+        }
+        let n = messages.len();
+        let aborted = || {
+            Some(Err(Error::Io(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "the connection broke before this message was sent",
+            ))))
+        };
+        // How many replies are owed to the commands already written for the message
+        // whose turn is next, and when it was last asked about.
+        let mut ahead: Option<usize> = None;
+        let mut asked = std::time::Instant::now();
+        let mut current = next_wanted(0, n, &mut wanted).await;
+        while let Some(i) = current {
+            let rode_along = ahead.is_some();
+            let opened = self.open(&messages[i], &mut ahead).await;
+            // Its commands went out with the content before it, and the server took its
+            // time over that one: ask again before this content goes. Turned down now,
+            // the server is waiting for content that must not come; only dropping the
+            // connection ends that.
+            if opened.is_ok() && rode_along && asked.elapsed() > ASK_AGAIN_AFTER && !wanted(i).await
+            {
+                self.broken = true;
+                for r in results.iter_mut().skip(i + 1) {
+                    *r = aborted();
+                }
+                break;
+            }
+            // The next message is asked about just before its commands are written:
+            // here, with this content, when they can run ahead, or else when its turn
+            // comes.
+            let mut next = None;
+            let result = match opened {
+                Ok(()) => {
+                    if self.extensions.pipelining {
+                        next = next_wanted(i + 1, n, &mut wanted).await;
+                        asked = std::time::Instant::now();
+                    }
+                    self.close(&messages[i], next.map(|j| &messages[j]), &mut ahead)
+                        .await
+                }
+                Err(e) => Err(e),
+            };
+            results[i] = Some(result);
+            if self.broken {
+                for r in results.iter_mut().skip(i + 1) {
+                    *r = aborted();
+                }
+                break;
+            }
+            current = match next {
+                Some(j) => Some(j),
+                None => next_wanted(i + 1, n, &mut wanted).await,
+            };
+        }
+        results
+    }
+
+    /// A mail transaction's first half: MAIL FROM, RCPT TO and DATA (or, if they ran
+    /// ahead, their replies), up to the server's go-ahead for the content.
+    async fn open(&mut self, m: &Outgoing<'_>, ahead: &mut Option<usize>) -> Result<(), Error> {
+        let data = match ahead.take() {
+            Some(n_replies) => {
+                self.broken = true;
+                self.pipelined_replies(n_replies).await?
+            }
+            None => {
+                // Checked before a byte is written: a message this server cannot take
+                // leaves the connection as it was.
+                let (commands, n_replies) = self.commands(m)?;
+                self.broken = true;
+                if self.extensions.pipelining {
+                    self.write_all(commands.as_bytes()).await?;
+                    self.pipelined_replies(n_replies).await?
+                } else {
+                    let mut last = None;
+                    for line in commands.split_inclusive("\r\n") {
+                        self.write_all(line.as_bytes()).await?;
+                        let reply = self.read_reply().await?;
+                        if !reply.positive() {
+                            return Err(self.refused_then_reset(reply).await);
+                        }
+                        last = Some(reply);
+                    }
+                    match last {
+                        Some(l) => l,
+                        None => return Err(Error::Protocol("no reply to DATA".into())),
+                    }
+                }
+            }
+        };
+        if data.code != 354 {
+            // A 2xx to DATA is not the go-ahead; the state is unknown.
+            return Err(Error::Protocol(format!("unexpected reply to DATA: {data}")));
+        }
+        Ok(())
+    }
+
+    /// Its second half: the content and its final dot, with `next`'s commands if they
+    /// can run ahead, and the server's reply to the content.
+    async fn close(
+        &mut self,
+        m: &Outgoing<'_>,
+        next: Option<&Outgoing<'_>>,
+        ahead: &mut Option<usize>,
+    ) -> Result<Reply, Error> {
+        let mut out = std::mem::take(&mut self.write);
+        out.clear();
+        dot_stuff(m.raw, &mut out);
+        let run_ahead = match next {
+            Some(next) if self.extensions.pipelining => self.commands(next).ok(),
+            _ => None,
+        };
+        if let Some((commands, _)) = &run_ahead {
+            out.extend_from_slice(commands.as_bytes());
+        }
+        let written = self.write_all(&out).await;
+        self.write = out;
+        written?;
+        *ahead = run_ahead.map(|(_, n)| n);
+        let reply = self.read_reply().await?;
+        // The transaction is over either way; the connection is fine.
+        self.broken = false;
+        if !(200..300).contains(&reply.code) {
+            return Err(Error::Refused { reply });
+        }
+        Ok(reply)
+    }
+
+    /// MAIL FROM (with the parameters the message needs), RCPT TO for each recipient
+    /// and DATA, and how many replies they are owed; an error if this server cannot
+    /// carry the message.
+    fn commands(&self, m: &Outgoing<'_>) -> Result<(String, usize), Error> {
         let mut params = Vec::new();
-        let non_ascii = envelope
+        let non_ascii = m
+            .envelope
             .from()
             .into_iter()
-            .chain(envelope.to())
+            .chain(m.envelope.to())
             .any(|a| !AsRef::<str>::as_ref(a).is_ascii());
         if non_ascii {
             if !self.extensions.smtputf8 {
@@ -296,7 +506,7 @@ impl Connection {
             }
             params.push(MailParameter::SmtpUtfEight);
         }
-        if !raw.is_ascii() {
+        if !m.raw.is_ascii() {
             if !self.extensions.eight_bit_mime {
                 return Err(Error::Unsupported(
                     "the server does not offer 8BITMIME, which this message needs".into(),
@@ -304,72 +514,42 @@ impl Connection {
             }
             params.push(MailParameter::Body(MailBodyParameter::EightBitMime));
         }
-        self.broken = true;
         let mut commands = String::with_capacity(128);
         // Writing into a String cannot fail.
-        let _ = write!(commands, "{}", Mail::new(envelope.from().cloned(), params));
-        for to in envelope.to() {
+        let _ = write!(
+            commands,
+            "{}",
+            Mail::new(m.envelope.from().cloned(), params)
+        );
+        for to in m.envelope.to() {
             let _ = write!(commands, "{}", Rcpt::new(to.clone(), Vec::new()));
         }
         commands.push_str("DATA\r\n");
-        let n_replies = 2 + envelope.to().len();
+        Ok((commands, 2 + m.envelope.to().len()))
+    }
 
-        let data = if self.extensions.pipelining {
-            self.write_all(commands.as_bytes()).await?;
-            // Every reply is read, whatever came before, so that the conversation stays
-            // in step; the first refusal is the one reported.
-            let mut refused = None;
-            let mut last = None;
-            for _ in 0..n_replies {
-                let reply = self.read_reply().await?;
-                if refused.is_none() && !reply.positive() {
-                    refused = Some(reply.clone());
-                }
-                last = Some(reply);
+    /// The replies to a pipelined MAIL FROM, RCPT TO… and DATA: every one is read,
+    /// whatever came before, so that the conversation stays in step; the first refusal
+    /// is the one reported. Returns the reply to DATA.
+    async fn pipelined_replies(&mut self, n_replies: usize) -> Result<Reply, Error> {
+        let mut refused = None;
+        let mut last = None;
+        for _ in 0..n_replies {
+            let reply = self.read_reply().await?;
+            if refused.is_none() && !reply.positive() {
+                refused = Some(reply.clone());
             }
-            match (refused, last) {
-                // DATA was accepted although something before it was not: the server
-                // waits for content that must not come. Only dropping the connection
-                // ends that (it stays marked broken).
-                (Some(r), Some(l)) if l.code == 354 => return Err(Error::Refused { reply: r }),
-                (Some(r), _) => return Err(self.refused_then_reset(r).await),
-                (None, Some(l)) => l,
-                (None, None) => return Err(Error::Protocol("no reply to DATA".into())),
-            }
-        } else {
-            let mut last = None;
-            for line in commands.split_inclusive("\r\n") {
-                self.write_all(line.as_bytes()).await?;
-                let reply = self.read_reply().await?;
-                if !reply.positive() {
-                    return Err(self.refused_then_reset(reply).await);
-                }
-                last = Some(reply);
-            }
-            match last {
-                Some(l) => l,
-                None => return Err(Error::Protocol("no reply to DATA".into())),
-            }
-        };
-        if data.code != 354 {
-            // A 2xx to DATA is not the go-ahead; the state is unknown.
-            return Err(Error::Protocol(format!("unexpected reply to DATA: {data}")));
+            last = Some(reply);
         }
-
-        let mut out = std::mem::take(&mut self.write);
-        out.clear();
-        dot_stuff(raw, &mut out);
-        let written = self.write_all(&out).await;
-        self.write = out;
-        written?;
-        let reply = self.read_reply().await?;
-        if !(200..300).contains(&reply.code) {
-            // The transaction is over either way; the connection is fine.
-            self.broken = false;
-            return Err(Error::Refused { reply });
+        match (refused, last) {
+            // DATA was accepted although something before it was not: the server waits
+            // for content that must not come. Only dropping the connection ends that
+            // (it stays marked broken).
+            (Some(r), Some(l)) if l.code == 354 => Err(Error::Refused { reply: r }),
+            (Some(r), _) => Err(self.refused_then_reset(r).await),
+            (None, Some(l)) => Ok(l),
+            (None, None) => Err(Error::Protocol("no reply to DATA".into())),
         }
-        self.broken = false;
-        Ok(reply)
     }
 
     /// Says goodbye; errors do not matter, the connection is closed either way.
@@ -463,10 +643,15 @@ impl Connection {
     }
 
     async fn write_all(&mut self, bytes: &[u8]) -> Result<(), Error> {
-        self.stream.write_all(bytes).await?;
-        // A no-op on TCP; on TLS it pushes the records out.
-        self.stream.flush().await?;
-        Ok(())
+        let write = async {
+            self.stream.write_all(bytes).await?;
+            // A no-op on TCP; on TLS it pushes the records out.
+            self.stream.flush().await
+        };
+        match tokio::time::timeout(IO_TIMEOUT, write).await {
+            Ok(written) => Ok(written?),
+            Err(_) => Err(timed_out("writing to")),
+        }
     }
 
     async fn read_reply(&mut self) -> Result<Reply, Error> {
@@ -487,7 +672,8 @@ impl Connection {
                 self.read_pos = 0;
             }
             self.read.reserve(1024);
-            if self.stream.read_buf(&mut self.read).await? == 0 {
+            let read = tokio::time::timeout(IO_TIMEOUT, self.stream.read_buf(&mut self.read));
+            if read.await.map_err(|_| timed_out("waiting for"))?? == 0 {
                 return Err(Error::Io(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
                     "the server closed the connection",
@@ -643,12 +829,24 @@ mod tests {
     }
 
     /// A scripted server on loopback: answers each command line by `answer`, and
-    /// content (after a 354) with 250 at its final dot. With `hold`, the replies to
-    /// MAIL and RCPT are held back until the next other command, as a client that
-    /// waited for each reply would wait forever. Returns its port and what it received,
-    /// line by line, once the client hangs up.
+    /// content (after a 354) at its final dot with `answer(".")` (after 300 ms if that
+    /// starts with `~`). With `hold`, the
+    /// replies to MAIL and RCPT are held back until the next other command, as a client
+    /// that waited for each reply would wait forever. An empty answer hangs up. Returns
+    /// its port and what it received, line by line, once the client hangs up.
     async fn scripted(
         hold: bool,
+        answer: impl FnMut(&str) -> &'static str + Send + 'static,
+    ) -> (u16, tokio::task::JoinHandle<Vec<String>>) {
+        scripted_with(hold, false, answer).await
+    }
+
+    /// [`scripted`], and with `hold_dot` the reply to each final dot is held back too,
+    /// until the next line comes or, if none comes within a second, until then. The
+    /// received lines then say which: `<released by MAIL>` or `<released by wait>`.
+    async fn scripted_with(
+        hold: bool,
+        hold_dot: bool,
         mut answer: impl FnMut(&str) -> &'static str + Send + 'static,
     ) -> (u16, tokio::task::JoinHandle<Vec<String>>) {
         use tokio::io::AsyncBufReadExt;
@@ -662,19 +860,65 @@ mod tests {
             let mut seen = Vec::new();
             let mut in_data = false;
             let mut held = String::new();
+            let mut dot_held = false;
             let mut line = String::new();
-            while r.read_line(&mut line).await.unwrap_or(0) > 0 {
+            loop {
+                let read = if dot_held {
+                    let wait = Duration::from_secs(1);
+                    match tokio::time::timeout(wait, r.read_line(&mut line)).await {
+                        Ok(n) => n.unwrap_or(0),
+                        Err(_) => {
+                            seen.push("<released by wait>".to_string());
+                            w.write_all(held.as_bytes()).await.unwrap();
+                            held.clear();
+                            dot_held = false;
+                            continue;
+                        }
+                    }
+                } else {
+                    r.read_line(&mut line).await.unwrap_or(0)
+                };
+                if read == 0 {
+                    break;
+                }
                 let l = line.trim_end().to_string();
                 line.clear();
+                if dot_held {
+                    let by = l.split(' ').next().unwrap_or("");
+                    seen.push(format!("<released by {by}>"));
+                    dot_held = false;
+                    // Not written yet: it goes out with the reply to this line.
+                }
                 if in_data {
                     if l == "." {
                         in_data = false;
                         seen.push("<content>".to_string());
-                        w.write_all(b"250 2.0.0 queued\r\n").await.unwrap();
+                        let a = answer(".");
+                        if a.is_empty() {
+                            break;
+                        }
+                        // A leading `~`: a server that takes its time over this one.
+                        let a = match a.strip_prefix('~') {
+                            Some(a) => {
+                                tokio::time::sleep(Duration::from_millis(300)).await;
+                                a
+                            }
+                            None => a,
+                        };
+                        held.push_str(a);
+                        if hold_dot {
+                            dot_held = true;
+                        } else {
+                            w.write_all(held.as_bytes()).await.unwrap();
+                            held.clear();
+                        }
                     }
                     continue;
                 }
                 let a = answer(&l);
+                if a.is_empty() {
+                    break;
+                }
                 in_data = a.starts_with("354");
                 held.push_str(a);
                 if !(hold && (l.starts_with("MAIL") || l.starts_with("RCPT"))) {
@@ -822,6 +1066,240 @@ mod tests {
             e.is_permanent() && e.to_string().contains("does not offer STARTTLS"),
             "{e}"
         );
+    }
+
+    /// One envelope to `NAME@buyer.example` for each name.
+    fn envelopes(names: &[&str]) -> Vec<Envelope> {
+        names
+            .iter()
+            .map(|n| envelope(&format!("{n}@buyer.example")))
+            .collect()
+    }
+
+    /// Every message wanted; every one has a result.
+    async fn send_all(c: &mut Connection, messages: &[Outgoing<'_>]) -> Vec<Result<Reply, Error>> {
+        let results = c.send_all(messages, |_| async { true }).await;
+        results.into_iter().map(|r| r.unwrap()).collect()
+    }
+
+    fn outgoing<'a>(envelopes: &'a [Envelope], raw: &'a [u8]) -> Vec<Outgoing<'a>> {
+        envelopes
+            .iter()
+            .map(|envelope| Outgoing { envelope, raw })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn each_end_of_data_carries_the_next_messages_commands() {
+        // The server holds its reply to each final dot until more comes: a client
+        // that waited for it before the next MAIL FROM would release it only by the
+        // server's one-second wait.
+        let (port, server) = scripted_with(true, true, |l| match l {
+            l if l.starts_with("EHLO") => "250-test\r\n250 PIPELINING\r\n",
+            "DATA" => "354 go ahead\r\n",
+            "." => "250 2.0.0 queued\r\n",
+            _ => "250 ok\r\n",
+        })
+        .await;
+        let mut c = client(port).await;
+        let to = envelopes(&["a", "b", "c"]);
+        let results = send_all(&mut c, &outgoing(&to, b"Subject: x\r\n\r\nhi\r\n")).await;
+        assert!(results
+            .iter()
+            .all(|r| r.as_ref().is_ok_and(|r| r.code == 250)));
+        assert!(!c.is_broken());
+        c.quit().await;
+        let seen = server.await.unwrap();
+        assert_eq!(
+            seen,
+            [
+                "EHLO client.example",
+                "MAIL FROM:<rep@seller.example>",
+                "RCPT TO:<a@buyer.example>",
+                "DATA",
+                "<content>",
+                "<released by MAIL>",
+                "MAIL FROM:<rep@seller.example>",
+                "RCPT TO:<b@buyer.example>",
+                "DATA",
+                "<content>",
+                "<released by MAIL>",
+                "MAIL FROM:<rep@seller.example>",
+                "RCPT TO:<c@buyer.example>",
+                "DATA",
+                "<content>",
+                // The last message has nothing to carry: its reply is waited for.
+                "<released by wait>",
+                "QUIT",
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refusal_in_a_run_ends_only_its_own_transaction() {
+        // b's recipient is refused; a's content is refused after its dot, with b's
+        // commands already on their way. Each message gets its own answer.
+        let mut dots = 0;
+        let mut refused = false;
+        let (port, server) = scripted(true, move |l| match l {
+            l if l.starts_with("EHLO") => "250-test\r\n250 PIPELINING\r\n",
+            l if l.starts_with("RCPT") => {
+                refused = l.starts_with("RCPT TO:<b@");
+                if refused {
+                    "550 5.1.1 no such user\r\n"
+                } else {
+                    "250 ok\r\n"
+                }
+            }
+            "DATA" if refused => "503 5.5.1 no valid recipients\r\n",
+            "DATA" => "354 go ahead\r\n",
+            "." => {
+                dots += 1;
+                if dots == 1 {
+                    "554 5.7.1 content rejected\r\n"
+                } else {
+                    "250 2.0.0 queued\r\n"
+                }
+            }
+            _ => "250 ok\r\n",
+        })
+        .await;
+        let mut c = client(port).await;
+        let to = envelopes(&["a", "b", "c"]);
+        let results = send_all(&mut c, &outgoing(&to, b"Subject: x\r\n\r\nhi\r\n")).await;
+        let said: Vec<String> = results
+            .iter()
+            .map(|r| match r {
+                Ok(r) => r.code.to_string(),
+                Err(e) => e.to_string(),
+            })
+            .collect();
+        assert_eq!(
+            said,
+            [
+                "permanent error (554): 5.7.1 content rejected",
+                "permanent error (550): 5.1.1 no such user",
+                "250",
+            ]
+        );
+        assert!(!c.is_broken());
+        c.quit().await;
+        let seen = server.await.unwrap();
+        assert_eq!(
+            seen,
+            [
+                "EHLO client.example",
+                "MAIL FROM:<rep@seller.example>",
+                "RCPT TO:<a@buyer.example>",
+                "DATA",
+                "<content>",
+                "MAIL FROM:<rep@seller.example>",
+                "RCPT TO:<b@buyer.example>",
+                "DATA",
+                "RSET",
+                "MAIL FROM:<rep@seller.example>",
+                "RCPT TO:<c@buyer.example>",
+                "DATA",
+                "<content>",
+                "QUIT",
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_message_taken_back_before_its_turn_is_never_begun() {
+        let (port, server) = scripted(true, |l| match l {
+            l if l.starts_with("EHLO") => "250-test\r\n250 PIPELINING\r\n",
+            "DATA" => "354 go ahead\r\n",
+            _ => "250 ok\r\n",
+        })
+        .await;
+        let mut c = client(port).await;
+        let to = envelopes(&["a", "b", "c"]);
+        let asked = std::sync::Mutex::new(Vec::new());
+        let results = c
+            .send_all(&outgoing(&to, b"Subject: x\r\n\r\nhi\r\n"), |i| {
+                asked.lock().unwrap().push(i);
+                async move { i != 1 }
+            })
+            .await;
+        assert!(results[0].as_ref().is_some_and(|r| r.is_ok()));
+        assert!(results[1].is_none(), "b was taken back");
+        assert!(results[2].as_ref().is_some_and(|r| r.is_ok()));
+        assert_eq!(*asked.lock().unwrap(), [0, 1, 2], "each asked about once");
+        c.quit().await;
+        let seen = server.await.unwrap();
+        assert!(
+            !seen.contains(&"RCPT TO:<b@buyer.example>".to_string()),
+            "{seen:?}"
+        );
+        assert_eq!(seen.iter().filter(|l| *l == "<content>").count(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_message_taken_back_while_the_server_was_slow_is_not_sent_and_the_connection_dropped()
+    {
+        // The server takes 300 ms over a's content; b's commands are already there
+        // when b is taken back, so b's content must not follow.
+        let (port, server) = scripted(false, |l| match l {
+            l if l.starts_with("EHLO") => "250-test\r\n250 PIPELINING\r\n",
+            "DATA" => "354 go ahead\r\n",
+            "." => "~250 2.0.0 queued\r\n",
+            _ => "250 ok\r\n",
+        })
+        .await;
+        let mut c = client(port).await;
+        let to = envelopes(&["a", "b", "c"]);
+        let asked = std::sync::Mutex::new(Vec::new());
+        let results = c
+            .send_all(&outgoing(&to, b"Subject: x\r\n\r\nhi\r\n"), |i| {
+                let mut asked = asked.lock().unwrap();
+                asked.push(i);
+                // b is wanted when first asked, no longer when asked again.
+                let yes = !(i == 1 && asked.iter().filter(|&&j| j == 1).count() > 1);
+                async move { yes }
+            })
+            .await;
+        assert!(results[0].as_ref().is_some_and(|r| r.is_ok()));
+        assert!(results[1].is_none(), "b was taken back");
+        let e = results[2].as_ref().unwrap().as_ref().unwrap_err();
+        assert!(!e.is_permanent(), "c is only not sent yet: {e}");
+        assert!(c.is_broken());
+        drop(c);
+        let seen = server.await.unwrap();
+        assert!(
+            seen.contains(&"RCPT TO:<b@buyer.example>".to_string()),
+            "{seen:?}"
+        );
+        assert_eq!(
+            seen.iter().filter(|l| *l == "<content>").count(),
+            1,
+            "{seen:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_connection_lost_mid_run_fails_the_rest_as_not_sent() {
+        // The server hangs up instead of answering the first message's final dot.
+        let (port, server) = scripted(false, |l| match l {
+            l if l.starts_with("EHLO") => "250-test\r\n250 PIPELINING\r\n",
+            "DATA" => "354 go ahead\r\n",
+            "." => "",
+            _ => "250 ok\r\n",
+        })
+        .await;
+        let mut c = client(port).await;
+        let to = envelopes(&["a", "b"]);
+        let results = send_all(&mut c, &outgoing(&to, b"Subject: x\r\n\r\nhi\r\n")).await;
+        assert!(c.is_broken());
+        assert_eq!(results.len(), 2);
+        for r in &results {
+            let e = r.as_ref().unwrap_err();
+            assert!(matches!(e, Error::Io(_)) && !e.is_permanent(), "{e}");
+        }
+        // b's commands went out with a's dot, but its content never did.
+        let seen = server.await.unwrap();
+        assert_eq!(seen.iter().filter(|l| *l == "<content>").count(), 1);
     }
 
     #[test]
