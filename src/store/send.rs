@@ -111,6 +111,10 @@ where
     })
 }
 
+/// How long the row of a scheduler start is kept in `nodes` (for an operator who wants
+/// to know which process made a tracking key).
+pub const NODES_KEPT: chrono::Duration = chrono::Duration::days(30);
+
 /// Where a claim stopped: the next claim of the same round may start after it (see
 /// [`Store::claim`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -616,14 +620,23 @@ impl Store {
     /// A node number for a scheduler that starts now (see migration 0006): it makes the
     /// tracking keys of this scheduler differ from those of any other that runs at the
     /// same time, unless 1,024 schedulers started while one of them kept running.
+    ///
+    /// Rows of starts older than [`NODES_KEPT`] go: ids are never reused (AUTOINCREMENT
+    /// on SQLite, a sequence on PostgreSQL), so only the count matters, and without pruning `run --once`
+    /// from cron every minute would add half a million rows a year.
     pub async fn allocate_node(&self, owner: &str, now: DateTime<Utc>) -> Result<u16> {
-        let id: i64 = with_pool!(self, p => sqlx::query_scalar(
-            "INSERT INTO nodes (owner, started_at) VALUES ($1, $2) RETURNING id",
-        )
-        .bind(owner)
-        .bind(ms(now))
-        .fetch_one(p)
-        .await?);
+        let id: i64 = with_pool!(self, p => {
+            let id = sqlx::query_scalar("INSERT INTO nodes (owner, started_at) VALUES ($1, $2) RETURNING id")
+                .bind(owner)
+                .bind(ms(now))
+                .fetch_one(p)
+                .await?;
+            sqlx::query("DELETE FROM nodes WHERE started_at < $1")
+                .bind(ms(now - NODES_KEPT))
+                .execute(p)
+                .await?;
+            id
+        });
         Ok((id.rem_euclid(1024)) as u16)
     }
 

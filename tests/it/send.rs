@@ -365,3 +365,52 @@ fn stopped_while_waiting_for_smtp_is_not_sent() {
     );
     assert_eq!(p.counts()["first"]["cancelled"], 1);
 }
+
+/// Every scheduler start takes a node number from the `nodes` table; the rows of starts
+/// older than 30 days go, so that `run --once` from cron does not grow it for ever, while
+/// new starts still get numbers no start had before.
+fn old_node_rows_are_pruned(db: Db) {
+    let tmp = tempfile::tempdir().unwrap();
+    let smtp = Smtp::start(&tmp.path().join("smtp"), "accept");
+    let p = Project::new(
+        db,
+        &Options {
+            smtp_port: smtp.port,
+            waits: ("0s", "0s"),
+            ..Options::default()
+        },
+    );
+    p.import_contacts(1);
+    // A start 31 days ago and one an hour ago, as earlier runs left them.
+    let now = chrono::Utc::now().timestamp_millis();
+    p.sql(&format!(
+        "INSERT INTO nodes (owner, started_at) VALUES ('old', {}), ('recent', {})",
+        now - 31 * 86_400_000,
+        now - 3_600_000
+    ));
+    let before = p.sql_count("SELECT max(id) FROM nodes");
+    p.ok(&["run", "--once"]);
+    assert!(
+        !smtp.received().is_empty(),
+        "the run sent, so it took a node"
+    );
+    assert_eq!(
+        p.sql_count("SELECT count(*) FROM nodes WHERE owner = 'old'"),
+        0
+    );
+    assert_eq!(
+        p.sql_count("SELECT count(*) FROM nodes WHERE owner = 'recent'"),
+        1
+    );
+    assert!(p.sql_count("SELECT max(id) FROM nodes") > before);
+}
+
+#[test]
+fn old_node_rows_are_pruned_sqlite() {
+    old_node_rows_are_pruned(Db::Sqlite);
+}
+
+#[test]
+fn old_node_rows_are_pruned_postgres() {
+    old_node_rows_are_pruned(Db::Postgres);
+}
