@@ -941,9 +941,8 @@ impl Scheduler {
     }
 }
 
-/// Composes with the Message-ID the store gave (a retry keeps its first one) and
-/// hands the message to the mailbox's transport.
-/// Sends a run of messages over one connection ([`Sender::send_all`]) and returns each
+/// Composes each message of a run with the Message-ID the store gave (a retry keeps its
+/// first one), sends the run over one connection ([`Sender::send_all`]) and returns each
 /// with its outcome. Each message has a last look just before its commands go out, if
 /// it waited: a reply or unsubscribe that came in meanwhile has taken the claim away.
 /// (On a database error the `sending` commit's check stands.)

@@ -390,10 +390,12 @@ impl Connection {
             // here, with this content, when they can run ahead, or else when its turn
             // comes.
             let mut next = None;
+            let mut looked_ahead = false;
             let result = match opened {
                 Ok(()) => {
                     if self.extensions.pipelining {
                         next = next_wanted(i + 1, n, &mut wanted).await;
+                        looked_ahead = true;
                         asked = std::time::Instant::now();
                     }
                     self.close(&messages[i], next.map(|j| &messages[j]), &mut ahead)
@@ -408,9 +410,10 @@ impl Connection {
                 }
                 break;
             }
-            current = match next {
-                Some(j) => Some(j),
-                None => next_wanted(i + 1, n, &mut wanted).await,
+            current = if looked_ahead {
+                next
+            } else {
+                next_wanted(i + 1, n, &mut wanted).await
             };
         }
         results
@@ -1215,24 +1218,28 @@ mod tests {
         })
         .await;
         let mut c = client(port).await;
-        let to = envelopes(&["a", "b", "c"]);
+        let to = envelopes(&["a", "b", "c", "d"]);
         let asked = std::sync::Mutex::new(Vec::new());
         let results = c
             .send_all(&outgoing(&to, b"Subject: x\r\n\r\nhi\r\n"), |i| {
                 asked.lock().unwrap().push(i);
-                async move { i != 1 }
+                async move { i != 1 && i != 3 }
             })
             .await;
         assert!(results[0].as_ref().is_some_and(|r| r.is_ok()));
         assert!(results[1].is_none(), "b was taken back");
         assert!(results[2].as_ref().is_some_and(|r| r.is_ok()));
-        assert_eq!(*asked.lock().unwrap(), [0, 1, 2], "each asked about once");
+        assert!(results[3].is_none(), "d was taken back");
+        assert_eq!(
+            *asked.lock().unwrap(),
+            [0, 1, 2, 3],
+            "each asked about once"
+        );
         c.quit().await;
         let seen = server.await.unwrap();
-        assert!(
-            !seen.contains(&"RCPT TO:<b@buyer.example>".to_string()),
-            "{seen:?}"
-        );
+        for gone in ["RCPT TO:<b@buyer.example>", "RCPT TO:<d@buyer.example>"] {
+            assert!(!seen.contains(&gone.to_string()), "{seen:?}");
+        }
         assert_eq!(seen.iter().filter(|l| *l == "<content>").count(), 2);
     }
 

@@ -174,16 +174,17 @@ impl Store {
         // it is leased or sent, and walking past them again would cost a heap visit and
         // a lease lookup each (on PostgreSQL, 20 claims in a row grew from 29 to 54 ms).
         // A row that falls due before the cursor meanwhile waits for the next round.
-        let passes: Vec<(i64, bool)> = match (after, &self.pool) {
-            (None, Pool::Sqlite(_)) => vec![(-1, false)],
-            (None, Pool::Postgres(_)) => vec![(0, false), (1, false)],
-            (Some(c), _) if c.priority == 0 => vec![(0, true), (1, false)],
-            (Some(_), _) => vec![(1, true)],
+        // (priority, or None for both; whether the walk starts after the cursor)
+        let passes: Vec<(Option<i64>, bool)> = match (after, &self.pool) {
+            (None, Pool::Sqlite(_)) => vec![(None, false)],
+            (None, Pool::Postgres(_)) => vec![(Some(0), false), (Some(1), false)],
+            (Some(c), _) if c.priority == 0 => vec![(Some(0), true), (Some(1), false)],
+            (Some(_), _) => vec![(Some(1), true)],
         };
-        let pick = |priority: i64, bounded: bool, columns: &str, skip_locked: &str| {
+        let pick = |priority: Option<i64>, bounded: bool, columns: &str, skip_locked: &str| {
             let priority = match priority {
-                -1 => "e.priority IN (0, 1)".to_string(),
-                p => format!("e.priority = {p}"),
+                None => "e.priority IN (0, 1)".to_string(),
+                Some(p) => format!("e.priority = {p}"),
             };
             let bound = if bounded {
                 " AND (e.next_run_at, e.id) > ($6, $7)"
@@ -198,9 +199,9 @@ impl Store {
             )
         };
         // (`WHERE true`: without a WHERE, SQLite reads the ON of ON CONFLICT as a join's.)
-        let lease = |from: &str, id: &str| {
+        let lease = |from: &str| {
             format!(
-                "INSERT INTO claims (enrollment_id, owner, until) SELECT {id}, $1, $2 FROM {from} WHERE true \
+                "INSERT INTO claims (enrollment_id, owner, until) SELECT id, $1, $2 FROM {from} WHERE true \
                  ON CONFLICT (enrollment_id) DO UPDATE SET owner = excluded.owner, until = excluded.until \
                  WHERE claims.until < $4 \
                  RETURNING enrollment_id"
@@ -218,7 +219,7 @@ impl Store {
                 // outcome commits, so the leases are taken by one statement and the rows
                 // loaded from a read connection (SQLite has no RETURNING inside a WITH).
                 Pool::Sqlite(pools) => {
-                    let sql = lease(&format!("({})", pick(priority, bounded, "e.id", "")), "id");
+                    let sql = lease(&format!("({})", pick(priority, bounded, "e.id", "")));
                     let mut query = sqlx::query_scalar(&sql)
                         .bind(owner)
                         .bind(ms(lease_until))
@@ -255,7 +256,7 @@ impl Store {
                          FROM picked e JOIN got ON got.enrollment_id = e.id JOIN contacts c ON c.id = e.contact_id \
                          ORDER BY e.next_run_at, e.id",
                         pick(priority, bounded, "e.*", " FOR UPDATE OF e SKIP LOCKED"),
-                        lease("picked", "id"),
+                        lease("picked"),
                     );
                     let mut query = sqlx::query(&sql)
                         .bind(owner)
