@@ -955,10 +955,12 @@ async fn deliver(
     run: Vec<(Prepared, store::Begun)>,
 ) -> Vec<(Prepared, store::Begun, Outcome)> {
     let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(run.len());
+    // One span per message, for its compose, its last look and its outcome.
+    let spans: Vec<tracing::Span> = run.iter().map(|(p, b)| send_span(p, b)).collect();
     // (index in `run`, envelope, formatted message) of those that go to SMTP.
     let mut outgoing = Vec::with_capacity(run.len());
     for (i, (p, b)) in run.iter().enumerate() {
-        let _entered = send_span(p, b).entered();
+        let _entered = spans[i].enter();
         outcomes.push(match mailbox {
             Some(m) => match compose_one(m, p, b) {
                 Ok((envelope, raw)) => {
@@ -986,12 +988,13 @@ async fn deliver(
             })
             .collect();
         let wanted = |k: usize| {
-            let (p, b) = &run[outgoing[k].0];
+            let i = outgoing[k].0;
+            let (p, span) = (&run[i].0, spans[i].clone());
             async move {
                 p.committed.elapsed() < RECHECK_AFTER
                     || store
                         .holds_claim(p.claimed.enrollment.id, owner)
-                        .instrument(send_span(p, b))
+                        .instrument(span)
                         .await
                         .unwrap_or(true)
             }
@@ -1005,7 +1008,7 @@ async fn deliver(
             outcomes[*i] = Some(match outcome {
                 Some(outcome) => {
                     outcome_of(mailbox, p, b, raw, outcome)
-                        .instrument(send_span(p, b))
+                        .instrument(spans[*i].clone())
                         .await
                 }
                 None => Outcome::Cancelled {

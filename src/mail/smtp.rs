@@ -935,6 +935,32 @@ mod tests {
         (port, task)
     }
 
+    /// Answers of a server that offers `ehlo`, refuses the recipient whose RCPT line
+    /// starts with `refused` (550, then 503 to its DATA), answers each final dot with
+    /// `dot()`, and everything else with 250.
+    fn refusing(
+        refused: &'static str,
+        ehlo: &'static str,
+        mut dot: impl FnMut() -> &'static str + Send + 'static,
+    ) -> impl FnMut(&str) -> &'static str + Send + 'static {
+        let mut refusing = false;
+        move |l| match l {
+            l if l.starts_with("EHLO") => ehlo,
+            l if l.starts_with("RCPT") => {
+                refusing = l.starts_with(refused);
+                if refusing {
+                    "550 5.1.1 no such user\r\n"
+                } else {
+                    "250 ok\r\n"
+                }
+            }
+            "DATA" if refusing => "503 5.5.1 no valid recipients\r\n",
+            "DATA" => "354 go ahead\r\n",
+            "." => dot(),
+            _ => "250 ok\r\n",
+        }
+    }
+
     async fn client(port: u16) -> Connection {
         let hello = ClientId::Domain("client.example".into());
         Connection::connect("127.0.0.1", port, Security::Plain, &hello, None)
@@ -952,21 +978,14 @@ mod tests {
 
     #[tokio::test]
     async fn a_refused_recipient_is_reported_and_the_connection_reset_for_the_next_message() {
-        let mut refused = false;
-        let (port, server) = scripted(true, move |l| match l {
-            l if l.starts_with("EHLO") => "250-test\r\n250-PIPELINING\r\n250 8BITMIME\r\n",
-            l if l.starts_with("RCPT") => {
-                refused = l.starts_with("RCPT TO:<gone@");
-                if refused {
-                    "550 5.1.1 no such user\r\n"
-                } else {
-                    "250 ok\r\n"
-                }
-            }
-            "DATA" if refused => "503 5.5.1 no valid recipients\r\n",
-            "DATA" => "354 go ahead\r\n",
-            _ => "250 ok\r\n",
-        })
+        let (port, server) = scripted(
+            true,
+            refusing(
+                "RCPT TO:<gone@",
+                "250-test\r\n250-PIPELINING\r\n250 8BITMIME\r\n",
+                || "250 ok\r\n",
+            ),
+        )
         .await;
         let mut c = client(port).await;
         assert!(c.extensions().pipelining);
@@ -1143,29 +1162,17 @@ mod tests {
         // b's recipient is refused; a's content is refused after its dot, with b's
         // commands already on their way. Each message gets its own answer.
         let mut dots = 0;
-        let mut refused = false;
-        let (port, server) = scripted(true, move |l| match l {
-            l if l.starts_with("EHLO") => "250-test\r\n250 PIPELINING\r\n",
-            l if l.starts_with("RCPT") => {
-                refused = l.starts_with("RCPT TO:<b@");
-                if refused {
-                    "550 5.1.1 no such user\r\n"
-                } else {
-                    "250 ok\r\n"
-                }
-            }
-            "DATA" if refused => "503 5.5.1 no valid recipients\r\n",
-            "DATA" => "354 go ahead\r\n",
-            "." => {
+        let (port, server) = scripted(
+            true,
+            refusing("RCPT TO:<b@", "250-test\r\n250 PIPELINING\r\n", move || {
                 dots += 1;
                 if dots == 1 {
                     "554 5.7.1 content rejected\r\n"
                 } else {
                     "250 2.0.0 queued\r\n"
                 }
-            }
-            _ => "250 ok\r\n",
-        })
+            }),
+        )
         .await;
         let mut c = client(port).await;
         let to = envelopes(&["a", "b", "c"]);

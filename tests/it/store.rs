@@ -1,7 +1,7 @@
 //! The store's claim order and leases, against SQLite and PostgreSQL.
 
-use chrono::{Duration, Utc};
-use followup::model::{NewContact, NewEnrollment};
+use chrono::{DateTime, Duration, Utc};
+use followup::model::{EnrollmentUpdate, NewContact, NewEnrollment};
 use followup::store::Store;
 
 use crate::support::{database_url, Db};
@@ -20,6 +20,24 @@ async fn setup(db: Db, dir: &std::path::Path, n: usize) -> (Store, Vec<i64>) {
     let up = store.upsert_contacts(&contacts, Utc::now()).await.unwrap();
     let ids = up.iter().map(|u| u.id).collect();
     (store, ids)
+}
+
+/// Changes one enrollment as the engine would, through `Store::apply`.
+async fn change(store: &Store, id: i64, now: DateTime<Utc>, f: impl FnOnce(&mut EnrollmentUpdate)) {
+    let e = store.enrollments_by_id(&[id]).await.unwrap().remove(0);
+    let mut u = e.unchanged();
+    f(&mut u);
+    store.apply(&[u], &[], now).await.unwrap();
+}
+
+/// The enrollment has had its first mail: its follow-up (step `bump`) is due at `due`.
+async fn follow_up_due(store: &Store, id: i64, due: DateTime<Utc>, now: DateTime<Utc>) {
+    change(store, id, now, |u| {
+        u.step_index = 1;
+        u.step_id = "bump".into();
+        u.next_run_at = Some(due);
+    })
+    .await;
 }
 
 /// When a daily limit binds, follow-ups go before first steps: a follow-up due later
@@ -46,16 +64,7 @@ async fn follow_ups_first(db: Db) {
         "a contact is in a sequence at most once"
     );
     // The last contact has had its first mail: its follow-up is due, but later than the others' first steps.
-    let e = store
-        .enrollments_by_id(&[created[2].0])
-        .await
-        .unwrap()
-        .remove(0);
-    let mut u = e.unchanged();
-    u.step_index = 1;
-    u.step_id = "bump".into();
-    u.next_run_at = Some(now - Duration::minutes(1));
-    store.apply(&[u], &[], now).await.unwrap();
+    follow_up_due(&store, created[2].0, now - Duration::minutes(1), now).await;
 
     let lease = now + Duration::seconds(60);
     let got = store
@@ -137,16 +146,7 @@ async fn claims_continue_after_the_cursor(db: Db) {
     let created = store.enroll(&items, now).await.unwrap();
     assert_eq!(created.len(), 6);
     // c3 has had its first mail; its follow-up is due last of all, but goes first.
-    let e = store
-        .enrollments_by_id(&[created[3].0])
-        .await
-        .unwrap()
-        .remove(0);
-    let mut u = e.unchanged();
-    u.step_index = 1;
-    u.step_id = "bump".into();
-    u.next_run_at = Some(now - Duration::seconds(1));
-    store.apply(&[u], &[], now).await.unwrap();
+    follow_up_due(&store, created[3].0, now - Duration::seconds(1), now).await;
 
     let lease = now + Duration::seconds(60);
     let mut cursor = None;
@@ -177,14 +177,10 @@ async fn claims_continue_after_the_cursor(db: Db) {
 
     // c5 is moved to a due time behind the cursor: a claim after the cursor does not
     // see it, a fresh claim does.
-    let e = store
-        .enrollments_by_id(&[created[5].0])
-        .await
-        .unwrap()
-        .remove(0);
-    let mut u = e.unchanged();
-    u.next_run_at = Some(due - Duration::minutes(1));
-    store.apply(&[u], &[], now).await.unwrap();
+    change(&store, created[5].0, now, |u| {
+        u.next_run_at = Some(due - Duration::minutes(1))
+    })
+    .await;
     assert!(store
         .claim("sales", now, 10, lease, "a", cursor)
         .await
