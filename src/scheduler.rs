@@ -34,9 +34,14 @@ use crate::store::{self, Begin, ClaimCursor, Claimed, Finish, MessageUpdate, Sto
 use crate::template::{RenderError, Rendered};
 use crate::track::token::KeyClock;
 
-/// Batches one mailbox claims in one round before the daemon looks at doubts, pauses
-/// and shutdown again.
-const MAX_BATCHES: usize = 20;
+/// How long one mailbox goes on claiming in one round before the round ends and the
+/// daemon looks at doubts and ended pauses again (shutdown and mailbox pauses are looked
+/// at before every batch), and before claims start again from the head of the due index,
+/// taking what fell due behind the cursor. A bound in time rather than in batches: each
+/// round starts with an empty pipeline and ends draining it (with rounds of 20 batches,
+/// SMTP had no work for a fifth of each round at full speed), while on a slow server 20
+/// batches took minutes.
+const CLAIMS_FOR: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A message that waited longer than this between its `sending` commit and its turn
 /// for SMTP is looked at once more (does this daemon still hold its claim?), since a
@@ -51,7 +56,7 @@ const RECHECK_AFTER: std::time::Duration = std::time::Duration::from_millis(50);
 /// this only binds on a backlog; it bounds how long one run holds a connection.
 const RUN_AHEAD: usize = 16;
 
-/// How long the recording stage gathers outcomes before it commits what it has.
+/// How long outcomes wait for a batch to ride with before they are committed on their own.
 const RECORD_WAIT: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// What one round did, for `run --once`, logs and tests.
@@ -97,8 +102,9 @@ pub struct Scheduler {
 
 /// A claimed and rendered batch on its way to its `sending` commit.
 struct Batch {
-    now: DateTime<Utc>,
     prepared: Vec<Prepared>,
+    /// The `sending` row of each of `prepared`, in the same order.
+    begins: Vec<Begin>,
     /// Claims that send nothing (held, released, skipped): written back with the batch.
     finishes: Vec<Finish>,
     rules: Vec<(i64, crate::sequence::Rule)>,
@@ -327,14 +333,15 @@ impl Scheduler {
     }
 
     /// One mailbox's share of a round, as a pipeline of three stages joined by bounded
-    /// channels, so that the database and SMTP work at the same time instead of taking
-    /// turns (see README, "Benchmark figures"):
-    /// 1. claim a batch, render it, commit `sending` for it (`produce`);
-    /// 2. hand each message to SMTP, `parallelism` of them in flight (`transmit`);
-    /// 3. commit outcomes in batches (`record`).
+    /// channels, so that rendering, the database and SMTP work at the same time instead
+    /// of taking turns (see README, "Benchmark figures"):
+    /// 1. claim a batch and render it (`prepare_batches`);
+    /// 2. commit, in one transaction, the outcomes that came back and the next batch's
+    ///    `sending` rows (`commit`), then hand the batch on;
+    /// 3. hand each message to SMTP, `parallelism` connections at a time (`transmit`).
     ///
     /// The order of durability per message is unchanged: its `sending` row is committed
-    /// before it enters stage 2, its outcome after it leaves. At most two batches are
+    /// before it enters stage 3, its outcome after it leaves. At most two batches are
     /// `sending` without being on the wire yet; a crash leaves those in doubt.
     async fn run_mailbox(
         &self,
@@ -347,16 +354,36 @@ impl Scheduler {
         };
         let parallel = sender.parallelism().max(1);
         let batch = self.project.config.send.batch.max(1);
-        // Room for one batch: the next batch is claimed and committed while this one is
-        // on the wire. So at most two batches are `sending` without being on the wire.
+        // One rendered batch waits while the one before it is committed.
+        let (batches_tx, batches_rx) = mpsc::channel::<Batch>(1);
+        // Room for one batch: the next batch is committed while this one is on the wire.
         let (work_tx, work_rx) = mpsc::channel::<(Prepared, store::Begun)>(batch);
         let (done_tx, done_rx) = mpsc::channel::<(Prepared, store::Begun, Outcome)>(batch);
 
-        let produce = self.produce(mailbox, now, stop, work_tx);
+        // A task of its own, so that rendering runs on another core than the stages that
+        // drive the database and SMTP.
+        let prepare = {
+            let me = self.clone();
+            let mailbox = mailbox.clone();
+            let stop = stop.cloned();
+            tokio::spawn(async move {
+                me.prepare_batches(&mailbox, now, stop.as_ref(), batches_tx)
+                    .await
+            })
+        };
+        // Its own task too: commits go on while this one hands out work.
+        let commit = {
+            let me = self.clone();
+            let mailbox = mailbox.clone();
+            tokio::spawn(async move {
+                me.commit(&mailbox, batch, batches_rx, work_tx, done_rx)
+                    .await
+            })
+        };
         let transmit = async move {
-            // Ends when the work does, or as soon as `record` has failed: then nothing
+            // Ends when the work does, or as soon as `commit` has failed: then nothing
             // more is handed to SMTP (what was begun stays `sending`, in doubt later),
-            // and dropping `work_rx` stops `produce` too.
+            // and dropping `batches_rx` stops `prepare` too.
             //
             // Messages go out in runs, one run per connection at a time: each run is
             // an even share of what is waiting (up to RUN_AHEAD), so that a backlog
@@ -379,7 +406,7 @@ impl Scheduler {
             })
             .map(|run| {
                 // Its own task, so that composing and SMTP run on every core while
-                // this task claims and records.
+                // this task hands out and commits.
                 let project = self.project.clone();
                 let sender = sender.clone();
                 let name = mailbox.name.clone();
@@ -395,7 +422,7 @@ impl Scheduler {
                 let tx = done_tx.clone();
                 async move {
                     match done {
-                        // A closed channel means `record` failed; its error is returned.
+                        // A closed channel means `commit` failed; its error is returned.
                         Ok(done) => {
                             for d in done {
                                 if tx.send(d).await.is_err() {
@@ -410,51 +437,15 @@ impl Scheduler {
             })
             .await;
         };
-        // Its own task too: outcome commits go on while this one renders and hands out.
-        let record = {
-            let me = self.clone();
-            let mailbox = mailbox.clone();
-            tokio::spawn(async move { me.record(&mailbox, batch, done_rx).await })
-        };
-        let (produced, (), recorded) = tokio::join!(produce, transmit, record);
-        let mut round = produced?;
-        round.add(joined(recorded)?);
+        let (prepared, (), committed) = tokio::join!(prepare, transmit, commit);
+        let mut round = joined(prepared)?;
+        round.add(joined(committed)?);
         Ok(round)
     }
 
-    /// Stage 1: claims and renders (`prepare_batches`) and commits `sending`
-    /// (`begin_batches`), batch after batch, until nothing is due, pacing holds the
-    /// mailbox back, `stop` is cancelled or `MAX_BATCHES` went (so that a long backlog
-    /// still lets the daemon look at doubts and pauses). The two halves run side by
-    /// side, one batch apart: the next batch is claimed and rendered while this one's
-    /// `sending` rows are committed, so that the write connection, which the outcome
-    /// commits share, never waits for rendering.
-    async fn produce(
-        &self,
-        mailbox: &Mailbox,
-        first_now: DateTime<Utc>,
-        stop: Option<&CancellationToken>,
-        work: mpsc::Sender<(Prepared, store::Begun)>,
-    ) -> Result<Round, store::Error> {
-        let (batches_tx, batches_rx) = mpsc::channel::<Batch>(1);
-        // A task of its own, so that rendering runs on another core than the stages that
-        // drive the database and SMTP.
-        let prepare = {
-            let me = self.clone();
-            let mailbox = mailbox.clone();
-            let stop = stop.cloned();
-            tokio::spawn(async move {
-                me.prepare_batches(&mailbox, first_now, stop.as_ref(), batches_tx)
-                    .await
-            })
-        };
-        let begun = self.begin_batches(mailbox, batches_rx, work).await;
-        let mut round = joined(prepare.await)?;
-        round.add(begun?);
-        Ok(round)
-    }
-
-    /// Stage 1a: claims a batch, renders it and hands it on.
+    /// Stage 1: claims batches (`claim_batches`, a task of its own, one batch ahead), and
+    /// renders each and hands it on. Claims wait for the write connection, which the
+    /// commits hold most of the time; claiming ahead lets rendering go on meanwhile.
     async fn prepare_batches(
         &self,
         mailbox: &Mailbox,
@@ -462,14 +453,44 @@ impl Scheduler {
         stop: Option<&CancellationToken>,
         batches: mpsc::Sender<Batch>,
     ) -> Result<Round, store::Error> {
+        let (claims_tx, mut claims) = mpsc::channel::<(DateTime<Utc>, Vec<Claimed>)>(1);
+        let claiming = {
+            let me = self.clone();
+            let mailbox = mailbox.clone();
+            let stop = stop.cloned();
+            tokio::spawn(async move {
+                me.claim_batches(&mailbox, first_now, stop.as_ref(), claims_tx)
+                    .await
+            })
+        };
+        let rendered = self.render_batches(mailbox, &mut claims, batches).await;
+        // Dropping the receiver stops the claims (what was claimed and not rendered is
+        // left to its lease).
+        drop(claims);
+        let mut round = joined(claiming.await)?;
+        round.add(rendered?);
+        Ok(round)
+    }
+
+    /// Claims batch after batch until nothing is due, pacing holds the mailbox back,
+    /// `stop` is cancelled or the round has claimed for [`CLAIMS_FOR`].
+    async fn claim_batches(
+        &self,
+        mailbox: &Mailbox,
+        first_now: DateTime<Utc>,
+        stop: Option<&CancellationToken>,
+        claims: mpsc::Sender<(DateTime<Utc>, Vec<Claimed>)>,
+    ) -> Result<Round, store::Error> {
         let settings = &self.project.config.send;
         let mut round = Round::default();
         // Each claim of the round starts where the last stopped, so that it does not walk
         // past the leases of the batches still in flight; the next round starts afresh
         // and takes what fell due behind the cursor.
         let mut cursor: Option<ClaimCursor> = None;
-        for n in 0..MAX_BATCHES {
-            if stop.is_some_and(|s| s.is_cancelled()) {
+        let started = std::time::Instant::now();
+        for n in 0.. {
+            if stop.is_some_and(|s| s.is_cancelled()) || (n > 0 && started.elapsed() >= CLAIMS_FOR)
+            {
                 break;
             }
             // Looked at before every batch: the watcher pauses a mailbox whose sends
@@ -500,6 +521,28 @@ impl Scheduler {
             }
             cursor = ClaimCursor::after(&claimed);
             round.claimed += claimed.len();
+            if claims.send((now, claimed)).await.is_err() {
+                // A later stage failed (its error is returned) or stopped; what this
+                // batch claimed is left to its lease.
+                break;
+            }
+            // A paced mailbox sends what its slot allows, then waits for the next one.
+            if allowed < settings.batch {
+                break;
+            }
+        }
+        Ok(round)
+    }
+
+    /// Renders each claimed batch and hands it on.
+    async fn render_batches(
+        &self,
+        mailbox: &Mailbox,
+        claims: &mut mpsc::Receiver<(DateTime<Utc>, Vec<Claimed>)>,
+        batches: mpsc::Sender<Batch>,
+    ) -> Result<Round, store::Error> {
+        let mut round = Round::default();
+        while let Some((now, claimed)) = claims.recv().await {
             let keys = self
                 .keys
                 .get_or_try_init(|| async {
@@ -508,8 +551,8 @@ impl Scheduler {
                 })
                 .await?;
             let mut batch = Batch {
-                now,
                 prepared: Vec::with_capacity(claimed.len()),
+                begins: Vec::with_capacity(claimed.len()),
                 finishes: Vec::new(),
                 rules: Vec::new(),
             };
@@ -540,7 +583,21 @@ impl Scheduler {
                     .cloned()
                     .unwrap_or_default();
                 match self.prepare(mailbox, c, now, &eng, keys) {
-                    Ok(p) => batch.prepared.push(p),
+                    Ok(p) => {
+                        // Here rather than in `commit`, which the whole pipeline waits for.
+                        batch.begins.push(Begin {
+                            enrollment_id: p.claimed.enrollment.id,
+                            step_id: p.claimed.enrollment.step_id.clone(),
+                            step_index: p.index as i64,
+                            message_id: new_message_id(mailbox.domain()),
+                            subject: p.subject.clone(),
+                            content_hash: content_hash(&p.subject, &p.rendered),
+                            variant: p.variant.clone(),
+                            track_key: p.tracked.key.clone(),
+                            links: p.tracked.links.clone(),
+                        });
+                        batch.prepared.push(p);
+                    }
                     Err((finish, kind, rule)) => {
                         match kind {
                             Skip::Held => round.held += 1,
@@ -559,150 +616,180 @@ impl Scheduler {
                 // batch claimed is left to its lease.
                 break;
             }
-            // A paced mailbox sends what its slot allows, then waits for the next one.
-            if allowed < settings.batch {
-                break;
-            }
         }
         Ok(round)
     }
 
-    /// Stage 1b: commits `sending` for a whole batch, then hands its messages to SMTP.
-    async fn begin_batches(
-        &self,
-        mailbox: &Mailbox,
-        mut batches: mpsc::Receiver<Batch>,
-        work: mpsc::Sender<(Prepared, store::Begun)>,
-    ) -> Result<Round, store::Error> {
-        let settings = &self.project.config.send;
-        let mut round = Round::default();
-        while let Some(Batch {
-            now,
-            prepared,
-            mut finishes,
-            mut rules,
-        }) = batches.recv().await
-        {
-            // Commit `sending` for the whole batch before any of it goes to SMTP.
-            let begins: Vec<Begin> = prepared
-                .iter()
-                .map(|p| Begin {
-                    enrollment_id: p.claimed.enrollment.id,
-                    step_id: p.claimed.enrollment.step_id.clone(),
-                    step_index: p.index as i64,
-                    message_id: new_message_id(mailbox.domain()),
-                    subject: p.subject.clone(),
-                    content_hash: content_hash(&p.subject, &p.rendered),
-                    variant: p.variant.clone(),
-                    track_key: p.tracked.key.clone(),
-                    links: p.tracked.links.clone(),
-                })
-                .collect();
-            let begun = self
-                .store
-                .begin_sends(&begins, &self.owner, now, now + settings.lease)
-                .await?;
-            let mut begun_by_enrollment: HashMap<i64, _> =
-                begun.into_iter().map(|b| (b.enrollment_id, b)).collect();
-
-            let mut to_send = Vec::with_capacity(prepared.len());
-            for p in prepared {
-                match begun_by_enrollment.remove(&p.claimed.enrollment.id) {
-                    Some(b) => to_send.push((p, b)),
-                    None => {
-                        let (f, t) = self.reconcile(&p).await?;
-                        if let Some(rule) = t {
-                            rules.push((p.claimed.contact.id, rule));
-                        }
-                        round.released += 1;
-                        finishes.extend(f);
-                    }
-                }
-            }
-            self.store
-                .finish_sends(&finishes, Some(&self.owner), Utc::now())
-                .await?;
-            crate::lifecycle::apply(&self.project, &self.store, &rules, Utc::now()).await?;
-            let committed = std::time::Instant::now();
-            for mut item in to_send {
-                item.0.committed = committed;
-                if work.send(item).await.is_err() {
-                    // `record` failed and everything downstream stopped; the rest stay
-                    // `sending` and come back as in doubt, never sent twice. Dropping
-                    // `batches` stops stage 1a.
-                    return Ok(round);
-                }
-            }
-        }
-        Ok(round)
-    }
-
-    /// Stage 3: commits outcomes as they come back, gathering up to a batch or
-    /// `RECORD_WAIT`, whichever is first, so that each commit carries many messages.
-    async fn record(
+    /// Stage 2: the pipeline's one writer. Each transaction carries the outcomes that
+    /// came back from SMTP and, when one is ready, the next batch's `sending` rows (group
+    /// commit: on SQLite the one write connection is taken once for both, so that the
+    /// claims, which need it too, wait behind one transaction per batch instead of two).
+    /// A batch is committed as soon as it arrives and the one before it has been handed
+    /// on; outcomes without a batch wait at most `RECORD_WAIT`, or until two batches'
+    /// worth have gathered.
+    ///
+    /// Outcomes are taken in while a committed batch waits to be handed on, so that
+    /// SMTP never waits for room to report and this stage never waits for SMTP to take
+    /// work: neither channel can fill up in a circle.
+    async fn commit(
         &self,
         mailbox: &Mailbox,
         batch: usize,
+        mut batches: mpsc::Receiver<Batch>,
+        work: mpsc::Sender<(Prepared, store::Begun)>,
         mut done: mpsc::Receiver<(Prepared, store::Begun, Outcome)>,
     ) -> Result<Round, store::Error> {
         let mut round = Round::default();
-        let mut buf = Vec::with_capacity(batch);
-        let mut open = true;
-        while open {
-            let Some(first) = done.recv().await else {
-                break;
+        let mut pending = Pending::default();
+        // Committed `sending`, not yet handed to stage 3.
+        let mut handoff: std::collections::VecDeque<(Prepared, store::Begun)> =
+            std::collections::VecDeque::new();
+        // Dropped once no work is left to hand on: that ends stage 3, and then `done`.
+        let mut work = Some(work);
+        let (mut batches_open, mut done_open) = (true, true);
+        let mut deadline: Option<tokio::time::Instant> = None;
+        loop {
+            let next = tokio::select! {
+                // Outcomes first, so that SMTP's tasks never wait on a full channel.
+                biased;
+                item = done.recv(), if done_open => {
+                    match item {
+                        Some(item) => pending.outcomes.push(item),
+                        None => done_open = false,
+                    }
+                    None
+                }
+                permit = reserve(work.as_ref()), if !handoff.is_empty() => {
+                    match (permit, handoff.pop_front()) {
+                        (Some(permit), Some(item)) => permit.send(item),
+                        // Stage 3 is gone; what was begun stays `sending`, in doubt later.
+                        _ => handoff.clear(),
+                    }
+                    None
+                }
+                b = batches.recv(), if batches_open && handoff.is_empty() => {
+                    if b.is_none() {
+                        batches_open = false;
+                    }
+                    b
+                }
+                _ = sleep_until(deadline), if deadline.is_some() => None,
+                // Nothing left to wait for: what is pending is committed below, then the
+                // loop ends.
+                else => None,
             };
-            buf.push(first);
-            let deadline = tokio::time::Instant::now() + RECORD_WAIT;
-            while buf.len() < batch {
-                match tokio::time::timeout_at(deadline, done.recv()).await {
-                    Ok(Some(item)) => buf.push(item),
-                    Ok(None) => {
-                        open = false;
-                        break;
-                    }
-                    Err(_) => break,
-                }
+            while let Ok(item) = done.try_recv() {
+                pending.outcomes.push(item);
             }
-            let mut finishes = Vec::with_capacity(buf.len());
-            let mut rules = Vec::new();
-            for (p, b, outcome) in buf.drain(..) {
-                let e = &p.claimed.enrollment;
-                match &outcome {
-                    Outcome::Sent { reply, .. } => {
-                        round.sent += 1;
-                        info!(contact = %p.claimed.contact.email, sequence = %e.sequence, step = %e.step_id, message_id = %b.message_id, mailbox = %mailbox.name, reply = %reply, "sent");
-                    }
-                    Outcome::Transient {
-                        reply, attempts, ..
-                    } => {
-                        round.deferred += 1;
-                        warn!(contact = %p.claimed.contact.email, sequence = %e.sequence, step = %e.step_id, message_id = %b.message_id, attempts, reply = %reply, "send failed temporarily; will retry");
-                    }
-                    Outcome::Permanent { reply, .. } => {
-                        round.failed += 1;
-                        warn!(contact = %p.claimed.contact.email, sequence = %e.sequence, step = %e.step_id, message_id = %b.message_id, reply = %reply, "send failed permanently; enrollment stopped");
-                    }
-                    Outcome::Held { .. } => round.held += 1,
-                    Outcome::Cancelled { .. } => {
-                        round.released += 1;
-                        info!(contact = %p.claimed.contact.email, sequence = %e.sequence, step = %e.step_id, message_id = %b.message_id, "not sent: stopped or paused while waiting to be sent");
-                    }
-                }
-                let tr = self.transition(&p, &outcome);
-                if let Some(rule) = tr.rule.clone() {
-                    rules.push((p.claimed.contact.id, rule));
-                }
-                finishes.push(finish(tr, Some(b.row_id)));
+            let waiting = !pending.is_empty();
+            if waiting && deadline.is_none() {
+                deadline = Some(tokio::time::Instant::now() + RECORD_WAIT);
             }
-            // On an error `done` is dropped with this function: the stages before it
-            // stop, and what is still in flight stays `sending` (in doubt later).
-            self.store
-                .finish_sends(&finishes, Some(&self.owner), Utc::now())
-                .await?;
-            crate::lifecycle::apply(&self.project, &self.store, &rules, Utc::now()).await?;
+            let expired = deadline.is_some_and(|d| d <= tokio::time::Instant::now());
+            if next.is_some()
+                || (waiting && (expired || !done_open || pending.outcomes.len() >= 2 * batch))
+            {
+                deadline = None;
+                let begun = self
+                    .commit_once(mailbox, next, &mut pending, &mut round)
+                    .await?;
+                handoff.extend(begun);
+            }
+            if !batches_open && handoff.is_empty() {
+                work = None;
+            }
+            if !batches_open && !done_open && handoff.is_empty() && pending.is_empty() {
+                break;
+            }
         }
         Ok(round)
+    }
+
+    /// One transaction of [`Scheduler::commit`]: what is pending, and `batch`'s `sending`
+    /// rows. Returns what may now be sent.
+    async fn commit_once(
+        &self,
+        mailbox: &Mailbox,
+        batch: Option<Batch>,
+        pending: &mut Pending,
+        round: &mut Round,
+    ) -> Result<Vec<(Prepared, store::Begun)>, store::Error> {
+        let mut finishes = std::mem::take(&mut pending.finishes);
+        let mut rules = std::mem::take(&mut pending.rules);
+        for (p, b, outcome) in pending.outcomes.drain(..) {
+            let e = &p.claimed.enrollment;
+            match &outcome {
+                Outcome::Sent { reply, .. } => {
+                    round.sent += 1;
+                    info!(contact = %p.claimed.contact.email, sequence = %e.sequence, step = %e.step_id, message_id = %b.message_id, mailbox = %mailbox.name, reply = %reply, "sent");
+                }
+                Outcome::Transient {
+                    reply, attempts, ..
+                } => {
+                    round.deferred += 1;
+                    warn!(contact = %p.claimed.contact.email, sequence = %e.sequence, step = %e.step_id, message_id = %b.message_id, attempts, reply = %reply, "send failed temporarily; will retry");
+                }
+                Outcome::Permanent { reply, .. } => {
+                    round.failed += 1;
+                    warn!(contact = %p.claimed.contact.email, sequence = %e.sequence, step = %e.step_id, message_id = %b.message_id, reply = %reply, "send failed permanently; enrollment stopped");
+                }
+                Outcome::Held { .. } => round.held += 1,
+                Outcome::Cancelled { .. } => {
+                    round.released += 1;
+                    info!(contact = %p.claimed.contact.email, sequence = %e.sequence, step = %e.step_id, message_id = %b.message_id, "not sent: stopped or paused while waiting to be sent");
+                }
+            }
+            let tr = self.transition(&p, &outcome);
+            if let Some(rule) = tr.rule.clone() {
+                rules.push((p.claimed.contact.id, rule));
+            }
+            finishes.push(finish(tr, Some(b.row_id)));
+        }
+        let (prepared, begins) = match batch {
+            None => (Vec::new(), Vec::new()),
+            Some(batch) => {
+                // Claims that send nothing (held, skipped, outside the window) ride along.
+                finishes.extend(batch.finishes);
+                rules.extend(batch.rules);
+                (batch.prepared, batch.begins)
+            }
+        };
+        // On an error the stages before and after stop (their channels close with this
+        // one), and what is in flight stays `sending`, in doubt later.
+        let now = Utc::now();
+        let begun = self
+            .store
+            .write_sends(
+                &finishes,
+                &begins,
+                &self.owner,
+                now,
+                now + self.project.config.send.lease,
+            )
+            .await?;
+        crate::lifecycle::apply(&self.project, &self.store, &rules, Utc::now()).await?;
+        let mut begun_by_enrollment: HashMap<i64, _> =
+            begun.into_iter().map(|b| (b.enrollment_id, b)).collect();
+        let committed = std::time::Instant::now();
+        let mut to_send = Vec::with_capacity(prepared.len());
+        for mut p in prepared {
+            match begun_by_enrollment.remove(&p.claimed.enrollment.id) {
+                Some(b) => {
+                    p.committed = committed;
+                    to_send.push((p, b));
+                }
+                // Its claim is written back with the next transaction.
+                None => {
+                    let (f, t) = self.reconcile(&p).await?;
+                    if let Some(rule) = t {
+                        pending.rules.push((p.claimed.contact.id, rule));
+                    }
+                    round.released += 1;
+                    pending.finishes.extend(f);
+                }
+            }
+        }
+        Ok(to_send)
     }
 
     fn context_for<'a>(
@@ -1112,6 +1199,34 @@ fn joined<T>(r: Result<T, tokio::task::JoinError>) -> T {
     match r {
         Ok(v) => v,
         Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
+
+/// What [`Scheduler::commit`] has yet to write: outcomes back from SMTP, and claims
+/// that send nothing.
+#[derive(Default)]
+struct Pending {
+    outcomes: Vec<(Prepared, store::Begun, Outcome)>,
+    finishes: Vec<Finish>,
+    rules: Vec<(i64, crate::sequence::Rule)>,
+}
+
+impl Pending {
+    fn is_empty(&self) -> bool {
+        self.outcomes.is_empty() && self.finishes.is_empty() && self.rules.is_empty()
+    }
+}
+
+/// Room in the channel to stage 3; None if it is gone.
+async fn reserve<T>(tx: Option<&mpsc::Sender<T>>) -> Option<mpsc::Permit<'_, T>> {
+    tx?.reserve().await.ok()
+}
+
+/// Sleeps until `at`, or forever without one.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -12,6 +12,130 @@ use super::{
     ENROLLMENT_COLUMNS,
 };
 
+/// The body of [`Store::begin_sends`] inside a transaction of the caller's: inserts the
+/// `sending` rows (with their links) of the items that may be sent and pushes what was
+/// begun onto `$out`. A macro, as `update_enrollments!`, so that one text serves both
+/// databases' transaction types.
+macro_rules! begin_in_tx {
+    ($tx:expr, $items:expr, $owner:expr, $now:expr, $lease_until:expr, $out:expr) => {
+        let items: &[Begin] = $items;
+        let owner: &str = $owner;
+        let by_enrollment: HashMap<i64, &Begin> =
+            items.iter().map(|i| (i.enrollment_id, i)).collect();
+        let any_links = items.iter().any(|i| !i.links.is_empty());
+        for chunk in items.chunks(CHUNK) {
+            let mut qb = QueryBuilder::new(
+                "INSERT INTO messages (message_id, enrollment_id, contact_id, sequence, step_id, step_index, mailbox, \
+                 subject, content_hash, variant, track_key, status, attempts, locked_until, sent_at, created_at, updated_at) \
+                 SELECT v.column2, e.id, e.contact_id, e.sequence, e.step_id, e.step_index, e.mailbox, v.column3, v.column4, \
+                 v.column6, v.column7, 'sending', 1, ",
+            );
+            qb.push_bind(ms($lease_until)).push(", ").push_bind(ms($now)).push(", ").push_bind(ms($now)).push(", ").push_bind(ms($now));
+            qb.push(" FROM (");
+            qb.push_values(chunk.iter(), |mut b, i| {
+                b.push_bind(i.enrollment_id)
+                    .push_bind(i.message_id.clone())
+                    .push_bind(i.subject.clone())
+                    .push_bind(i.content_hash.clone())
+                    .push_bind(i.step_id.clone())
+                    .push_bind(i.variant.clone())
+                    .push_bind(i.track_key.clone());
+            });
+            qb.push(
+                ") AS v JOIN enrollments e ON e.id = v.column1 JOIN contacts c ON c.id = e.contact_id \
+                 WHERE e.state = 'active' AND e.step_id = v.column5 \
+                 AND EXISTS (SELECT 1 FROM claims k WHERE k.enrollment_id = e.id AND k.owner = ",
+            );
+            qb.push_bind(owner.to_string());
+            qb.push(
+                ") AND c.suppressed_at IS NULL \
+                 AND NOT EXISTS (SELECT 1 FROM suppressions s WHERE s.pattern = c.email OR s.pattern = '@' || c.domain) \
+                 ON CONFLICT (enrollment_id, step_id) DO UPDATE SET status = 'sending', \
+                 attempts = messages.attempts + 1, locked_until = excluded.locked_until, \
+                 sent_at = excluded.sent_at, updated_at = excluded.updated_at, \
+                 track_key = excluded.track_key, variant = excluded.variant \
+                 WHERE messages.status IN ('deferred', 'cancelled') \
+                 RETURNING id, enrollment_id, message_id, attempts",
+            );
+            let rows = qb.build().fetch_all(&mut *$tx).await?;
+            let mut begun = Vec::with_capacity(rows.len());
+            for r in rows {
+                begun.push(Begun {
+                    row_id: r.try_get("id")?,
+                    enrollment_id: r.try_get("enrollment_id")?,
+                    message_id: r.try_get("message_id")?,
+                    attempts: r.try_get("attempts")?,
+                });
+            }
+            // In the same transaction as its `sending` row, so that a message never goes
+            // out without the URLs its clicks lead to.
+            if any_links {
+                // A retry's earlier links belonged to a key that never went out.
+                let retried: Vec<i64> = begun.iter().filter(|b| b.attempts > 1).map(|b| b.row_id).collect();
+                for ids in retried.chunks(CHUNK) {
+                    let mut qb = QueryBuilder::new("DELETE FROM links WHERE message_id IN (");
+                    let mut sep = qb.separated(", ");
+                    for id in ids {
+                        sep.push_bind(*id);
+                    }
+                    qb.push(")");
+                    qb.build().execute(&mut *$tx).await?;
+                }
+                let links: Vec<(i64, i64, &str)> = begun
+                    .iter()
+                    .filter_map(|b| by_enrollment.get(&b.enrollment_id).map(|i| (b.row_id, *i)))
+                    .flat_map(|(row, i)| i.links.iter().enumerate().map(move |(n, u)| (row, n as i64, u.as_str())))
+                    .collect();
+                for part in links.chunks(CHUNK) {
+                    let mut qb = QueryBuilder::new("INSERT INTO links (message_id, idx, url) ");
+                    qb.push_values(part.iter(), |mut b, (row, n, url)| {
+                        b.push_bind(*row).push_bind(*n).push_bind(url.to_string());
+                    });
+                    qb.build().execute(&mut *$tx).await?;
+                }
+            }
+            $out.extend(begun);
+        }
+    };
+}
+
+/// The body of [`Store::finish_sends`] inside a transaction of the caller's.
+macro_rules! finish_in_tx {
+    ($tx:expr, $items:expr, $owner:expr, $now:expr) => {
+        let items: &[Finish] = $items;
+        let owner: Option<&str> = $owner;
+        let updates: Vec<EnrollmentUpdate> = items.iter().map(|f| f.enrollment.clone()).collect();
+        let events: Vec<NewEvent> = items
+            .iter()
+            .flat_map(|f| f.events.iter().cloned())
+            .collect();
+        let (sent, unsent): (Vec<&MessageUpdate>, Vec<&MessageUpdate>) = items
+            .iter()
+            .filter_map(|f| f.message.as_ref())
+            .partition(|m| m.status == "sent");
+        // Two statements rather than one with a CASE: SQLite rewrites an index entry
+        // for every column named in SET, changed or not.
+        for (group, set_sent_at) in [(sent, ""), (unsent, ", sent_at = NULL")] {
+            for chunk in group.chunks(CHUNK) {
+                let mut qb = QueryBuilder::new(format!(
+                    "UPDATE messages SET status = v.column2, smtp_reply = v.column3{set_sent_at}, \
+                     locked_until = NULL, updated_at = v.column4 FROM ("
+                ));
+                qb.push_values(chunk.iter(), |mut b, m| {
+                    b.push_bind(m.row_id)
+                        .push_bind(m.status.clone())
+                        .push_bind(m.smtp_reply.clone())
+                        .push_bind(ms($now));
+                });
+                qb.push(") AS v WHERE messages.id = v.column1");
+                qb.build().execute(&mut *$tx).await?;
+            }
+        }
+        update_enrollments!($tx, updates, $now, owner);
+        insert_events!($tx, events, $now);
+    };
+}
+
 /// A due enrollment this daemon now holds, with its contact.
 #[derive(Debug, Clone)]
 pub struct Claimed {
@@ -326,87 +450,57 @@ impl Store {
         now: DateTime<Utc>,
         lease_until: DateTime<Utc>,
     ) -> Result<Vec<Begun>> {
-        let mut out = Vec::with_capacity(items.len());
-        let by_enrollment: HashMap<i64, &Begin> =
-            items.iter().map(|i| (i.enrollment_id, i)).collect();
-        let any_links = items.iter().any(|i| !i.links.is_empty());
-        for chunk in items.chunks(CHUNK) {
-            with_pool!(self, p => {
-                // One transaction with its links, so that a message never goes out
-                // without the URLs its clicks lead to.
-                let mut tx = p.begin_write().await?;
-                let mut qb = QueryBuilder::new(
-                    "INSERT INTO messages (message_id, enrollment_id, contact_id, sequence, step_id, step_index, mailbox, \
-                     subject, content_hash, variant, track_key, status, attempts, locked_until, sent_at, created_at, updated_at) \
-                     SELECT v.column2, e.id, e.contact_id, e.sequence, e.step_id, e.step_index, e.mailbox, v.column3, v.column4, \
-                     v.column6, v.column7, 'sending', 1, ",
-                );
-                qb.push_bind(ms(lease_until)).push(", ").push_bind(ms(now)).push(", ").push_bind(ms(now)).push(", ").push_bind(ms(now));
-                qb.push(" FROM (");
-                qb.push_values(chunk.iter(), |mut b, i| {
-                    b.push_bind(i.enrollment_id)
-                        .push_bind(i.message_id.clone())
-                        .push_bind(i.subject.clone())
-                        .push_bind(i.content_hash.clone())
-                        .push_bind(i.step_id.clone())
-                        .push_bind(i.variant.clone())
-                        .push_bind(i.track_key.clone());
-                });
-                qb.push(
-                    ") AS v JOIN enrollments e ON e.id = v.column1 JOIN contacts c ON c.id = e.contact_id \
-                     WHERE e.state = 'active' AND e.step_id = v.column5 \
-                     AND EXISTS (SELECT 1 FROM claims k WHERE k.enrollment_id = e.id AND k.owner = ",
-                );
-                qb.push_bind(owner.to_string());
-                qb.push(
-                    ") AND c.suppressed_at IS NULL \
-                     AND NOT EXISTS (SELECT 1 FROM suppressions s WHERE s.pattern = c.email OR s.pattern = '@' || c.domain) \
-                     ON CONFLICT (enrollment_id, step_id) DO UPDATE SET status = 'sending', \
-                     attempts = messages.attempts + 1, locked_until = excluded.locked_until, \
-                     sent_at = excluded.sent_at, updated_at = excluded.updated_at, \
-                     track_key = excluded.track_key, variant = excluded.variant \
-                     WHERE messages.status IN ('deferred', 'cancelled') \
-                     RETURNING id, enrollment_id, message_id, attempts",
-                );
-                let rows = qb.build().fetch_all(&mut *tx).await?;
-                let mut begun = Vec::with_capacity(rows.len());
-                for r in rows {
-                    begun.push(Begun {
-                        row_id: r.try_get("id")?,
-                        enrollment_id: r.try_get("enrollment_id")?,
-                        message_id: r.try_get("message_id")?,
-                        attempts: r.try_get("attempts")?,
-                    });
-                }
-                if any_links {
-                    // A retry's earlier links belonged to a key that never went out.
-                    let retried: Vec<i64> = begun.iter().filter(|b| b.attempts > 1).map(|b| b.row_id).collect();
-                    for ids in retried.chunks(CHUNK) {
-                        let mut qb = QueryBuilder::new("DELETE FROM links WHERE message_id IN (");
-                        let mut sep = qb.separated(", ");
-                        for id in ids {
-                            sep.push_bind(*id);
-                        }
-                        qb.push(")");
-                        qb.build().execute(&mut *tx).await?;
-                    }
-                    let links: Vec<(i64, i64, &str)> = begun
-                        .iter()
-                        .filter_map(|b| by_enrollment.get(&b.enrollment_id).map(|i| (b.row_id, *i)))
-                        .flat_map(|(row, i)| i.links.iter().enumerate().map(move |(n, u)| (row, n as i64, u.as_str())))
-                        .collect();
-                    for part in links.chunks(CHUNK) {
-                        let mut qb = QueryBuilder::new("INSERT INTO links (message_id, idx, url) ");
-                        qb.push_values(part.iter(), |mut b, (row, n, url)| {
-                            b.push_bind(*row).push_bind(*n).push_bind(url.to_string());
-                        });
-                        qb.build().execute(&mut *tx).await?;
-                    }
-                }
-                tx.commit().await?;
-                out.extend(begun);
-            });
+        self.write_sends(&[], items, owner, now, lease_until).await
+    }
+
+    /// Records outcomes: message status, the enrollment's new state, events; one
+    /// transaction per call. With `owner`, enrollments this daemon no longer holds are
+    /// left as they are (their message status and events are still recorded).
+    pub async fn finish_sends(
+        &self,
+        items: &[Finish],
+        owner: Option<&str>,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        if items.is_empty() {
+            return Ok(());
         }
+        with_pool!(self, p => {
+            let mut tx = p.begin_write().await?;
+            finish_in_tx!(tx, items, owner, now);
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
+    /// Group commit: the outcomes of messages that went out ([`Store::finish_sends`]) and
+    /// the `sending` rows of the next batch ([`Store::begin_sends`]), in one transaction.
+    /// The order of durability holds for both (an outcome is only known after its SMTP,
+    /// and the batch is sent only after this returns); on SQLite the one write connection
+    /// is taken once for both. All or nothing: on an error no outcome is half-written and
+    /// none of the batch is `sending`.
+    pub async fn write_sends(
+        &self,
+        finishes: &[Finish],
+        begins: &[Begin],
+        owner: &str,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+    ) -> Result<Vec<Begun>> {
+        if finishes.is_empty() && begins.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut out = Vec::with_capacity(begins.len());
+        with_pool!(self, p => {
+            let mut tx = p.begin_write().await?;
+            if !finishes.is_empty() {
+                finish_in_tx!(tx, finishes, Some(owner), now);
+            }
+            if !begins.is_empty() {
+                begin_in_tx!(tx, begins, owner, now, lease_until, out);
+            }
+            tx.commit().await?;
+        });
         Ok(out)
     }
 
@@ -423,54 +517,6 @@ impl Store {
                 .await?;
             Ok(n > 0)
         })
-    }
-
-    /// Records outcomes: message status, the enrollment's new state, events; one
-    /// transaction per call. With `owner`, enrollments this daemon no longer holds are
-    /// left as they are (their message status and events are still recorded).
-    pub async fn finish_sends(
-        &self,
-        items: &[Finish],
-        owner: Option<&str>,
-        now: DateTime<Utc>,
-    ) -> Result<()> {
-        if items.is_empty() {
-            return Ok(());
-        }
-        let messages: Vec<&MessageUpdate> =
-            items.iter().filter_map(|f| f.message.as_ref()).collect();
-        let updates: Vec<EnrollmentUpdate> = items.iter().map(|f| f.enrollment.clone()).collect();
-        let events: Vec<NewEvent> = items
-            .iter()
-            .flat_map(|f| f.events.iter().cloned())
-            .collect();
-        with_pool!(self, p => {
-            let mut tx = p.begin_write().await?;
-            let (sent, unsent): (Vec<&MessageUpdate>, Vec<&MessageUpdate>) =
-                messages.iter().partition(|m| m.status == "sent");
-            // Two statements rather than one with a CASE: SQLite rewrites an index entry
-            // for every column named in SET, changed or not.
-            for (group, set_sent_at) in [(sent, ""), (unsent, ", sent_at = NULL")] {
-                for chunk in group.chunks(CHUNK) {
-                    let mut qb = QueryBuilder::new(format!(
-                        "UPDATE messages SET status = v.column2, smtp_reply = v.column3{set_sent_at}, \
-                         locked_until = NULL, updated_at = v.column4 FROM ("
-                    ));
-                    qb.push_values(chunk.iter(), |mut b, m| {
-                        b.push_bind(m.row_id)
-                            .push_bind(m.status.clone())
-                            .push_bind(m.smtp_reply.clone())
-                            .push_bind(ms(now));
-                    });
-                    qb.push(") AS v WHERE messages.id = v.column1");
-                    qb.build().execute(&mut *tx).await?;
-                }
-            }
-            update_enrollments!(tx, updates, now, owner);
-            insert_events!(tx, events, now);
-            tx.commit().await?;
-        });
-        Ok(())
     }
 
     /// The message already recorded for an enrollment's step, if any.

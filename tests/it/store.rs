@@ -22,6 +22,21 @@ async fn setup(db: Db, dir: &std::path::Path, n: usize) -> (Store, Vec<i64>) {
     (store, ids)
 }
 
+/// Each contact in sequence `intro` at its first step, due one minute after the one
+/// before it, the first ten minutes ago.
+fn first_steps(ids: &[i64], now: DateTime<Utc>) -> Vec<NewEnrollment> {
+    ids.iter()
+        .enumerate()
+        .map(|(i, id)| NewEnrollment {
+            contact_id: *id,
+            sequence: "intro".into(),
+            mailbox: "sales".into(),
+            step_id: "first".into(),
+            next_run_at: now - Duration::minutes(10 - i as i64),
+        })
+        .collect()
+}
+
 /// Changes one enrollment as the engine would, through `Store::apply`.
 async fn change(store: &Store, id: i64, now: DateTime<Utc>, f: impl FnOnce(&mut EnrollmentUpdate)) {
     let e = store.enrollments_by_id(&[id]).await.unwrap().remove(0);
@@ -46,17 +61,7 @@ async fn follow_ups_first(db: Db) {
     let dir = tempfile::tempdir().unwrap();
     let (store, ids) = setup(db, dir.path(), 3).await;
     let now = Utc::now();
-    let items: Vec<NewEnrollment> = ids
-        .iter()
-        .enumerate()
-        .map(|(i, id)| NewEnrollment {
-            contact_id: *id,
-            sequence: "intro".into(),
-            mailbox: "sales".into(),
-            step_id: "first".into(),
-            next_run_at: now - Duration::minutes(10 - i as i64),
-        })
-        .collect();
+    let items = first_steps(&ids, now);
     let created = store.enroll(&items, now).await.unwrap();
     assert_eq!(created.len(), 3);
     assert!(
@@ -251,4 +256,186 @@ async fn sqlite_wal_is_copied_back_beside_the_writer() {
         !dir.path().join("followup.db-wal").exists(),
         "closing the store folds the WAL into the file and removes it"
     );
+}
+
+/// Group commit: one transaction records the outcomes of the batch that went out and
+/// begins the next batch. Both halves keep their own checks (an enrollment stopped
+/// meanwhile is not begun, while the outcomes still land), and a failure in either half
+/// leaves nothing of the other: no outcome is half-written, and nothing of the failed
+/// batch is `sending`, so none of it goes out.
+async fn outcomes_and_the_next_batch_commit_together(db: Db) {
+    use followup::model::NewEvent;
+    use followup::store::{Begin, Finish, MessageUpdate};
+
+    let dir = tempfile::tempdir().unwrap();
+    let (store, ids) = setup(db, dir.path(), 5).await;
+    let now = Utc::now();
+    store.enroll(&first_steps(&ids, now), now).await.unwrap();
+    let lease = now + Duration::seconds(60);
+    let begin = |c: &followup::store::Claimed, n: usize| Begin {
+        enrollment_id: c.enrollment.id,
+        step_id: c.enrollment.step_id.clone(),
+        step_index: 0,
+        message_id: format!("<m{n}@sales.example>"),
+        subject: "Hello".into(),
+        content_hash: "h".into(),
+        variant: None,
+        track_key: format!("k{n}"),
+        links: vec![],
+    };
+    let sent = |c: &followup::store::Claimed, b: &followup::store::Begun| {
+        let mut u = c.enrollment.unchanged();
+        u.state = "finished".into();
+        u.next_run_at = None;
+        Finish {
+            message: Some(MessageUpdate {
+                row_id: b.row_id,
+                status: "sent".into(),
+                smtp_reply: Some("250 ok".into()),
+            }),
+            enrollment: u,
+            events: vec![NewEvent {
+                contact_id: Some(c.enrollment.contact_id),
+                enrollment_id: Some(c.enrollment.id),
+                message_id: Some(b.row_id),
+                kind: "sent".into(),
+                data: serde_json::json!({}),
+            }],
+        }
+    };
+    let status = |c: &followup::store::Claimed| {
+        let store = store.clone();
+        let (id, step) = (c.enrollment.id, c.enrollment.step_id.clone());
+        async move {
+            store
+                .step_message(id, &step)
+                .await
+                .unwrap()
+                .map(|m| m.status)
+        }
+    };
+
+    // Batch 1 (c0, c1) is on the wire; batch 2 (c2, c3) is claimed, and c3 is stopped
+    // (a reply came in) before its `sending` commit.
+    let first = store
+        .claim("sales", now, 2, lease, "a", None)
+        .await
+        .unwrap();
+    let first_begun = store
+        .begin_sends(&[begin(&first[0], 0), begin(&first[1], 1)], "a", now, lease)
+        .await
+        .unwrap();
+    assert_eq!(first_begun.len(), 2);
+    let second = store
+        .claim(
+            "sales",
+            now,
+            2,
+            lease,
+            "a",
+            followup::store::ClaimCursor::after(&first),
+        )
+        .await
+        .unwrap();
+    assert_eq!(second[1].contact.email, "c3@prospect.example");
+    change(&store, second[1].enrollment.id, now, |u| {
+        u.state = "stopped".into();
+        u.reason = Some("replied".into());
+        u.next_run_at = None;
+    })
+    .await;
+
+    let finishes: Vec<Finish> = first
+        .iter()
+        .zip(&first_begun)
+        .map(|(c, b)| sent(c, b))
+        .collect();
+    let begun = store
+        .write_sends(
+            &finishes,
+            &[begin(&second[0], 2), begin(&second[1], 3)],
+            "a",
+            now,
+            lease,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        begun.iter().map(|b| b.enrollment_id).collect::<Vec<_>>(),
+        [second[0].enrollment.id],
+        "only the enrollment still active is begun"
+    );
+    for c in &first {
+        assert_eq!(status(c).await.as_deref(), Some("sent"));
+        let e = store
+            .enrollments_by_id(&[c.enrollment.id])
+            .await
+            .unwrap()
+            .remove(0);
+        assert_eq!(e.state, "finished");
+        let kinds: Vec<String> = store
+            .timeline(c.enrollment.contact_id)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(_, kind, _)| kind)
+            .collect();
+        assert!(kinds.contains(&"sent".to_string()), "{kinds:?}");
+    }
+    assert_eq!(status(&second[0]).await.as_deref(), Some("sending"));
+    assert_eq!(
+        status(&second[1]).await,
+        None,
+        "a stopped enrollment gets no message"
+    );
+
+    // c2's outcome rides with batch 3 (c4), whose Message-ID is taken already: the
+    // transaction fails as a whole: c2 stays `sending` with its enrollment where it was,
+    // and c4 has no message, so it cannot be sent.
+    let third = store
+        .claim(
+            "sales",
+            now,
+            1,
+            lease,
+            "a",
+            followup::store::ClaimCursor::after(&second),
+        )
+        .await
+        .unwrap();
+    assert_eq!(third[0].contact.email, "c4@prospect.example");
+    let mut clash = begin(&third[0], 4);
+    clash.message_id = "<m0@sales.example>".into();
+    let finishes = vec![sent(&second[0], &begun[0])];
+    assert!(store
+        .write_sends(&finishes, &[clash], "a", now, lease)
+        .await
+        .is_err());
+    assert_eq!(status(&second[0]).await.as_deref(), Some("sending"));
+    assert_eq!(status(&third[0]).await, None);
+    let e = store
+        .enrollments_by_id(&[second[0].enrollment.id])
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(e.state, "active", "the failed commit did not advance c2");
+    // The next commit carries the same outcome again.
+    let begun = store
+        .write_sends(&finishes, &[begin(&third[0], 4)], "a", now, lease)
+        .await
+        .unwrap();
+    assert_eq!(begun.len(), 1);
+    assert_eq!(status(&second[0]).await.as_deref(), Some("sent"));
+    assert_eq!(status(&third[0]).await.as_deref(), Some("sending"));
+    store.close().await;
+}
+
+#[tokio::test]
+async fn outcomes_and_the_next_batch_commit_together_sqlite() {
+    outcomes_and_the_next_batch_commit_together(Db::Sqlite).await;
+}
+
+#[tokio::test]
+async fn outcomes_and_the_next_batch_commit_together_postgres() {
+    outcomes_and_the_next_batch_commit_together(Db::Postgres).await;
 }
