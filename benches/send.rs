@@ -6,7 +6,8 @@
 //! For each session count S, a fresh project (SQLite file, one mailbox with
 //! `connections = S`, a ~2 KB template) gets N contacts imported and enrolled through
 //! the library; then `Scheduler::run_once` is timed until all N are sent, then
-//! `smtp-source -d -s S -m N -l SIZE` against the same sink.
+//! `smtp-source -d -s S -m N -l SIZE` against the same sink; that pair is run
+//! FOLLOWUP_BENCH_REPEAT times.
 //!
 //! Then, for one session count, where the time goes: the scheduler's round replayed
 //! step by step through the same public API with a timer on each phase (claim, render,
@@ -17,7 +18,10 @@
 //! Run: `cargo bench --bench send` (Postfix installed: /usr/sbin/smtp-sink and
 //! /usr/sbin/smtp-source). Knobs, all optional: FOLLOWUP_BENCH_N (messages, default
 //! 20000), FOLLOWUP_BENCH_SESSIONS (default "1,8,32"), FOLLOWUP_BENCH_BATCH (`[send]
-//! batch`, default 100, followup's default), FOLLOWUP_BENCH_PROFILE_SESSIONS (default 8).
+//! batch`, default 100, followup's default), FOLLOWUP_BENCH_REPEAT (pairs of runs per
+//! session count, default 3: the figure is the ratio of the medians, since smtp-source's
+//! own rate moves by a fifth from run to run on a shared machine),
+//! FOLLOWUP_BENCH_PROFILE_SESSIONS (default 8).
 
 mod common;
 
@@ -49,6 +53,14 @@ const MAILBOX: &str = "sales";
 struct Settings {
     n: usize,
     batch: usize,
+    /// Pairs of runs (followup, then smtp-source) per session count.
+    repeat: usize,
+}
+
+/// The middle one (of an even count, the upper middle).
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
 }
 
 /// A project with N contacts enrolled and due, and the sink its mailbox sends to.
@@ -578,6 +590,7 @@ fn main() {
     let s = Settings {
         n: env_usize("FOLLOWUP_BENCH_N", 20_000),
         batch: env_usize("FOLLOWUP_BENCH_BATCH", 100),
+        repeat: env_usize("FOLLOWUP_BENCH_REPEAT", 3).max(1),
     };
     let sessions: Vec<usize> = std::env::var("FOLLOWUP_BENCH_SESSIONS")
         .unwrap_or_else(|_| "1,8,32".into())
@@ -598,17 +611,34 @@ fn main() {
     let mut summary = Vec::new();
     let mut source_rate = String::from("not measured");
     for &sessions in &sessions {
-        // In a spawned task, as the daemon runs its scheduler.
-        let (ours, theirs) = rt.block_on(rt.spawn(compare(s, sessions))).unwrap();
+        // Pairs, one after the other: each pair is followup then smtp-source, so that both
+        // sides meet the same load on the machine; the figure is the ratio of the medians.
+        let pairs: Vec<(Duration, Duration)> = (0..s.repeat)
+            .map(|_| {
+                // In a spawned task, as the daemon runs its scheduler.
+                rt.block_on(rt.spawn(compare(s, sessions))).unwrap()
+            })
+            .collect();
+        let each: Vec<String> = pairs
+            .iter()
+            .map(|(ours, theirs)| {
+                format!("{:.0}%", 100.0 * theirs.as_secs_f64() / ours.as_secs_f64())
+            })
+            .collect();
+        let ours = median(pairs.iter().map(|p| p.0).collect());
+        let theirs = median(pairs.iter().map(|p| p.1).collect());
         if sessions == profile {
             source_rate = format!("{} msg/s", rate(s.n, theirs));
         }
         summary.push(format!(
-            "send: followup {} msg/s vs smtp-source {} msg/s with {sessions} session{} = {:.0}%",
+            "send: followup {} msg/s vs smtp-source {} msg/s with {sessions} session{} = {:.0}% \
+             (medians of {} pairs; each pair: {})",
             rate(s.n, ours),
             rate(s.n, theirs),
             if sessions == 1 { "" } else { "s" },
-            100.0 * theirs.as_secs_f64() / ours.as_secs_f64()
+            100.0 * theirs.as_secs_f64() / ours.as_secs_f64(),
+            pairs.len(),
+            each.join(", ")
         ));
     }
     if profile > 0 {
