@@ -271,8 +271,12 @@ async fn auto_reply_and_bounce(db: Db) {
     )
     .await;
     let (id, subject) = w.first("ooo@prospect.example");
+    // Dates relative to today: a return date already past would give the default pause.
+    let shanghai = chrono_tz::Asia::Shanghai;
+    let back = Utc::now().with_timezone(&shanghai).date_naive() + chrono::Days::new(10);
     let ooo = format!(
-        "From: ooo@prospect.example\r\nTo: iris@sender.example\r\nSubject: Auto: {subject}\r\nAuto-Submitted: auto-replied\r\nIn-Reply-To: {id}\r\nMessage-ID: <ooo-1@prospect.example>\r\nDate: Wed, 25 Nov 2026 10:00:00 +0000\r\n\r\nI am out of the office until 2026-12-03.\r\n"
+        "From: ooo@prospect.example\r\nTo: iris@sender.example\r\nSubject: Auto: {subject}\r\nAuto-Submitted: auto-replied\r\nIn-Reply-To: {id}\r\nMessage-ID: <ooo-1@prospect.example>\r\nDate: {}\r\n\r\nI am out of the office until {back}.\r\n",
+        Utc::now().to_rfc2822()
     );
     let h = w.deliver(Folder::Inbox, &ooo).await;
     assert_eq!(h.changed.len(), 1, "{h:?}");
@@ -284,11 +288,10 @@ async fn auto_reply_and_bounce(db: Db) {
         .unwrap();
     assert_eq!(e.state, "paused");
     assert_eq!(e.step_id, "bump", "resumes where it was");
-    // Back on Dec 3 → resumes on Dec 4 (00:00 in the contact's zone, Asia/Shanghai here).
-    assert_eq!(
-        e.paused_until.unwrap().to_rfc3339(),
-        "2026-12-03T16:00:00+00:00"
-    );
+    // Back on day D → resumes on D + 1, 00:00 in the contact's zone (Asia/Shanghai here,
+    // so 16:00 UTC on D): the date read from the text, not the default pause.
+    let resumes = format!("{back}T16:00:00+00:00");
+    assert_eq!(e.paused_until.unwrap().to_rfc3339(), resumes);
 
     // A permanent bounce (RFC 3464) suppresses the address and stops the enrollment.
     let (id, _) = w.first("gone@prospect.example");
