@@ -755,7 +755,9 @@ impl Scheduler {
             }
         };
         // On an error the stages before and after stop (their channels close with this
-        // one), and what is in flight stays `sending`, in doubt later.
+        // one): the outcomes in hand have been recorded on their own if they could be,
+        // the batch was not begun (its claims go back with their leases), and what is
+        // still on the wire stays `sending`, in doubt later.
         let now = Utc::now();
         let begun = self
             .store

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use sqlx::{QueryBuilder, Row};
+use tracing::warn;
 
 use super::{
     contact_from_row, enrollment_from_row, from_ms, ms, parse_fields, BeginWrite, Contact,
@@ -477,8 +478,11 @@ impl Store {
     /// the `sending` rows of the next batch ([`Store::begin_sends`]), in one transaction.
     /// The order of durability holds for both (an outcome is only known after its SMTP,
     /// and the batch is sent only after this returns); on SQLite the one write connection
-    /// is taken once for both. All or nothing: on an error no outcome is half-written and
-    /// none of the batch is `sending`.
+    /// is taken once for both. On an error none of the batch is `sending` (so none of it
+    /// may be sent), and the outcomes have been committed on their own if they could be:
+    /// they say what a server already did, and a failure of the batch's half (a
+    /// Message-ID or tracking key taken, say) must not leave them to come back as in
+    /// doubt. The caller must not hand the same outcomes in again after an error.
     pub async fn write_sends(
         &self,
         finishes: &[Finish],
@@ -490,6 +494,34 @@ impl Store {
         if finishes.is_empty() && begins.is_empty() {
             return Ok(Vec::new());
         }
+        let together = self.write_sends_once(finishes, begins, owner, now, lease_until);
+        match together.await {
+            Err(e) if !finishes.is_empty() && !begins.is_empty() => {
+                match self.finish_sends(finishes, Some(owner), now).await {
+                    Ok(()) => warn!(
+                        error = %e,
+                        outcomes = finishes.len(),
+                        "the next batch's `sending` rows could not be written; the outcomes were recorded on their own"
+                    ),
+                    Err(again) => {
+                        warn!(error = %again, "outcomes could not be recorded either; those messages will come back as in doubt")
+                    }
+                }
+                Err(e)
+            }
+            r => r,
+        }
+    }
+
+    /// [`Store::write_sends`]' one transaction, all or nothing.
+    async fn write_sends_once(
+        &self,
+        finishes: &[Finish],
+        begins: &[Begin],
+        owner: &str,
+        now: DateTime<Utc>,
+        lease_until: DateTime<Utc>,
+    ) -> Result<Vec<Begun>> {
         let mut out = Vec::with_capacity(begins.len());
         with_pool!(self, p => {
             let mut tx = p.begin_write().await?;

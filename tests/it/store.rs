@@ -260,9 +260,9 @@ async fn sqlite_wal_is_copied_back_beside_the_writer() {
 
 /// Group commit: one transaction records the outcomes of the batch that went out and
 /// begins the next batch. Both halves keep their own checks (an enrollment stopped
-/// meanwhile is not begun, while the outcomes still land), and a failure in either half
-/// leaves nothing of the other: no outcome is half-written, and nothing of the failed
-/// batch is `sending`, so none of it goes out.
+/// meanwhile is not begun, while the outcomes still land). When the batch's half fails,
+/// nothing of the batch is `sending`, so none of it goes out, and the outcomes are
+/// recorded on their own: what a server already took is not left to come back in doubt.
 async fn outcomes_and_the_next_batch_commit_together(db: Db) {
     use followup::model::NewEvent;
     use followup::store::{Begin, Finish, MessageUpdate};
@@ -390,8 +390,8 @@ async fn outcomes_and_the_next_batch_commit_together(db: Db) {
     );
 
     // c2's outcome rides with batch 3 (c4), whose Message-ID is taken already: the
-    // transaction fails as a whole: c2 stays `sending` with its enrollment where it was,
-    // and c4 has no message, so it cannot be sent.
+    // transaction fails, c4 has no message, so it cannot be sent, and c2's outcome (the
+    // server took it) is recorded on its own rather than left to come back in doubt.
     let third = store
         .claim(
             "sales",
@@ -411,21 +411,28 @@ async fn outcomes_and_the_next_batch_commit_together(db: Db) {
         .write_sends(&finishes, &[clash], "a", now, lease)
         .await
         .is_err());
-    assert_eq!(status(&second[0]).await.as_deref(), Some("sending"));
+    assert_eq!(status(&second[0]).await.as_deref(), Some("sent"));
     assert_eq!(status(&third[0]).await, None);
     let e = store
         .enrollments_by_id(&[second[0].enrollment.id])
         .await
         .unwrap()
         .remove(0);
-    assert_eq!(e.state, "active", "the failed commit did not advance c2");
-    // The next commit carries the same outcome again.
+    assert_eq!(e.state, "finished", "c2's outcome was recorded");
+    let sent_events = store
+        .timeline(second[0].enrollment.contact_id)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|(_, kind, _)| kind == "sent")
+        .count();
+    assert_eq!(sent_events, 1);
+    // c4's claim still holds; its batch can be begun once the clash is gone.
     let begun = store
-        .write_sends(&finishes, &[begin(&third[0], 4)], "a", now, lease)
+        .write_sends(&[], &[begin(&third[0], 4)], "a", now, lease)
         .await
         .unwrap();
     assert_eq!(begun.len(), 1);
-    assert_eq!(status(&second[0]).await.as_deref(), Some("sent"));
     assert_eq!(status(&third[0]).await.as_deref(), Some("sending"));
     store.close().await;
 }
