@@ -112,6 +112,9 @@ pub struct Mailbox {
     pub pacing: Pacing,
     /// Where replies arrive; None: no reply detection for this mailbox.
     pub imap: Option<Imap>,
+    /// The certificates its SMTP and IMAP servers are checked against: the public
+    /// roots, plus those of `ca_file`.
+    pub tls: crate::mail::tls::Trust,
 }
 
 /// How the IMAP watcher reaches a mailbox.
@@ -391,6 +394,7 @@ struct RawMailbox {
     imap: Option<Spanned<String>>,
     sent_folder: Option<String>,
     append_sent: Option<bool>,
+    ca_file: Option<Spanned<String>>,
 }
 
 /// Turns byte offsets in one file into line/column locations for diagnostics.
@@ -605,6 +609,27 @@ pub fn load(path: &Path, need_secrets: bool) -> Result<Config, Diagnostics> {
                 None
             }
         };
+        // A private CA for this mailbox's servers, in addition to the public roots; a
+        // relative path is the project's.
+        let tls = match var("CA_FILE").or_else(|| m.ca_file.as_ref().map(|c| c.get_ref().clone())) {
+            None => crate::mail::tls::Trust::public(),
+            Some(file) => match crate::mail::tls::Trust::with_ca_file(&root.join(&file)) {
+                Ok(t) => t,
+                Err(e) => {
+                    let span = m
+                        .ca_file
+                        .as_ref()
+                        .map(|s| s.span())
+                        .unwrap_or_else(|| spanned.span());
+                    diags.push(
+                        map.error(span, format!("mailbox '{name}': ca_file: {e}")).with_help(
+                            "a PEM file of the CA certificates that signed your SMTP and IMAP servers' certificates",
+                        ),
+                    );
+                    crate::mail::tls::Trust::public()
+                }
+            },
+        };
         let jitter = m.jitter.unwrap_or(0.2);
         if !(0.0..=1.0).contains(&jitter) {
             diags.push(map.error(
@@ -623,6 +648,7 @@ pub fn load(path: &Path, need_secrets: bool) -> Result<Config, Diagnostics> {
                     password,
                     connections: m.connections.unwrap_or(4).clamp(1, 64),
                     imap,
+                    tls,
                     pacing: Pacing {
                         daily_limit: m.daily_limit,
                         min_gap,

@@ -17,6 +17,7 @@ use secrecy::SecretString;
 use tokio::sync::Semaphore;
 
 use super::smtp::{self, Connection, Login, Security};
+use super::tls::Trust;
 use crate::config::{Mailbox, Transport};
 
 /// How long connecting (with greeting, EHLO, STARTTLS and AUTH) may take.
@@ -62,6 +63,8 @@ struct SmtpPool {
     /// The mailbox's login (it is the IMAP login too).
     login: Option<(String, SecretString)>,
     hello: ClientId,
+    /// The certificates its server is checked against.
+    trust: Trust,
     /// Idle connections. A std Mutex: it is never held across an `.await`.
     idle: Mutex<Vec<Connection>>,
     /// Bounds open connections (idle + in use) to the mailbox's `connections`.
@@ -79,6 +82,7 @@ impl Sender {
                     _ => None,
                 },
                 hello: ClientId::default(),
+                trust: mailbox.tls.clone(),
                 idle: Mutex::new(Vec::new()),
                 permits: Semaphore::new(mailbox.connections.max(1)),
             }),
@@ -227,7 +231,7 @@ impl SmtpPool {
             .login
             .as_ref()
             .map(|(user, password)| Login { user, password });
-        Connection::connect(host, port, security, &self.hello, login)
+        Connection::connect(host, port, security, &self.trust, &self.hello, login)
             .await
             .map_err(|e| match e {
                 smtp::Error::Io(io) => SendOutcome::Transient {

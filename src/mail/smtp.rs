@@ -22,6 +22,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use crate::mail::tls::Trust;
 use base64::Engine as _;
 use lettre::address::Envelope;
 use lettre::transport::smtp::commands::{Ehlo, Mail, Rcpt};
@@ -252,6 +253,7 @@ impl Connection {
         host: &str,
         port: u16,
         security: Security,
+        trust: &Trust,
         hello: &ClientId,
         login: Option<Login<'_>>,
     ) -> Result<Connection, Error> {
@@ -259,9 +261,7 @@ impl Connection {
         tcp.set_nodelay(true)?;
         let stream = match security {
             Security::Tls => Stream::Tls(Box::new(
-                crate::mail::tls::connect(host, tcp)
-                    .await
-                    .map_err(Error::Tls)?,
+                trust.connect(host, tcp).await.map_err(Error::Tls)?,
             )),
             Security::Plain | Security::StartTls => Stream::Plain(tcp),
         };
@@ -285,7 +285,7 @@ impl Connection {
                 )));
             }
             conn.expect("STARTTLS\r\n", 220).await?;
-            conn = conn.start_tls(host).await?;
+            conn = conn.start_tls(host, trust).await?;
             conn.ehlo(hello).await?;
         }
         if let Some(login) = login {
@@ -586,7 +586,7 @@ impl Connection {
         Ok(())
     }
 
-    async fn start_tls(self, host: &str) -> Result<Connection, Error> {
+    async fn start_tls(self, host: &str, trust: &Trust) -> Result<Connection, Error> {
         // Anything the server sent after its 220 came before TLS and could be an
         // attacker's (the STARTTLS injection of CVE-2011-0411): refuse it.
         if self.read_pos < self.read.len() {
@@ -595,9 +595,7 @@ impl Connection {
         let Stream::Plain(tcp) = self.stream else {
             return Err(Error::Protocol("STARTTLS on a TLS connection".into()));
         };
-        let tls = crate::mail::tls::connect(host, tcp)
-            .await
-            .map_err(Error::Tls)?;
+        let tls = trust.connect(host, tcp).await.map_err(Error::Tls)?;
         Ok(Connection {
             stream: Stream::Tls(Box::new(tls)),
             read: self.read,
@@ -963,9 +961,16 @@ mod tests {
 
     async fn client(port: u16) -> Connection {
         let hello = ClientId::Domain("client.example".into());
-        Connection::connect("127.0.0.1", port, Security::Plain, &hello, None)
-            .await
-            .unwrap()
+        Connection::connect(
+            "127.0.0.1",
+            port,
+            Security::Plain,
+            &Trust::public(),
+            &hello,
+            None,
+        )
+        .await
+        .unwrap()
     }
 
     fn envelope(to: &str) -> Envelope {
@@ -1080,10 +1085,17 @@ mod tests {
         })
         .await;
         let hello = ClientId::Domain("client.example".into());
-        let e = Connection::connect("127.0.0.1", port, Security::StartTls, &hello, None)
-            .await
-            .err()
-            .unwrap();
+        let e = Connection::connect(
+            "127.0.0.1",
+            port,
+            Security::StartTls,
+            &Trust::public(),
+            &hello,
+            None,
+        )
+        .await
+        .err()
+        .unwrap();
         assert!(
             e.is_permanent() && e.to_string().contains("does not offer STARTTLS"),
             "{e}"

@@ -10,4 +10,5 @@ mod mailworld;
 mod replies;
 mod send;
 mod store;
+mod tls;
 mod track;

@@ -70,6 +70,11 @@ impl Smtp {
     }
 
     pub fn start_on(dir: &Path, mode: &str, port: u16) -> Smtp {
+        Smtp::start_with(dir, mode, &["--port", &port.to_string()])
+    }
+
+    /// With more of smtpd.py's options (`--tls`, `--auth`, ...).
+    pub fn start_with(dir: &Path, mode: &str, args: &[&str]) -> Smtp {
         std::fs::create_dir_all(dir).unwrap();
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/smtpd.py");
         let mut child = Command::new("python3")
@@ -79,10 +84,9 @@ impl Smtp {
                 dir.to_str().unwrap(),
                 "--mode",
                 mode,
-                "--port",
-                &port.to_string(),
                 "--exit-on-stdin-eof",
             ])
+            .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -23,12 +23,13 @@ DIR/log.jsonl, after the .eml file (if any) has been renamed into place:
 
     {"seq": n | null, "txn": t, "at": unix-seconds-float, "from": "...",
      "to": ["..."], "result": "250" | "451" | "550",
-     "message_id": "<...>" | null, "auth": "user" | null}
+     "message_id": "<...>" | null, "auth": "user" | null, "tls": bool}
 
 "seq" is the number of the .eml file (null when the message was not
 accepted); "txn" counts all DATA transactions from 1; "at" is taken when DATA
 ends; "message_id" is the Message-ID header value (stripped, unfolded), or
-null; "auth" is the login the session authenticated as, or null.
+null; "auth" is the login the session authenticated as, or null; "tls" says
+whether the message came over TLS (implicit or after STARTTLS).
 
 Modes:
     accept          every DATA gets 250.
@@ -43,6 +44,11 @@ Modes:
 --auth user:password advertises AUTH PLAIN and LOGIN without TLS and requires
 a successful AUTH before MAIL FROM (530 otherwise); wrong credentials get 535.
 
+--tls starttls|implicit with --cert FILE --key FILE (PEM): `starttls` offers
+STARTTLS and refuses MAIL FROM (and AUTH) before it; `implicit` speaks TLS from
+the first byte (smtps). With --auth and starttls, AUTH is offered only after
+STARTTLS.
+
 --exit-on-stdin-eof: also exit when stdin reaches EOF, so a test that spawns
 the server with a piped stdin does not leak it if the test process dies.
 
@@ -55,6 +61,7 @@ import json
 import logging
 import os
 import signal
+import ssl
 import sys
 import time
 import warnings
@@ -144,6 +151,7 @@ class Handler:
             "result": result,
             "message_id": message_id,
             "auth": auth,
+            "tls": server.transport.get_extra_info("ssl_object") is not None,
         }
         line = json.dumps(entry, ensure_ascii=False) + "\n"
         # One write per line, so a concurrent reader sees whole lines.
@@ -177,6 +185,15 @@ async def main_async(args) -> int:
         hostname="followup-test-smtpd",
         ident="followup test smtpd",
     )
+    tls_context = None
+    if args.tls is not None:
+        if not (args.cert and args.key):
+            print("smtpd.py: --tls wants --cert and --key", file=sys.stderr)
+            return 2
+        tls_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls_context.load_cert_chain(args.cert, args.key)
+        if args.tls == "starttls":
+            smtp_kwargs.update(tls_context=tls_context, require_starttls=True)
     if args.auth is not None:
         user, sep, password = args.auth.partition(":")
         if not sep:
@@ -185,12 +202,17 @@ async def main_async(args) -> int:
         smtp_kwargs.update(
             authenticator=Authenticator(user, password),
             auth_required=True,
-            auth_require_tls=False,
+            # aiosmtpd sees TLS only when it came by STARTTLS; with implicit TLS the
+            # whole connection is encrypted anyway.
+            auth_require_tls=args.tls == "starttls",
         )
 
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
-        lambda: SMTP(handler, **smtp_kwargs), host="127.0.0.1", port=args.port
+        lambda: SMTP(handler, **smtp_kwargs),
+        host="127.0.0.1",
+        port=args.port,
+        ssl=tls_context if args.tls == "implicit" else None,
     )
     port = server.sockets[0].getsockname()[1]
     sys.stdout.write("PORT %d\n" % port)
@@ -224,6 +246,10 @@ def main() -> int:
     p.add_argument("--port", type=int, default=0, help="TCP port on 127.0.0.1 (0 = any free port)")
     p.add_argument("--auth", metavar="USER:PASSWORD", default=None,
                    help="require AUTH PLAIN/LOGIN with these credentials")
+    p.add_argument("--tls", choices=["starttls", "implicit"], default=None,
+                   help="STARTTLS (required before MAIL) or TLS from the first byte")
+    p.add_argument("--cert", default=None, help="PEM certificate chain for --tls")
+    p.add_argument("--key", default=None, help="PEM private key for --tls")
     p.add_argument("--exit-on-stdin-eof", action="store_true",
                    help="exit when stdin is closed")
     args = p.parse_args()
