@@ -333,9 +333,28 @@ impl Case {
         Case::build(db, contacts, waits, true)
     }
 
+    /// The rep's mailbox watched over `imap+starttls://`, its certificate checked
+    /// against the world's private CA (`ca_file`).
+    fn starttls(db: Db, contacts: &[&str], waits: (&str, &str)) -> Case {
+        Case::make(db, contacts, waits, true, true)
+    }
+
     /// `run`: start the daemon at once.
     fn build(db: Db, contacts: &[&str], waits: (&str, &str), run: bool) -> Case {
+        Case::make(db, contacts, waits, run, false)
+    }
+
+    fn make(db: Db, contacts: &[&str], waits: (&str, &str), run: bool, tls: bool) -> Case {
         let world = World::start();
+        let imap = if tls {
+            format!(
+                "imap = \"imap+starttls://127.0.0.1:{}\"\nca_file = \"{}\"",
+                world.port("IMAP_PORT"),
+                world.get("CA_FILE")
+            )
+        } else {
+            format!("imap = \"imap://127.0.0.1:{}\"", world.port("IMAP_PORT"))
+        };
         let mut p = Project::new(
             db,
             &Options {
@@ -351,11 +370,10 @@ impl Case {
                 "database = \"{}\"\ntimezone = \"Asia/Shanghai\"\nwindow = \"always\"\n\n\
                  [send]\nlease = \"5s\"\nretry_base = \"1s\"\nretry_max = \"2s\"\n\n\
                  [mailboxes.sales]\nfrom = \"Rep <{REP}>\"\nsmtp = \"smtp://127.0.0.1:{}\"\n\
-                 imap = \"imap://127.0.0.1:{}\"\nuser = \"{REP}\"\npassword_env = \"MW_REP_PASSWORD\"\n\
+                 {imap}\nuser = \"{REP}\"\npassword_env = \"MW_REP_PASSWORD\"\n\
                  append_sent = true\n",
                 p.database,
                 world.port("SMTP_PORT"),
-                world.port("IMAP_PORT"),
             ),
         );
         let mut csv = String::from("email,first_name,company\n");
@@ -518,6 +536,19 @@ fn answer(c: &Case, from: &str, build: impl Fn(&str, &str) -> String) {
     c.world.send(from, REP, &build(&id, &subject));
 }
 
+/// li answers our first mail in its thread (In-Reply-To, References, `Re:`).
+fn li_replies_in_thread(c: &Case, body: &str) {
+    answer(c, LI, |id, subject| {
+        message(
+            "Li Lei <li@prospect.test>",
+            "Rep <rep@followup.test>",
+            &format!("Re: {subject}"),
+            &threaded(id),
+            &text(body),
+        )
+    });
+}
+
 // ------------------------------------------------------------------ the cases
 
 /// A threaded reply stops exactly that enrollment, and its follow-up never goes out
@@ -525,15 +556,10 @@ fn answer(c: &Case, from: &str, build: impl Fn(&str, &str) -> String) {
 fn threaded_reply(db: Db) {
     let c = Case::new(db, &[LI, BUYER], ("10s", "1h"));
     c.first(BUYER);
-    answer(&c, LI, |id, subject| {
-        message(
-            "Li Lei <li@prospect.test>",
-            "Rep <rep@followup.test>",
-            &format!("Re: {subject}"),
-            &threaded(id),
-            &text("Yes, please send samples and a price list.\r\n\r\n> Hi Li,\r\n> STEP=first"),
-        )
-    });
+    li_replies_in_thread(
+        &c,
+        "Yes, please send samples and a price list.\r\n\r\n> Hi Li,\r\n> STEP=first",
+    );
     let e = c.stopped(LI, "replied");
     c.assert_untouched(BUYER);
     // The bystander's follow-up is sent on time; li's, due at about the same moment, is
@@ -554,6 +580,26 @@ fn threaded_reply(db: Db) {
         "li replied, so only the first step: {to_li:?}"
     );
     assert_eq!(c.replied_count(), 1);
+}
+
+/// The same over STARTTLS with the world's CA in `ca_file`: the daemon's copy goes into
+/// Sent and li's reply stops her sequence, and every login Dovecot saw came over TLS.
+fn reply_over_starttls(db: Db) {
+    let c = Case::starttls(db, &[LI, BUYER], ("1h", "1h"));
+    c.first(BUYER);
+    li_replies_in_thread(&c, "Yes, please call me.");
+    c.stopped(LI, "replied");
+    c.assert_untouched(BUYER);
+    let log = c.world.log("dovecot.log");
+    let logins: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("imap-login: Info: Login: user=<rep@followup.test>"))
+        .collect();
+    assert!(!logins.is_empty(), "{}", c.context());
+    assert!(
+        logins.iter().all(|l| l.contains(", TLS")),
+        "every login over TLS: {logins:#?}"
+    );
 }
 
 /// No In-Reply-To, only "Re:" and the address.
@@ -1007,6 +1053,7 @@ on_both!(
     first_start_skips_old_mail,
     in_doubt_settled_through_sent,
     threaded_reply,
+    reply_over_starttls,
     unthreaded_reply,
     html_only_reply,
     colleague_reply,

@@ -1,5 +1,5 @@
 //! SMTP over TLS against a real server (aiosmtpd with a certificate from a private CA
-//! made here with openssl): STARTTLS and implicit TLS (smtps://) with the mailbox's
+//! made by `tests/support/pki.sh`): STARTTLS and implicit TLS (smtps://) with the mailbox's
 //! `ca_file`, the login sent only inside TLS, and a certificate nobody vouches for
 //! refused.
 
@@ -8,88 +8,20 @@ use std::process::Command;
 
 use crate::support::{Db, Options, Project, Smtp};
 
-/// A CA and a server certificate for 127.0.0.1 signed by it: (ca.pem, server.pem,
-/// server.key).
+/// A CA and a server certificate for 127.0.0.1 signed by it (`tests/support/pki.sh`):
+/// (ca.pem, server.pem, server.key).
 fn private_ca(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    std::fs::create_dir_all(dir).unwrap();
-    let openssl = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("openssl (Debian package openssl)");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    openssl(
-        &[
-            &["req", "-x509"][..],
-            &ec,
-            &[
-                "-keyout",
-                "ca.key",
-                "-out",
-                "ca.pem",
-                "-days",
-                "2",
-                "-subj",
-                "/CN=followup test CA",
-                "-addext",
-                "basicConstraints=critical,CA:TRUE",
-                "-addext",
-                "keyUsage=critical,keyCertSign,cRLSign",
-            ],
-        ]
-        .concat(),
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/pki.sh");
+    let out = Command::new("bash")
+        .arg(script)
+        .arg(dir)
+        .output()
+        .expect("bash tests/support/pki.sh");
+    assert!(
+        out.status.success(),
+        "pki.sh (needs openssl): {}",
+        String::from_utf8_lossy(&out.stderr)
     );
-    openssl(
-        &[
-            &["req"][..],
-            &ec,
-            &[
-                "-keyout",
-                "server.key",
-                "-out",
-                "server.csr",
-                "-subj",
-                "/CN=127.0.0.1",
-            ],
-        ]
-        .concat(),
-    );
-    std::fs::write(
-        dir.join("server.ext"),
-        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
-         keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n",
-    )
-    .unwrap();
-    openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "server.pem",
-        "-days",
-        "2",
-        "-extfile",
-        "server.ext",
-    ]);
     (
         dir.join("ca.pem"),
         dir.join("server.pem"),

@@ -27,7 +27,10 @@
 # Printed lines (shell syntax, safe to `eval`; values never contain spaces):
 #   MAILWORLD_DIR SMTP_HOST SMTP_PORT IMAP_HOST IMAP_PORT LMTP_PORT DOMAIN
 #   PROSPECT_DOMAIN PASSWORD REP LI COLLEAGUE OOO UNKNOWN USERS
-#   POSTFIX_CONFIG DOVECOT_CONFIG POSTFIX_LOG DOVECOT_LOG MAIL_ROOT
+#   POSTFIX_CONFIG DOVECOT_CONFIG POSTFIX_LOG DOVECOT_LOG MAIL_ROOT CA_FILE
+#
+# Dovecot offers STARTTLS on IMAP_PORT with a certificate for 127.0.0.1 signed
+# by the CA in CA_FILE (tests/support/pki.sh); plain logins work too.
 #
 # Users (password "secret"): rep@followup.test, li@prospect.test,
 # colleague@prospect.test, ooo@prospect.test (Sieve vacation, :days 1), plus
@@ -220,6 +223,7 @@ DOVECOT_CONFIG=$DC_CONF
 POSTFIX_LOG=$DIR/postfix.log
 DOVECOT_LOG=$DIR/dovecot.log
 MAIL_ROOT=$DIR/mail
+CA_FILE=$DIR/tls/ca.pem
 EOF
     mv "$DIR/env.tmp" "$DIR/env"
 }
@@ -256,6 +260,11 @@ write_configs() {
     local u
     for u in $BASE_USERS ${MAILWORLD_EXTRA_USERS:-}; do add_user "$u"; done
 
+    # Dovecot offers STARTTLS with a certificate for 127.0.0.1 from a private CA
+    # (CA_FILE), so that clients can test TLS as against a real server; plain
+    # IMAP stays allowed.
+    bash "$(dirname "${BASH_SOURCE[0]}")/pki.sh" "$DIR/tls"
+
     # ooo@prospect.test: a real out-of-office responder (RFC 5230 vacation).
     cat >"$DIR/sieve/ooo@$PROSPECT_DOMAIN.sieve" <<'EOF'
 require ["vacation"];
@@ -280,7 +289,9 @@ base_dir = $DC_BASE
 state_dir = $DIR/state
 log_path = $DIR/dovecot.log
 log_timestamp = "%Y-%m-%d %H:%M:%S "
-ssl = no
+ssl = yes
+ssl_cert = <$DIR/tls/server.pem
+ssl_key = <$DIR/tls/server.key
 disable_plaintext_auth = no
 auth_mechanisms = plain login
 auth_username_format = %Lu
