@@ -22,7 +22,6 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use crate::mail::tls::Trust;
 use base64::Engine as _;
 use lettre::address::Envelope;
 use lettre::transport::smtp::commands::{Ehlo, Mail, Rcpt};
@@ -32,6 +31,8 @@ use secrecy::{ExposeSecret, SecretString};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
+
+use crate::mail::tls::Trust;
 
 /// A reply longer than this is not SMTP (RFC 5321 allows 512 bytes per line; EHLO
 /// answers run to a few dozen lines).

@@ -77,24 +77,12 @@ impl Trust {
     }
 }
 
-impl Default for Trust {
-    fn default() -> Trust {
-        Trust::public()
-    }
-}
-
 impl fmt::Debug for Trust {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.extra {
             0 => write!(f, "Trust(public roots)"),
             n => write!(f, "Trust(public roots + {n} from ca_file)"),
         }
-    }
-}
-
-impl PartialEq for Trust {
-    fn eq(&self, other: &Trust) -> bool {
-        Arc::ptr_eq(&self.config, &other.config)
     }
 }
 
