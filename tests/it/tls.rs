@@ -138,6 +138,11 @@ fn a_certificate_no_root_vouches_for_is_refused() {
     let first = &p.counts()["first"];
     assert_eq!(first.get("sent").copied().unwrap_or(0), 0, "{first:?}");
     assert_eq!(first["deferred"], 2, "{first:?}");
+    let status = p.ok(&["status", "intro"]);
+    assert!(
+        status.contains("active x2: retrying: TLS: invalid peer certificate: UnknownIssuer"),
+        "status says why: {status}"
+    );
 }
 
 #[test]
