@@ -395,6 +395,8 @@ struct RawMailbox {
     sent_folder: Option<String>,
     append_sent: Option<bool>,
     ca_file: Option<Spanned<String>>,
+    /// Lets the login cross a network unencrypted (smtp://, imap:// to another host).
+    allow_plaintext_login: Option<bool>,
 }
 
 /// Turns byte offsets in one file into line/column locations for diagnostics.
@@ -630,6 +632,49 @@ pub fn load(path: &Path, need_secrets: bool) -> Result<Config, Diagnostics> {
                 }
             },
         };
+        // The password never crosses a network in clear unless the file says so: plain
+        // smtp:// and imap:// with a login are for a server on this host. Decided on
+        // the keys, not the resolved secret, so that `check` says it without the secret.
+        let has_login =
+            m.password_env.is_some() || m.password_file.is_some() || var("PASSWORD").is_some();
+        if has_login && !m.allow_plaintext_login.unwrap_or(false) {
+            let in_clear = |scheme: &str, host: &str, span: Range<usize>, secure: &str| {
+                map.error(
+                    span,
+                    format!(
+                        "mailbox '{name}': {scheme}://{host} has no TLS, so the password would cross the network unencrypted"
+                    ),
+                )
+                .with_help(format!(
+                    "use {secure}, or set allow_plaintext_login = true if the network to {host} is yours"
+                ))
+            };
+            if let Some(Transport::Smtp { host, .. }) = &transport {
+                if !is_loopback(host) {
+                    diags.push(in_clear(
+                        "smtp",
+                        host,
+                        m.smtp.span(),
+                        "smtp+starttls:// (port 587) or smtps:// (465)",
+                    ));
+                }
+            }
+            if let Some(i) = imap.as_ref().filter(|i| i.security == ImapSecurity::Plain) {
+                if !is_loopback(&i.host) {
+                    let span = m
+                        .imap
+                        .as_ref()
+                        .map(|s| s.span())
+                        .unwrap_or_else(|| spanned.span());
+                    diags.push(in_clear(
+                        "imap",
+                        &i.host,
+                        span,
+                        "imap+starttls:// or imaps://",
+                    ));
+                }
+            }
+        }
         let jitter = m.jitter.unwrap_or(0.2);
         if !(0.0..=1.0).contains(&jitter) {
             diags.push(map.error(
@@ -708,6 +753,16 @@ pub fn load(path: &Path, need_secrets: bool) -> Result<Config, Diagnostics> {
         }
         Ok(config)
     }
+}
+
+/// Whether `host` is this machine: `localhost` or a loopback address.
+fn is_loopback(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 /// `FOLLOWUP_MAILBOX_<NAME>_...`: the mailbox name upper-cased, anything else than
@@ -1061,6 +1116,65 @@ mod tests {
             !text.join("\n").contains("hunter2\n  |"),
             "the secret is not echoed under a caret"
         );
+    }
+
+    #[test]
+    fn a_login_never_crosses_a_network_in_clear() {
+        let dir = tempfile::tempdir().unwrap();
+        let mailbox = |smtp: &str, imap: &str, extra: &str| {
+            format!(
+                "[mailboxes.sales]\nfrom = \"Iris <iris@example.com>\"\nsmtp = \"{smtp}\"\nimap = \"{imap}\"\n\
+                 user = \"iris\"\npassword_env = \"FOLLOWUP_TEST_CLEAR_PW\"\n{extra}"
+            )
+        };
+        let p = write(
+            dir.path(),
+            &mailbox("smtp://relay.example.com:25", "imap://imap.example.com", ""),
+        );
+        // `check` (no secrets needed) says it too.
+        let text: Vec<String> = load(&p, false)
+            .unwrap_err()
+            .items
+            .iter()
+            .map(|d| d.to_string())
+            .collect();
+        let text = text.join("\n");
+        assert!(
+            text.contains(":3:8: error: mailbox 'sales': smtp://relay.example.com has no TLS, so the password would cross the network unencrypted"),
+            "{text}"
+        );
+        assert!(
+            text.contains(":4:8: error: mailbox 'sales': imap://imap.example.com has no TLS"),
+            "{text}"
+        );
+        assert!(
+            text.contains("use smtp+starttls:// (port 587) or smtps:// (465)"),
+            "{text}"
+        );
+        // On this host, with TLS, or allowed in so many words: accepted.
+        for (smtp, imap, extra) in [
+            ("smtp://127.0.0.1:2525", "imap://localhost:1143", ""),
+            ("smtp://[::1]:2525", "imap://127.0.0.2", ""),
+            (
+                "smtp+starttls://relay.example.com",
+                "imaps://imap.example.com",
+                "",
+            ),
+            (
+                "smtp://relay.lan:25",
+                "imap://imap.lan",
+                "allow_plaintext_login = true\n",
+            ),
+        ] {
+            let p = write(dir.path(), &mailbox(smtp, imap, extra));
+            assert!(load(&p, false).is_ok(), "{smtp} {imap} {extra}");
+        }
+        // Without a login nothing secret can leak: a relay that trusts this host.
+        let p = write(
+            dir.path(),
+            "[mailboxes.sales]\nfrom = \"Iris <iris@example.com>\"\nsmtp = \"smtp://relay.lan:25\"\n",
+        );
+        assert!(load(&p, false).is_ok());
     }
 
     #[test]
