@@ -333,27 +333,37 @@ impl Case {
         Case::build(db, contacts, waits, true)
     }
 
-    /// The rep's mailbox watched over `imap+starttls://`, its certificate checked
-    /// against the world's private CA (`ca_file`).
-    fn starttls(db: Db, contacts: &[&str], waits: (&str, &str)) -> Case {
-        Case::make(db, contacts, waits, true, true)
+    /// The rep's mailbox watched over `imap+starttls://` or `imaps://`, the server's
+    /// certificate checked against the world's private CA (`ca_file`).
+    fn over_tls(db: Db, contacts: &[&str], waits: (&str, &str), tls: ImapTls) -> Case {
+        Case::make(db, contacts, waits, true, Some(tls))
     }
 
     /// `run`: start the daemon at once.
     fn build(db: Db, contacts: &[&str], waits: (&str, &str), run: bool) -> Case {
-        Case::make(db, contacts, waits, run, false)
+        Case::make(db, contacts, waits, run, None)
     }
 
-    fn make(db: Db, contacts: &[&str], waits: (&str, &str), run: bool, tls: bool) -> Case {
+    fn make(
+        db: Db,
+        contacts: &[&str],
+        waits: (&str, &str),
+        run: bool,
+        tls: Option<ImapTls>,
+    ) -> Case {
         let world = World::start();
-        let imap = if tls {
-            format!(
-                "imap = \"imap+starttls://127.0.0.1:{}\"\nca_file = \"{}\"",
-                world.port("IMAP_PORT"),
-                world.get("CA_FILE")
-            )
-        } else {
-            format!("imap = \"imap://127.0.0.1:{}\"", world.port("IMAP_PORT"))
+        let imap = match tls {
+            None => format!("imap = \"imap://127.0.0.1:{}\"", world.port("IMAP_PORT")),
+            Some(tls) => {
+                let (scheme, port) = match tls {
+                    ImapTls::StartTls => ("imap+starttls", world.port("IMAP_PORT")),
+                    ImapTls::Implicit => ("imaps", world.port("IMAPS_PORT")),
+                };
+                format!(
+                    "imap = \"{scheme}://127.0.0.1:{port}\"\nca_file = \"{}\"",
+                    world.get("CA_FILE")
+                )
+            }
         };
         let mut p = Project::new(
             db,
@@ -582,10 +592,16 @@ fn threaded_reply(db: Db) {
     assert_eq!(c.replied_count(), 1);
 }
 
-/// The same over STARTTLS with the world's CA in `ca_file`: the daemon's copy goes into
-/// Sent and li's reply stops her sequence, and every login Dovecot saw came over TLS.
-fn reply_over_starttls(db: Db) {
-    let c = Case::starttls(db, &[LI, BUYER], ("1h", "1h"));
+#[derive(Clone, Copy)]
+enum ImapTls {
+    StartTls,
+    Implicit,
+}
+
+/// A reply over TLS, with the world's CA in `ca_file`: the daemon's copy goes into Sent
+/// and li's reply stops her sequence, and every login Dovecot saw came over TLS.
+fn reply_over_tls(db: Db, tls: ImapTls) {
+    let c = Case::over_tls(db, &[LI, BUYER], ("1h", "1h"), tls);
     c.first(BUYER);
     li_replies_in_thread(&c, "Yes, please call me.");
     c.stopped(LI, "replied");
@@ -600,6 +616,16 @@ fn reply_over_starttls(db: Db) {
         logins.iter().all(|l| l.contains(", TLS")),
         "every login over TLS: {logins:#?}"
     );
+}
+
+fn reply_over_starttls(db: Db) {
+    reply_over_tls(db, ImapTls::StartTls);
+}
+
+/// imaps:// goes through the same TLS set-up; one database is enough for it.
+#[test]
+fn reply_over_imaps() {
+    reply_over_tls(Db::Sqlite, ImapTls::Implicit);
 }
 
 /// No In-Reply-To, only "Re:" and the address.

@@ -25,12 +25,13 @@
 #   mailworld.sh queue DIR         print how many messages Postfix still holds
 #
 # Printed lines (shell syntax, safe to `eval`; values never contain spaces):
-#   MAILWORLD_DIR SMTP_HOST SMTP_PORT IMAP_HOST IMAP_PORT LMTP_PORT DOMAIN
+#   MAILWORLD_DIR SMTP_HOST SMTP_PORT IMAP_HOST IMAP_PORT IMAPS_PORT LMTP_PORT DOMAIN
 #   PROSPECT_DOMAIN PASSWORD REP LI COLLEAGUE OOO UNKNOWN USERS
 #   POSTFIX_CONFIG DOVECOT_CONFIG POSTFIX_LOG DOVECOT_LOG MAIL_ROOT CA_FILE
 #
-# Dovecot offers STARTTLS on IMAP_PORT with a certificate for 127.0.0.1 signed
-# by the CA in CA_FILE (tests/support/pki.sh); plain logins work too.
+# Dovecot offers STARTTLS on IMAP_PORT and TLS from the first byte on
+# IMAPS_PORT, with a certificate for 127.0.0.1 signed by the CA in CA_FILE
+# (tests/support/pki.sh); plain logins on IMAP_PORT work too.
 #
 # Users (password "secret"): rep@followup.test, li@prospect.test,
 # colleague@prospect.test, ooo@prospect.test (Sieve vacation, :days 1), plus
@@ -71,7 +72,7 @@ DIR=${DIR%/}
 [[ "$DIR" =~ ^/[A-Za-z0-9._/+-]+$ ]] || die "DIR must be an absolute path of [A-Za-z0-9._/+-]: $DIR"
 
 # Ports come from DIR/env only, never from the caller's environment.
-unset SMTP_PORT IMAP_PORT LMTP_PORT
+unset SMTP_PORT IMAP_PORT IMAPS_PORT LMTP_PORT
 
 PF_CONF=$DIR/postfix
 PF_QUEUE=$DIR/postfix-queue
@@ -208,6 +209,7 @@ SMTP_HOST=127.0.0.1
 SMTP_PORT=$SMTP_PORT
 IMAP_HOST=127.0.0.1
 IMAP_PORT=$IMAP_PORT
+IMAPS_PORT=$IMAPS_PORT
 LMTP_PORT=$LMTP_PORT
 DOMAIN=$DOMAIN
 PROSPECT_DOMAIN=$PROSPECT_DOMAIN
@@ -342,7 +344,9 @@ service imap-login {
     port = $IMAP_PORT
   }
   inet_listener imaps {
-    port = 0
+    address = 127.0.0.1
+    port = $IMAPS_PORT
+    ssl = yes
   }
 }
 service lmtp {
@@ -557,12 +561,15 @@ start)
     trap release_ports EXIT
     # Reuse the ports of a previous run of this DIR when they are free.
     want_smtp=${SMTP_PORT:-} want_imap=${IMAP_PORT:-} want_lmtp=${LMTP_PORT:-}
+    want_imaps=${IMAPS_PORT:-}
     started=0
     for attempt in 1 2 3; do
         SMTP_PORT=$(pick_port "$want_smtp")
         RESERVED+=("$PORT_LOCKS/$SMTP_PORT")
         IMAP_PORT=$(pick_port "$want_imap")
         RESERVED+=("$PORT_LOCKS/$IMAP_PORT")
+        IMAPS_PORT=$(pick_port "$want_imaps")
+        RESERVED+=("$PORT_LOCKS/$IMAPS_PORT")
         LMTP_PORT=$(pick_port "$want_lmtp")
         RESERVED+=("$PORT_LOCKS/$LMTP_PORT")
         write_configs
@@ -571,7 +578,7 @@ start)
         postfix_stop
         dovecot_stop kill
         release_ports
-        want_smtp="" want_imap="" want_lmtp=""
+        want_smtp="" want_imap="" want_lmtp="" want_imaps=""
         echo "mailworld.sh: start attempt $attempt failed; trying other ports" >&2
     done
     [[ $started -eq 1 ]] || die "could not start the mail world in $DIR (see $DIR/dovecot.log, $DIR/postfix.log)"
