@@ -494,13 +494,26 @@ impl Store {
         if finishes.is_empty() && begins.is_empty() {
             return Ok(Vec::new());
         }
-        let together = self.write_sends_once(finishes, begins, owner, now, lease_until);
+        let together = async {
+            let mut out = Vec::with_capacity(begins.len());
+            with_pool!(self, p => {
+                let mut tx = p.begin_write().await?;
+                if !finishes.is_empty() {
+                    finish_in_tx!(tx, finishes, Some(owner), now);
+                }
+                if !begins.is_empty() {
+                    begin_in_tx!(tx, begins, owner, now, lease_until, out);
+                }
+                tx.commit().await?;
+            });
+            Ok(out)
+        };
         match together.await {
             Err(e) if !finishes.is_empty() && !begins.is_empty() => {
-                match self.finish_sends(finishes, Some(owner), now).await {
-                    Ok(()) => warn!(
+                match self.finish_held(finishes, owner, now).await {
+                    Ok(n) => warn!(
                         error = %e,
-                        outcomes = finishes.len(),
+                        outcomes = n,
                         "the next batch's `sending` rows could not be written; the outcomes were recorded on their own"
                     ),
                     Err(again) => {
@@ -513,27 +526,38 @@ impl Store {
         }
     }
 
-    /// [`Store::write_sends`]' one transaction, all or nothing.
-    async fn write_sends_once(
+    /// [`Store::finish_sends`] for the outcomes whose enrollments this daemon still
+    /// holds. After a failed group commit that is all of them, unless the commit did
+    /// land and only its answer was lost (a connection dropped during COMMIT): then the
+    /// claims are gone with it, and recording the outcomes again would count each `sent`
+    /// event twice. Returns how many were recorded.
+    async fn finish_held(
         &self,
         finishes: &[Finish],
-        begins: &[Begin],
         owner: &str,
         now: DateTime<Utc>,
-        lease_until: DateTime<Utc>,
-    ) -> Result<Vec<Begun>> {
-        let mut out = Vec::with_capacity(begins.len());
-        with_pool!(self, p => {
-            let mut tx = p.begin_write().await?;
-            if !finishes.is_empty() {
-                finish_in_tx!(tx, finishes, Some(owner), now);
-            }
-            if !begins.is_empty() {
-                begin_in_tx!(tx, begins, owner, now, lease_until, out);
-            }
-            tx.commit().await?;
-        });
-        Ok(out)
+    ) -> Result<usize> {
+        let mut held = std::collections::HashSet::new();
+        for chunk in finishes.chunks(CHUNK) {
+            with_read_pool!(self, p => {
+                let mut qb = QueryBuilder::new("SELECT enrollment_id FROM claims WHERE owner = ");
+                qb.push_bind(owner.to_string()).push(" AND enrollment_id IN (");
+                let mut sep = qb.separated(", ");
+                for f in chunk {
+                    sep.push_bind(f.enrollment.id);
+                }
+                qb.push(")");
+                let ids: Vec<i64> = qb.build_query_scalar().fetch_all(p).await?;
+                held.extend(ids);
+            });
+        }
+        let still: Vec<Finish> = finishes
+            .iter()
+            .filter(|f| held.contains(&f.enrollment.id))
+            .cloned()
+            .collect();
+        self.finish_sends(&still, Some(owner), now).await?;
+        Ok(still.len())
     }
 
     /// Whether this daemon still holds the claim on an enrollment: checked just before

@@ -408,7 +408,7 @@ async fn outcomes_and_the_next_batch_commit_together(db: Db) {
     clash.message_id = "<m0@sales.example>".into();
     let finishes = vec![sent(&second[0], &begun[0])];
     assert!(store
-        .write_sends(&finishes, &[clash], "a", now, lease)
+        .write_sends(&finishes, &[clash.clone()], "a", now, lease)
         .await
         .is_err());
     assert_eq!(status(&second[0]).await.as_deref(), Some("sent"));
@@ -419,14 +419,27 @@ async fn outcomes_and_the_next_batch_commit_together(db: Db) {
         .unwrap()
         .remove(0);
     assert_eq!(e.state, "finished", "c2's outcome was recorded");
-    let sent_events = store
-        .timeline(second[0].enrollment.contact_id)
+    let c2_sent_events = || {
+        let store = store.clone();
+        let contact = second[0].enrollment.contact_id;
+        async move {
+            store
+                .timeline(contact)
+                .await
+                .unwrap()
+                .into_iter()
+                .filter(|(_, kind, _)| kind == "sent")
+                .count()
+        }
+    };
+    assert_eq!(c2_sent_events().await, 1);
+    // As if that group commit had landed and only its answer was lost: the outcome is
+    // handed in once more, its claim is gone, and it is not recorded a second time.
+    assert!(store
+        .write_sends(&finishes, &[clash.clone()], "a", now, lease)
         .await
-        .unwrap()
-        .into_iter()
-        .filter(|(_, kind, _)| kind == "sent")
-        .count();
-    assert_eq!(sent_events, 1);
+        .is_err());
+    assert_eq!(c2_sent_events().await, 1, "no second `sent` event");
     // c4's claim still holds; its batch can be begun once the clash is gone.
     let begun = store
         .write_sends(&[], &[begin(&third[0], 4)], "a", now, lease)
