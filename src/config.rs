@@ -538,6 +538,13 @@ pub fn load(path: &Path, need_secrets: bool) -> Result<Config, Diagnostics> {
     for (name, spanned) in &raw.mailboxes {
         let m = spanned.get_ref();
         let var = |suffix: &str| env(&format!("FOLLOWUP_MAILBOX_{}_{suffix}", env_name(name)));
+        // Where to point for a setting: its own line, or the section's when a
+        // `FOLLOWUP_MAILBOX_*` variable gave it.
+        let at = |s: &Option<Spanned<String>>| {
+            s.as_ref()
+                .map(|s| s.span())
+                .unwrap_or_else(|| spanned.span())
+        };
         let from = match m.from.get_ref().parse::<lettre::message::Mailbox>() {
             Ok(f) => Some(f),
             Err(e) => {
@@ -602,11 +609,7 @@ pub fn load(path: &Path, need_secrets: bool) -> Result<Config, Diagnostics> {
                 Some(i)
             }
             Some(Err(e)) => {
-                let span = m
-                    .imap
-                    .as_ref()
-                    .map(|s| s.span())
-                    .unwrap_or_else(|| spanned.span());
+                let span = at(&m.imap);
                 diags.push(map.error(span, format!("bad imap URL: {e}")));
                 None
             }
@@ -618,11 +621,7 @@ pub fn load(path: &Path, need_secrets: bool) -> Result<Config, Diagnostics> {
             Some(file) => match crate::mail::tls::Trust::with_ca_file(&root.join(&file)) {
                 Ok(t) => t,
                 Err(e) => {
-                    let span = m
-                        .ca_file
-                        .as_ref()
-                        .map(|s| s.span())
-                        .unwrap_or_else(|| spanned.span());
+                    let span = at(&m.ca_file);
                     diags.push(
                         map.error(span, format!("mailbox '{name}': ca_file: {e}")).with_help(
                             "a PEM file of the CA certificates that signed your SMTP and IMAP servers' certificates",
@@ -661,11 +660,7 @@ pub fn load(path: &Path, need_secrets: bool) -> Result<Config, Diagnostics> {
             }
             if let Some(i) = imap.as_ref().filter(|i| i.security == ImapSecurity::Plain) {
                 if !is_loopback(&i.host) {
-                    let span = m
-                        .imap
-                        .as_ref()
-                        .map(|s| s.span())
-                        .unwrap_or_else(|| spanned.span());
+                    let span = at(&m.imap);
                     diags.push(in_clear(
                         "imap",
                         &i.host,

@@ -77,7 +77,7 @@ pub async fn connect(mailbox: &Mailbox) -> Result<Session, Error> {
     let _ = tcp.set_nodelay(true);
     let stream: Box<dyn Io> = match imap.security {
         ImapSecurity::Plain | ImapSecurity::StartTls => Box::new(tcp),
-        ImapSecurity::Tls => Box::new(tls(mailbox, &imap.host, tcp).await?),
+        ImapSecurity::Tls => Box::new(tls(&mailbox.tls, &imap.host, tcp).await?),
     };
     let mut client = async_imap::Client::new(stream);
     // The greeting.
@@ -92,7 +92,7 @@ pub async fn connect(mailbox: &Mailbox) -> Result<Session, Error> {
         timed(client.run_command_and_check_ok("STARTTLS", None)).await?;
         let inner = client.into_inner();
         // `inner` is the boxed TCP stream; TLS goes on top of it.
-        let tls_stream = tls(mailbox, &imap.host, inner).await?;
+        let tls_stream = tls(&mailbox.tls, &imap.host, inner).await?;
         client = async_imap::Client::new(Box::new(tls_stream));
     }
     let user = mailbox.user.clone().ok_or(Error::NoCredentials)?;
@@ -108,13 +108,12 @@ pub async fn connect(mailbox: &Mailbox) -> Result<Session, Error> {
 /// A TLS handshake over plain TCP or an upgraded (STARTTLS) stream, within the
 /// command timeout.
 async fn tls<IO: AsyncRead + AsyncWrite + Unpin>(
-    mailbox: &Mailbox,
+    trust: &crate::mail::tls::Trust,
     host: &str,
     io: IO,
 ) -> Result<tokio_rustls::client::TlsStream<IO>, Error> {
     timed(async {
-        mailbox
-            .tls
+        trust
             .connect(host, io)
             .await
             .map_err(|e| Error::Tls(host.into(), e))
