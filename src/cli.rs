@@ -1191,7 +1191,7 @@ async fn cmd_status(
             out,
             "{}",
             serde_json::to_string_pretty(
-                &json!({ "sequences": out_json, "watchers": watchers, "paused_mailboxes": paused })
+                &json!({ "sequences": out_json, "watchers": watchers, "paused_mailboxes": paused, "set_aside": st.set_aside })
             )?
         )?;
     } else {
@@ -1204,6 +1204,13 @@ async fn cmd_status(
         }
         for (m, r) in &st.paused_mailboxes {
             writeln!(out, "mailbox {m} PAUSED: {r}")?;
+        }
+        for a in &st.set_aside {
+            writeln!(
+                out,
+                "set aside: {}/{} UID {} (UIDVALIDITY {}), failed {} times, last: {}",
+                a.mailbox, a.folder, a.uid, a.uidvalidity, a.attempts, a.error
+            )?;
         }
     }
     Ok(ExitCode::SUCCESS)

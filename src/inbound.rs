@@ -10,9 +10,12 @@
 //! sequence says `stop_on_domain_reply: false`; never for free-mail domains.
 
 use std::collections::BTreeSet;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use chrono_tz::Tz;
+use futures_util::FutureExt;
 use serde_json::json;
 use tracing::{info, warn};
 
@@ -109,15 +112,147 @@ fn recipients(raw: &[u8]) -> Vec<String> {
 }
 
 /// One message as found in a folder.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Arrival<'a> {
     pub folder: Folder,
     /// The name recorded with checkpoints: "INBOX" or "Sent".
     pub folder_name: &'a str,
     pub uid: i64,
-    pub raw: &'a [u8],
+    /// The message, or its first bytes when it was too large to read whole (the
+    /// watcher bounds what one message may take).
+    pub raw: Arc<[u8]>,
     /// Where the folder stands once this message is recorded.
     pub checkpoint: Checkpoint,
+}
+
+/// Why a message could not be handled.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Store(#[from] store::Error),
+    /// Handling the message panicked: a bug, but one message must not stop the others.
+    #[error("handling the message panicked: {0}")]
+    Panicked(String),
+}
+
+impl Error {
+    /// Whether retrying later may succeed whatever the message is (the database was
+    /// unreachable), as opposed to a failure this message causes each time.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Store(store::Error::Connect { .. }) => true,
+            Error::Store(store::Error::Db(e)) => matches!(
+                e,
+                sqlx::Error::Io(_)
+                    | sqlx::Error::PoolTimedOut
+                    | sqlx::Error::PoolClosed
+                    | sqlx::Error::WorkerCrashed
+                    | sqlx::Error::Tls(_)
+            ),
+            _ => false,
+        }
+    }
+}
+
+/// What is read from a message before any lookup. Pure and CPU-bound, so it runs on a
+/// blocking thread: a crafted message must not stall the async workers that serve the
+/// other watchers, the scheduler and the tracking endpoint.
+struct Read {
+    classification: Classification,
+    /// To and Cc, for a message the rep sent by hand.
+    recipients: Vec<String>,
+}
+
+async fn read(raw: Arc<[u8]>, folder: Folder, received: NaiveDate) -> Result<Read, Error> {
+    tokio::task::spawn_blocking(move || Read {
+        classification: classify::classify_at(&raw, received),
+        recipients: if folder == Folder::Sent {
+            recipients(&raw)
+        } else {
+            Vec::new()
+        },
+    })
+    .await
+    .map_err(|e| Error::Panicked(panic_text(e)))
+}
+
+fn panic_text(e: tokio::task::JoinError) -> String {
+    match e.try_into_panic() {
+        Ok(p) => panic_message(p.as_ref()),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// What a panic said, as text.
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_default()
+}
+
+/// How many times a message may fail to be handled before it is set aside.
+pub const MAX_ATTEMPTS: i64 = 3;
+
+/// What [`process`] did with a message.
+#[derive(Debug)]
+pub enum Processed {
+    Handled(Box<Handled>),
+    /// It failed; it will be tried again (after a pause) until [`MAX_ATTEMPTS`].
+    Failed {
+        attempts: i64,
+        error: String,
+    },
+    /// It failed [`MAX_ATTEMPTS`] times: recorded with its error, the folder's
+    /// checkpoint moved past it. `status` lists it.
+    SetAside {
+        attempts: i64,
+        error: String,
+    },
+}
+
+/// Handles a message, and keeps one that cannot be handled from stopping the messages
+/// after it: each failure is counted in the database, and after [`MAX_ATTEMPTS`] the
+/// message is set aside. A failure of the database itself (unreachable) is returned
+/// as is: it says nothing about the message, and the caller retries later.
+pub async fn process(
+    project: &Project,
+    store: &Store,
+    mailbox: &Mailbox,
+    a: Arrival<'_>,
+    now: DateTime<Utc>,
+) -> Result<Processed, Error> {
+    let (folder_name, uid, checkpoint) = (a.folder_name, a.uid, a.checkpoint);
+    // A panic anywhere in handling (not only in reading) is this message's failure.
+    let outcome = AssertUnwindSafe(handle(project, store, mailbox, a, now))
+        .catch_unwind()
+        .await
+        .unwrap_or_else(|p| Err(Error::Panicked(panic_message(p.as_ref()))));
+    let e = match outcome {
+        Ok(h) => return Ok(Processed::Handled(Box::new(h))),
+        Err(e) if e.is_transient() => return Err(e),
+        Err(e) => e,
+    };
+    let error = e.to_string();
+    let attempts = store
+        .count_inbound_failure(
+            &mailbox.name,
+            folder_name,
+            checkpoint.uidvalidity,
+            uid,
+            &error,
+            now,
+        )
+        .await?;
+    if attempts < MAX_ATTEMPTS {
+        warn!(mailbox = %mailbox.name, folder = folder_name, uid, attempts, error = %error, "inbound: could not handle the message; will try again");
+        return Ok(Processed::Failed { attempts, error });
+    }
+    store
+        .set_aside(&mailbox.name, folder_name, checkpoint, now)
+        .await?;
+    warn!(mailbox = %mailbox.name, folder = folder_name, uid, attempts, error = %error, "inbound: message set aside after repeated failures; going on with the next (see `followup status`)");
+    Ok(Processed::SetAside { attempts, error })
 }
 
 /// Handles one message that arrived in a folder of `mailbox`.
@@ -127,7 +262,7 @@ pub async fn handle(
     mailbox: &Mailbox,
     a: Arrival<'_>,
     now: DateTime<Utc>,
-) -> Result<Handled, store::Error> {
+) -> Result<Handled, Error> {
     let Arrival {
         folder,
         folder_name,
@@ -135,7 +270,10 @@ pub async fn handle(
         raw,
         checkpoint,
     } = a;
-    let c = classify::classify_at(raw, now.date_naive());
+    let Read {
+        classification: c,
+        recipients: to,
+    } = read(raw, folder, now.date_naive()).await?;
     let message_id = c
         .message_id
         .clone()
@@ -169,7 +307,6 @@ pub async fn handle(
         decision = "our own message".into();
     } else if folder == Folder::Sent {
         // The rep wrote by hand: to an enrolled contact (To/Cc), or in one of our threads.
-        let to: Vec<String> = recipients(raw);
         let mut contacts = store.contacts_by_email(&to).await?;
         for (_, _, cid) in store.our_messages(&c.references).await? {
             if !contacts.iter().any(|x| x.id == cid) {

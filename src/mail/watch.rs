@@ -1,9 +1,10 @@
 //! The IMAP watcher: one task per mailbox and folder (INBOX, and Sent), built on
 //! async-imap. It catches up from its checkpoint (UIDVALIDITY + last UID), then waits
 //! with IDLE (re-issued before RFC 2177's 29-minute limit) or polls where the server has
-//! no IDLE, and hands each new message to `inbound::handle`. Any error closes the
+//! no IDLE, and hands each new message to `inbound::process`. Any error closes the
 //! connection; it reconnects with backoff, and logs each change of state once.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration as StdDuration;
@@ -19,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn, Instrument};
 
 use crate::config::{ImapSecurity, Mailbox};
-use crate::inbound::{self, Folder};
+use crate::inbound::{self, Folder, Processed};
 use crate::project::Project;
 use crate::store::{Checkpoint, Store};
 
@@ -45,12 +46,21 @@ pub enum Error {
     NoSentFolder,
     #[error("{0}")]
     Store(#[from] crate::store::Error),
+    #[error("{0}")]
+    Inbound(#[from] inbound::Error),
     #[error("timed out")]
     Timeout,
 }
 
-/// Messages fetched in one command while catching up.
+/// UIDs looked at in one round while catching up.
 const FETCH_CHUNK: usize = 100;
+
+/// The most one message contributes: headers and the first megabytes of text are all
+/// that classifying needs, and a mailbox full of 10 MB mails must not fill memory.
+pub const MAX_MESSAGE_BYTES: u32 = 2 << 20;
+
+/// The most one FETCH of bodies brings in.
+const FETCH_BYTES: u64 = 16 << 20;
 
 /// How long one IMAP command may take.
 const COMMAND_TIMEOUT: StdDuration = StdDuration::from_secs(60);
@@ -317,7 +327,7 @@ impl Watcher {
             .unwrap_or(StdDuration::from_secs(60));
         loop {
             checkpoint = self
-                .catch_up(&mut session, &folder_name, checkpoint)
+                .catch_up(&mut session, &folder_name, checkpoint, shutdown)
                 .await?;
             if shutdown.is_cancelled() {
                 let _ = timed(session.logout()).await;
@@ -356,15 +366,19 @@ impl Watcher {
 
     /// Fetches and handles every message after the checkpoint, advancing it one
     /// message at a time (each recorded with its effects in one transaction).
+    ///
+    /// Memory is bounded whatever the folder holds: UIDs are taken a chunk at a time,
+    /// their sizes asked first, and bodies fetched in groups of at most
+    /// [`FETCH_BYTES`], each message contributing at most [`MAX_MESSAGE_BYTES`] (a
+    /// partial fetch: the headers and the first megabytes are all classifying needs).
     async fn catch_up(
         &self,
         session: &mut Session,
         folder_name: &str,
         mut checkpoint: Checkpoint,
+        shutdown: &CancellationToken,
     ) -> Result<Checkpoint, Error> {
         loop {
-            // The new UIDs first, then their bodies a chunk at a time: a long catch-up
-            // must not hold a whole folder in memory.
             let range = format!("{}:*", checkpoint.last_uid + 1);
             let mut uids: Vec<u32> = timed(session.uid_search(format!("UID {range}")))
                 .await?
@@ -376,55 +390,142 @@ impl Watcher {
             }
             uids.sort_unstable();
             uids.truncate(FETCH_CHUNK);
-            let set = uids
-                .iter()
-                .map(u32::to_string)
-                .collect::<Vec<_>>()
-                .join(",");
-            // BODY.PEEK: looking must not mark the rep's mail as read.
-            let fetched: Vec<_> = timed(async {
-                session
-                    .uid_fetch(&set, "(UID BODY.PEEK[])")
-                    .await?
-                    .try_collect::<Vec<_>>()
-                    .await
-            })
-            .await?;
-            let mut messages: Vec<(i64, Vec<u8>)> = fetched
-                .iter()
-                .filter_map(|f| Some((f.uid? as i64, f.body()?.to_vec())))
-                // `N:*` always returns the last message, even when its UID is below N.
-                .filter(|(uid, _)| *uid > checkpoint.last_uid)
-                .collect();
-            if messages.is_empty() {
-                return Ok(checkpoint);
-            }
-            messages.sort_by_key(|(uid, _)| *uid);
-            for (uid, raw) in messages {
-                let next = Checkpoint {
-                    uidvalidity: checkpoint.uidvalidity,
-                    last_uid: uid,
-                };
-                let span = tracing::info_span!("reply", mailbox = %self.mailbox.name, folder = folder_name, uid);
-                inbound::handle(
-                    &self.project,
-                    &self.store,
-                    &self.mailbox,
-                    inbound::Arrival {
-                        folder: self.folder,
-                        folder_name: self.label(),
-                        uid,
-                        raw: &raw,
-                        checkpoint: next,
-                    },
-                    Utc::now(),
-                )
-                .instrument(span)
+            let sizes = self.sizes(session, &uids).await?;
+            for group in fetch_groups(&uids, &sizes) {
+                // BODY.PEEK: looking must not mark the rep's mail as read.
+                let set = uid_set(&group);
+                let fetched: Vec<_> = timed(async {
+                    session
+                        .uid_fetch(&set, format!("(UID BODY.PEEK[]<0.{MAX_MESSAGE_BYTES}>)"))
+                        .await?
+                        .try_collect::<Vec<_>>()
+                        .await
+                })
                 .await?;
-                checkpoint = next;
+                let mut messages: Vec<(i64, Arc<[u8]>)> = fetched
+                    .iter()
+                    .filter_map(|f| Some((i64::from(f.uid?), Arc::from(f.body()?))))
+                    .filter(|(uid, _)| *uid > checkpoint.last_uid)
+                    .collect();
+                drop(fetched);
+                messages.sort_by_key(|(uid, _)| *uid);
+                // A UID searched but not fetched was expunged in between: nothing to do.
+                for (uid, raw) in messages {
+                    if let Some(size) = sizes.get(&(uid as u32)) {
+                        if *size > MAX_MESSAGE_BYTES {
+                            info!(mailbox = %self.mailbox.name, folder = folder_name, uid, size, "large message: classified on its first {} MB", MAX_MESSAGE_BYTES >> 20);
+                        }
+                    }
+                    checkpoint = self
+                        .process(folder_name, checkpoint, uid, raw, shutdown)
+                        .await?;
+                    if shutdown.is_cancelled() {
+                        return Ok(checkpoint);
+                    }
+                }
             }
         }
     }
+
+    /// Each UID's size (RFC822.SIZE).
+    async fn sizes(&self, session: &mut Session, uids: &[u32]) -> Result<HashMap<u32, u32>, Error> {
+        let set = uid_set(uids);
+        let fetched: Vec<_> = timed(async {
+            session
+                .uid_fetch(&set, "(UID RFC822.SIZE)")
+                .await?
+                .try_collect::<Vec<_>>()
+                .await
+        })
+        .await?;
+        Ok(fetched
+            .iter()
+            .filter_map(|f| Some((f.uid?, f.size?)))
+            .collect())
+    }
+
+    /// Handles one message, trying again after a pause while it fails, until it is
+    /// handled or set aside. Returns the checkpoint past it, or the old one if the
+    /// daemon is stopping.
+    async fn process(
+        &self,
+        folder_name: &str,
+        checkpoint: Checkpoint,
+        uid: i64,
+        raw: Arc<[u8]>,
+        shutdown: &CancellationToken,
+    ) -> Result<Checkpoint, Error> {
+        let next = Checkpoint {
+            uidvalidity: checkpoint.uidvalidity,
+            last_uid: uid,
+        };
+        let span =
+            tracing::info_span!("reply", mailbox = %self.mailbox.name, folder = folder_name, uid);
+        let mut pause = StdDuration::from_secs(1);
+        loop {
+            let outcome = inbound::process(
+                &self.project,
+                &self.store,
+                &self.mailbox,
+                inbound::Arrival {
+                    folder: self.folder,
+                    folder_name: self.label(),
+                    uid,
+                    raw: raw.clone(),
+                    checkpoint: next,
+                },
+                Utc::now(),
+            )
+            .instrument(span.clone())
+            .await?;
+            match outcome {
+                Processed::Handled(_) | Processed::SetAside { .. } => return Ok(next),
+                Processed::Failed { .. } => {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return Ok(checkpoint),
+                        _ = tokio::time::sleep(pause) => {}
+                    }
+                    pause = (pause * 2).min(StdDuration::from_secs(30));
+                }
+            }
+        }
+    }
+}
+
+/// An IMAP sequence set of UIDs: `4,5,9`.
+fn uid_set(uids: &[u32]) -> String {
+    uids.iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Splits UIDs (ascending) into groups whose bodies, each capped at
+/// [`MAX_MESSAGE_BYTES`], add up to at most [`FETCH_BYTES`] (a group holds at least
+/// one message). A UID whose size is unknown counts as the cap.
+fn fetch_groups(uids: &[u32], sizes: &HashMap<u32, u32>) -> Vec<Vec<u32>> {
+    let mut groups: Vec<Vec<u32>> = Vec::new();
+    let mut bytes = 0u64;
+    for &uid in uids {
+        let size = u64::from(
+            sizes
+                .get(&uid)
+                .copied()
+                .unwrap_or(MAX_MESSAGE_BYTES)
+                .min(MAX_MESSAGE_BYTES),
+        );
+        match groups.last_mut() {
+            Some(g) if bytes + size <= FETCH_BYTES => {
+                g.push(uid);
+                bytes += size;
+            }
+            _ => {
+                groups.push(vec![uid]);
+                bytes = size;
+            }
+        }
+    }
+    groups
 }
 
 /// Appends a sent message to the mailbox's Sent folder, marked \Seen.
@@ -454,4 +555,28 @@ pub async fn find_in_sent(mailbox: &Mailbox, message_ids: &[String]) -> Result<V
     }
     let _ = timed(session.logout()).await;
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies_are_fetched_in_groups_bounded_in_bytes() {
+        // Forty 10 MB messages: each counts as the cap, so a group holds eight.
+        let uids: Vec<u32> = (1..=40).collect();
+        let sizes: HashMap<u32, u32> = uids.iter().map(|u| (*u, 10 << 20)).collect();
+        let groups = fetch_groups(&uids, &sizes);
+        assert_eq!(groups.len(), 5);
+        for g in &groups {
+            let bytes: u64 = g.iter().map(|_| u64::from(MAX_MESSAGE_BYTES)).sum();
+            assert!(bytes <= FETCH_BYTES, "{g:?}");
+        }
+        assert_eq!(groups.concat(), uids, "every UID once, in order");
+        // Small messages go together; an unknown size counts as the cap.
+        let mut sizes: HashMap<u32, u32> = (1..=100).map(|u| (u, 4_000)).collect();
+        sizes.remove(&50);
+        let uids: Vec<u32> = (1..=100).collect();
+        assert_eq!(fetch_groups(&uids, &sizes), vec![uids.clone()]);
+    }
 }

@@ -7,10 +7,16 @@ use chrono::{DateTime, Utc};
 use sqlx::{QueryBuilder, Row};
 
 use super::{
-    contact_from_row, enrollment_from_row, ms, BeginWrite, Contact, Enrollment, EnrollmentUpdate,
-    NewEvent, Pool, Result, Store, CHUNK, CONTACT_COLUMNS, ENROLLMENT_COLUMNS,
+    contact_from_row, ms, BeginWrite, Contact, Enrollment, EnrollmentUpdate, NewEvent, Pool,
+    Result, Store, CHUNK, CONTACT_COLUMNS,
 };
 use crate::sequence::Rule;
+
+/// Moves a folder's checkpoint: ($1 mailbox, $2 folder, $3 uidvalidity, $4 last UID,
+/// $5 now).
+const SET_CHECKPOINT: &str = "INSERT INTO mailbox_state (mailbox, folder, uidvalidity, last_uid, updated_at) \
+     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (mailbox, folder) DO UPDATE SET uidvalidity = excluded.uidvalidity, \
+     last_uid = excluded.last_uid, updated_at = excluded.updated_at";
 
 /// Where a watcher is in a folder.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,6 +45,19 @@ pub struct InboundRecord {
     /// Contacts whose soft-bounce count goes up by one.
     pub soft_bounces: Vec<i64>,
     pub rules: Vec<(i64, Rule)>,
+}
+
+/// A message a watcher could not process and set aside, for `status`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct SetAside {
+    pub mailbox: String,
+    pub folder: String,
+    pub uidvalidity: i64,
+    pub uid: i64,
+    pub attempts: i64,
+    /// The last attempt's error.
+    pub error: String,
+    pub at: DateTime<Utc>,
 }
 
 /// A watcher's state for `status`.
@@ -75,10 +94,7 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<()> {
         with_pool!(self, p => {
-            sqlx::query(
-                "INSERT INTO mailbox_state (mailbox, folder, uidvalidity, last_uid, updated_at) VALUES ($1, $2, $3, $4, $5) \
-                 ON CONFLICT (mailbox, folder) DO UPDATE SET uidvalidity = excluded.uidvalidity, last_uid = excluded.last_uid, updated_at = excluded.updated_at",
-            )
+            sqlx::query(SET_CHECKPOINT)
             .bind(mailbox)
             .bind(folder)
             .bind(c.uidvalidity)
@@ -135,6 +151,97 @@ impl Store {
         })
     }
 
+    /// Counts one failed attempt at processing the message at `uid`, with its error, and
+    /// returns how many attempts have failed so far (in this folder's numbering).
+    pub async fn count_inbound_failure(
+        &self,
+        mailbox: &str,
+        folder: &str,
+        uidvalidity: i64,
+        uid: i64,
+        error: &str,
+        now: DateTime<Utc>,
+    ) -> Result<i64> {
+        with_pool!(self, p => {
+            let attempts: i64 = sqlx::query_scalar(
+                "INSERT INTO inbound_failures (mailbox, folder, uidvalidity, uid, attempts, error, first_at, last_at) \
+                 VALUES ($1, $2, $3, $4, 1, $5, $6, $6) \
+                 ON CONFLICT (mailbox, folder, uidvalidity, uid) DO UPDATE SET attempts = inbound_failures.attempts + 1, \
+                 error = excluded.error, last_at = excluded.last_at RETURNING attempts",
+            )
+            .bind(mailbox)
+            .bind(folder)
+            .bind(uidvalidity)
+            .bind(uid)
+            .bind(error)
+            .bind(ms(now))
+            .fetch_one(p)
+            .await?;
+            Ok(attempts)
+        })
+    }
+
+    /// Sets a message aside: marks its failure record and moves the folder's checkpoint
+    /// past it, in one transaction, so the watcher goes on with the next message and a
+    /// restart does not fetch this one again.
+    pub async fn set_aside(
+        &self,
+        mailbox: &str,
+        folder: &str,
+        checkpoint: Checkpoint,
+        now: DateTime<Utc>,
+    ) -> Result<()> {
+        with_pool!(self, p => {
+            let mut tx = p.begin_write().await?;
+            sqlx::query(
+                "UPDATE inbound_failures SET set_aside_at = $1 \
+                 WHERE mailbox = $2 AND folder = $3 AND uidvalidity = $4 AND uid = $5",
+            )
+            .bind(ms(now))
+            .bind(mailbox)
+            .bind(folder)
+            .bind(checkpoint.uidvalidity)
+            .bind(checkpoint.last_uid)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(SET_CHECKPOINT)
+            .bind(mailbox)
+            .bind(folder)
+            .bind(checkpoint.uidvalidity)
+            .bind(checkpoint.last_uid)
+            .bind(ms(now))
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    /// Messages the watchers set aside, newest first (for `status`).
+    pub async fn set_aside_messages(&self) -> Result<Vec<SetAside>> {
+        with_read_pool!(self, p => {
+            let rows = sqlx::query(
+                "SELECT mailbox, folder, uidvalidity, uid, attempts, error, set_aside_at FROM inbound_failures \
+                 WHERE set_aside_at IS NOT NULL ORDER BY set_aside_at DESC, uid DESC",
+            )
+            .fetch_all(p)
+            .await?;
+            rows.iter()
+                .map(|r| {
+                    Ok(SetAside {
+                        mailbox: r.try_get("mailbox")?,
+                        folder: r.try_get("folder")?,
+                        uidvalidity: r.try_get("uidvalidity")?,
+                        uid: r.try_get("uid")?,
+                        attempts: r.try_get("attempts")?,
+                        error: r.try_get("error")?,
+                        at: super::from_ms(r.try_get("set_aside_at")?),
+                    })
+                })
+                .collect()
+        })
+    }
+
     /// Enrollment and contact ids of our messages with these Message-IDs.
     pub async fn our_messages(&self, message_ids: &[String]) -> Result<Vec<(String, i64, i64)>> {
         if message_ids.is_empty() {
@@ -159,22 +266,11 @@ impl Store {
 
     /// Enrollments of these contacts that can still send (active, paused or held).
     pub async fn live_enrollments(&self, contact_ids: &[i64]) -> Result<Vec<Enrollment>> {
-        if contact_ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        with_read_pool!(self, p => {
-            let mut qb = QueryBuilder::new(format!(
-                "SELECT {ENROLLMENT_COLUMNS} FROM enrollments e JOIN contacts c ON c.id = e.contact_id \
-                 WHERE e.state IN ('active', 'paused', 'held') AND e.contact_id IN ("
-            ));
-            let mut sep = qb.separated(", ");
-            for id in contact_ids {
-                sep.push_bind(*id);
-            }
-            qb.push(") ORDER BY e.id");
-            let rows = qb.build().fetch_all(p).await?;
-            rows.iter().map(enrollment_from_row).collect()
-        })
+        self.enrollments_where(
+            "e.state IN ('active', 'paused', 'held') AND e.contact_id",
+            contact_ids,
+        )
+        .await
     }
 
     /// Contacts at a domain (for a colleague's reply).
@@ -199,10 +295,7 @@ impl Store {
     ) -> Result<bool> {
         with_pool!(self, p => {
             let mut tx = p.begin_write().await?;
-            sqlx::query(
-                "INSERT INTO mailbox_state (mailbox, folder, uidvalidity, last_uid, updated_at) VALUES ($1, $2, $3, $4, $5) \
-                 ON CONFLICT (mailbox, folder) DO UPDATE SET uidvalidity = excluded.uidvalidity, last_uid = excluded.last_uid, updated_at = excluded.updated_at",
-            )
+            sqlx::query(SET_CHECKPOINT)
             .bind(&r.mailbox)
             .bind(&r.folder)
             .bind(checkpoint.uidvalidity)

@@ -529,16 +529,23 @@ impl Store {
         if emails.is_empty() {
             return Ok(Vec::new());
         }
-        with_read_pool!(self, p => {
-            let mut qb = QueryBuilder::new(format!("SELECT {CONTACT_COLUMNS} FROM contacts WHERE email IN ("));
-            let mut sep = qb.separated(", ");
-            for e in emails {
-                sep.push_bind(e);
-            }
-            qb.push(")");
-            let rows = qb.build().fetch_all(p).await?;
-            rows.iter().map(contact_from_row).collect()
-        })
+        // In chunks: the addresses may come from a message (a bounce can list
+        // thousands), and one `IN (…)` over SQLite's variable limit fails.
+        let mut out = Vec::new();
+        for chunk in emails.chunks(CHUNK) {
+            with_read_pool!(self, p => {
+                let mut qb = QueryBuilder::new(format!("SELECT {CONTACT_COLUMNS} FROM contacts WHERE email IN ("));
+                let mut sep = qb.separated(", ");
+                for e in chunk {
+                    sep.push_bind(e);
+                }
+                qb.push(")");
+                for row in qb.build().fetch_all(p).await? {
+                    out.push(contact_from_row(&row)?);
+                }
+            });
+        }
+        Ok(out)
     }
 
     pub async fn contact(&self, email: &str) -> Result<Option<Contact>> {
@@ -674,21 +681,34 @@ impl Store {
     }
 
     pub async fn enrollments_by_id(&self, ids: &[i64]) -> Result<Vec<Enrollment>> {
-        if ids.is_empty() {
-            return Ok(Vec::new());
+        self.enrollments_where("e.id", ids).await
+    }
+
+    /// Enrollments whose `column` is one of `ids`, by id; in chunks, since the ids may
+    /// come from a message.
+    pub(crate) async fn enrollments_where(
+        &self,
+        column: &'static str,
+        ids: &[i64],
+    ) -> Result<Vec<Enrollment>> {
+        let mut out = Vec::new();
+        for chunk in ids.chunks(CHUNK) {
+            with_read_pool!(self, p => {
+                let mut qb = QueryBuilder::new(format!(
+                    "SELECT {ENROLLMENT_COLUMNS} FROM enrollments e JOIN contacts c ON c.id = e.contact_id WHERE {column} IN ("
+                ));
+                let mut sep = qb.separated(", ");
+                for id in chunk {
+                    sep.push_bind(*id);
+                }
+                qb.push(")");
+                for row in qb.build().fetch_all(p).await? {
+                    out.push(enrollment_from_row(&row)?);
+                }
+            });
         }
-        with_read_pool!(self, p => {
-            let mut qb = QueryBuilder::new(format!(
-                "SELECT {ENROLLMENT_COLUMNS} FROM enrollments e JOIN contacts c ON c.id = e.contact_id WHERE e.id IN ("
-            ));
-            let mut sep = qb.separated(", ");
-            for id in ids {
-                sep.push_bind(*id);
-            }
-            qb.push(") ORDER BY e.id");
-            let rows = qb.build().fetch_all(p).await?;
-            rows.iter().map(enrollment_from_row).collect()
-        })
+        out.sort_by_key(|e| e.id);
+        Ok(out)
     }
 
     /// Applies enrollment changes and appends events in one transaction.
@@ -713,7 +733,7 @@ mod send;
 mod status;
 mod track;
 
-pub use inbound::{Checkpoint, InboundRecord, WatchState};
+pub use inbound::{Checkpoint, InboundRecord, SetAside, WatchState};
 pub use send::{Begin, Begun, ClaimCursor, Claimed, Finish, InDoubt, MessageUpdate};
 pub use status::{Count, Funnel, LinkClicks, Status};
 pub use track::{HitEvent, TrackedMessage, Unsubscribed};

@@ -427,16 +427,21 @@ impl Store {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        with_read_pool!(self, p => {
-            let mut qb = QueryBuilder::new(format!("SELECT {CONTACT_COLUMNS} FROM contacts WHERE id IN ("));
-            let mut sep = qb.separated(", ");
-            for id in ids {
-                sep.push_bind(*id);
-            }
-            qb.push(")");
-            let rows = qb.build().fetch_all(p).await?;
-            rows.iter().map(contact_from_row).collect()
-        })
+        let mut out = Vec::new();
+        for chunk in ids.chunks(CHUNK) {
+            with_read_pool!(self, p => {
+                let mut qb = QueryBuilder::new(format!("SELECT {CONTACT_COLUMNS} FROM contacts WHERE id IN ("));
+                let mut sep = qb.separated(", ");
+                for id in chunk {
+                    sep.push_bind(*id);
+                }
+                qb.push(")");
+                for row in qb.build().fetch_all(p).await? {
+                    out.push(contact_from_row(&row)?);
+                }
+            });
+        }
+        Ok(out)
     }
 
     /// Commits the batch's messages as `sending`, in one transaction that re-checks each

@@ -27,6 +27,8 @@ pub struct Status {
     pub watchers: Vec<(String, String, String, Option<String>)>,
     /// Mailboxes paused for bouncing too much: (mailbox, reason).
     pub paused_mailboxes: Vec<(String, String)>,
+    /// Messages the reply watchers could not process and set aside, newest first.
+    pub set_aside: Vec<super::SetAside>,
     /// (sequence, state, reason, n) for held, stopped and failed enrollments.
     pub reasons: Vec<(String, String, String, i64)>,
     /// Per sequence, step and variant: what sent mails led to.
@@ -147,6 +149,7 @@ impl Store {
             .map(|w| (w.mailbox, w.folder, w.state, w.detail))
             .collect();
         status.paused_mailboxes = self.mailbox_pauses().await?;
+        status.set_aside = self.set_aside_messages().await?;
         self.funnel(sequence, &mut status).await?;
         Ok(status)
     }

@@ -39,16 +39,24 @@ const UNKNOWN: &str = "unknown@prospect.test";
 const BUYER: &str = "buyer@followup.test";
 
 /// Polls `f` until it gives a value; panics with `what` and `context()` on timeout.
-fn wait<T>(what: &str, context: impl Fn() -> String, mut f: impl FnMut() -> Option<T>) -> T {
+fn wait<T>(what: &str, context: impl Fn() -> String, f: impl FnMut() -> Option<T>) -> T {
+    wait_up_to(TIMEOUT, what, context, f)
+}
+
+fn wait_up_to<T>(
+    timeout: Duration,
+    what: &str,
+    context: impl Fn() -> String,
+    mut f: impl FnMut() -> Option<T>,
+) -> T {
     let start = Instant::now();
     loop {
         if let Some(v) = f() {
             return v;
         }
-        if start.elapsed() > TIMEOUT {
+        if start.elapsed() > timeout {
             panic!(
-                "timed out after {:?} waiting for {what}\n{}",
-                TIMEOUT,
+                "timed out after {timeout:?} waiting for {what}\n{}",
                 context()
             );
         }
@@ -1064,6 +1072,167 @@ fn one_click_silences_vacation(db: Db) {
     assert!(e.paused_until.is_none(), "{e:?}");
 }
 
+// ------------------------------------------------------------------ hostile mail
+
+/// A delivery-status report listing `n` failed recipients (RFC 3464), as a bounce from
+/// a hostile or broken server might.
+fn huge_bounce(n: usize) -> String {
+    let mut report = String::with_capacity(n * 72);
+    report.push_str("Reporting-MTA: dns; mx.prospect.test\r\n");
+    for i in 0..n {
+        report.push_str(&format!(
+            "\r\nFinal-Recipient: rfc822; user{i}@nowhere.test\r\nAction: failed\r\nStatus: 5.1.1\r\n"
+        ));
+    }
+    message(
+        "MAILER-DAEMON@prospect.test",
+        REP,
+        "Undelivered Mail Returned to Sender",
+        "Auto-Submitted: auto-replied\r\n",
+        &format!(
+            "Content-Type: multipart/report; report-type=delivery-status; boundary=\"b\"\r\n\r\n\
+             --b\r\nContent-Type: text/plain\r\n\r\nDelivery failed.\r\n\
+             --b\r\nContent-Type: message/delivery-status\r\n\r\n{report}\r\n--b--\r\n"
+        ),
+    )
+}
+
+/// A bounce listing 40,000 failed recipients (2.8 MB), then li's reply: the bounce
+/// neither wedges the watcher nor is fetched again forever; the reply stops li.
+fn huge_bounce_then_reply(db: Db) {
+    let c = Case::new(db, &[LI, BUYER], ("1h", "1h"));
+    c.first(BUYER);
+    c.wait_idle();
+    let bounce = huge_bounce(40_000);
+    assert!(bounce.len() > 2_500_000, "{}", bounce.len());
+    c.world.append(REP, "INBOX", &bounce);
+    li_replies_in_thread(&c, "Yes, interested. Call me.");
+    c.stopped(LI, "replied");
+    c.assert_untouched(BUYER);
+    c.wait_idle();
+    let st = c.p.status_json();
+    assert_eq!(st["set_aside"], serde_json::json!([]), "{st}");
+}
+
+/// A message that fails every time it is recorded (here a trigger in the database
+/// refuses it) is tried a bounded number of times, then set aside with its UID and
+/// error, shown in `status`; li's reply after it stops her sequence.
+fn poisoned_message_set_aside(db: Db) {
+    let c = Case::new(db, &[LI, BUYER], ("1h", "1h"));
+    const POISON: &str = "<poison@prospect.test>";
+    match db {
+        Db::Sqlite => {
+            c.p.sql(&format!(
+                "CREATE TRIGGER poison BEFORE INSERT ON inbound WHEN NEW.message_id = '{POISON}' \
+                 BEGIN SELECT RAISE(ABORT, 'poisoned by the test'); END"
+            ));
+        }
+        Db::Postgres => {
+            c.p.sql(&format!(
+                "CREATE FUNCTION poison() RETURNS trigger AS $$ BEGIN \
+                 IF NEW.message_id = '{POISON}' THEN RAISE EXCEPTION 'poisoned by the test'; END IF; \
+                 RETURN NEW; END $$ LANGUAGE plpgsql"
+            ));
+            c.p.sql("CREATE TRIGGER poison BEFORE INSERT ON inbound FOR EACH ROW EXECUTE FUNCTION poison()");
+        }
+    }
+    c.first(BUYER);
+    c.wait_idle();
+    let poison = format!(
+        "From: someone@elsewhere.test\r\nTo: {REP}\r\nSubject: Hello\r\nMessage-ID: {POISON}\r\n\
+         MIME-Version: 1.0\r\n{}",
+        text("Hi")
+    );
+    c.world.append(REP, "INBOX", &poison);
+    li_replies_in_thread(&c, "Yes, interested. Call me.");
+    c.stopped(LI, "replied");
+    c.assert_untouched(BUYER);
+    let st = c.p.status_json();
+    let aside = st["set_aside"]
+        .as_array()
+        .expect("status lists set-aside messages");
+    assert_eq!(aside.len(), 1, "{st}");
+    assert_eq!(aside[0]["folder"], "INBOX", "{st}");
+    assert_eq!(aside[0]["attempts"], 3, "{st}");
+    assert!(
+        aside[0]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("poisoned by the test")),
+        "{st}"
+    );
+    // The reply came after the poison, and the checkpoint is past both.
+    let uid = aside[0]["uid"].as_i64().expect("a UID");
+    let last = c
+        .watchers()
+        .into_iter()
+        .find(|w| w.folder == "INBOX")
+        .expect("the INBOX watcher")
+        .last_uid;
+    assert!(last > uid, "checkpoint {last} past the set-aside UID {uid}");
+    let text = c.p.ok(&["status"]);
+    assert!(
+        text.contains(&format!("set aside: sales/INBOX UID {uid}")),
+        "{text}"
+    );
+    // Tried three times in all: two failures to try again, the third sets it aside.
+    let log = c.daemon().log_text();
+    assert_eq!(
+        log.matches("could not handle the message").count(),
+        2,
+        "{log}"
+    );
+    assert_eq!(log.matches("message set aside").count(), 1, "{log}");
+}
+
+/// Twenty-five 10 MB mails arrive while the daemon is down: catching up, it reads a
+/// bounded part of each, a few at a time, and its peak memory stays under 200 MB.
+fn large_messages_bounded_memory(db: Db) {
+    let mut c = Case::new(db, &[LI], ("1h", "1h"));
+    c.first(LI);
+    c.wait_idle();
+    let daemon = c.daemon.take().expect("the daemon runs");
+    assert!(daemon.stop().success());
+    let line = "x".repeat(76);
+    let mut body = String::with_capacity(10 << 20);
+    while body.len() < 10 << 20 {
+        body.push_str(&line);
+        body.push_str("\r\n");
+    }
+    for i in 0..25 {
+        let m = message(BUYER, REP, &format!("Catalogue {i}"), "", &text(&body));
+        c.world.append(REP, "INBOX", &m);
+    }
+    li_replies_in_thread(&c, "Yes, interested. Call me.");
+    c.daemon = Some(c.p.daemon());
+    // Reading 25 large mails takes a while in a debug build on a busy machine: this
+    // test is about memory, not speed (benches/classify.rs measures that).
+    let e = wait_up_to(
+        Duration::from_secs(300),
+        "li's reply after the large mails",
+        || c.context(),
+        || Some(c.enrollment(LI)).filter(|e| e.state != "active"),
+    );
+    assert_eq!(e.reason.as_deref(), Some("replied"), "{e:?}");
+    c.wait_idle();
+    let pid = c.daemon().child.id();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");
+    let peak_kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc/PID/status");
+    assert!(
+        peak_kb < 200 * 1024,
+        "peak RSS {} MB while catching up with 250 MB of mail",
+        peak_kb / 1024
+    );
+    let log = c.daemon().log_text();
+    assert!(
+        log.contains("large message: classified on its first 2 MB"),
+        "{log}"
+    );
+}
+
 macro_rules! on_both {
     ($($case:ident),* $(,)?) => {
         mod sqlite {
@@ -1090,7 +1259,14 @@ on_both!(
     manual,
     imap_restart,
     catch_up,
+    huge_bounce_then_reply,
+    poisoned_message_set_aside,
 );
+
+#[test]
+fn large_messages_bounded_memory_sqlite() {
+    large_messages_bounded_memory(Db::Sqlite)
+}
 
 /// What the tracking issue depends on: Pigeonhole's vacation does not answer mail that
 /// carries a List-Unsubscribe header (RFC 5230), but does answer the same mail without.

@@ -86,7 +86,7 @@ impl World {
             folder,
             folder_name: name,
             uid: self.uid,
-            raw: raw.as_bytes(),
+            raw: raw.as_bytes().into(),
             checkpoint: Checkpoint {
                 uidvalidity: 1,
                 last_uid: self.uid,
