@@ -87,6 +87,9 @@ impl Round {
 
 /// Cheap to clone (shared handles), so that a mailbox's stages can run as tasks of
 /// their own.
+/// How often a running daemon looks for dead daemons whose claims to take over.
+const TAKEOVER_CHECK: Duration = Duration::milliseconds(500);
+
 #[derive(Clone)]
 pub struct Scheduler {
     project: Arc<Project>,
@@ -154,12 +157,18 @@ impl Scheduler {
 
     /// Runs until `shutdown`, then finishes the batch in hand and returns.
     pub async fn run(&self, shutdown: CancellationToken) -> Result<(), store::Error> {
+        let _alive = self.store.hold_liveness(&self.owner).await?;
         let mut last_doubt_check = DateTime::<Utc>::MIN_UTC;
+        let mut last_takeover = DateTime::<Utc>::MIN_UTC;
         loop {
             if shutdown.is_cancelled() {
                 break;
             }
             let now = Utc::now();
+            if now - last_takeover > TAKEOVER_CHECK {
+                self.take_over_dead(now).await?;
+                last_takeover = now;
+            }
             if now - last_doubt_check > Duration::seconds(5) {
                 self.check_in_doubt(now).await?;
                 let resumed = self.store.resume_due_pauses(now).await?;
@@ -173,8 +182,11 @@ impl Scheduler {
                 continue; // more may be due right away
             }
             let wake = self.next_wake(now).await?;
-            let sleep = (wake - Utc::now())
-                .clamp(Duration::milliseconds(20), self.project.config.send.poll);
+            // Woken at least as often as dead daemons are looked for.
+            let sleep = (wake - Utc::now()).clamp(
+                Duration::milliseconds(20),
+                self.project.config.send.poll.min(TAKEOVER_CHECK),
+            );
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = tokio::time::sleep(sleep.to_std().unwrap_or_default()) => {}
@@ -190,7 +202,9 @@ impl Scheduler {
     /// Does what is due now, round after round, until nothing due is left (or only what
     /// pacing holds back), then returns the totals. For `run --once` and tests.
     pub async fn run_once(&self) -> Result<Round, store::Error> {
+        let _alive = self.store.hold_liveness(&self.owner).await?;
         let mut total = Round::default();
+        self.take_over_dead(Utc::now()).await?;
         self.check_in_doubt(Utc::now()).await?;
         self.store.resume_due_pauses(Utc::now()).await?;
         loop {
@@ -204,6 +218,25 @@ impl Scheduler {
             s.close().await;
         }
         Ok(total)
+    }
+
+    /// Takes over the claims of daemons that died (their liveness lock is free), at
+    /// once rather than when their leases run out.
+    async fn take_over_dead(&self, now: DateTime<Utc>) -> Result<(), store::Error> {
+        let dead = self.store.dead_owners(&self.owner).await?;
+        if dead.is_empty() {
+            return Ok(());
+        }
+        let doubts = self.store.take_over(&dead, now).await?;
+        info!(owners = ?dead, in_doubt = doubts.len(), "took over the claims of daemons that died");
+        for d in doubts {
+            warn!(
+                message_id = %d.message_id, contact = %d.email, sequence = %d.sequence, step = %d.step_id,
+                "message in doubt: its daemon died after handing it to SMTP and before recording the reply; \
+                 enrollment held (see `followup in-doubt`)"
+            );
+        }
+        Ok(())
     }
 
     async fn check_in_doubt(&self, now: DateTime<Utc>) -> Result<(), store::Error> {

@@ -729,11 +729,13 @@ impl Store {
 }
 
 mod inbound;
+mod liveness;
 mod send;
 mod status;
 mod track;
 
 pub use inbound::{Checkpoint, InboundRecord, SetAside, WatchState};
+pub use liveness::Liveness;
 pub use send::{Begin, Begun, ClaimCursor, Claimed, Finish, InDoubt, MessageUpdate};
 pub use status::{Count, Funnel, LinkClicks, Status};
 pub use track::{HitEvent, TrackedMessage, Unsubscribed};

@@ -612,15 +612,32 @@ impl Store {
     /// They become `in_doubt` and their enrollments are held until an operator (or, with
     /// IMAP, a look into the Sent folder) decides. Never re-sent blindly.
     pub async fn mark_in_doubt(&self, now: DateTime<Utc>) -> Result<Vec<InDoubt>> {
+        self.take_over(&[], now).await
+    }
+
+    /// Takes over the work of daemons known to be dead (see [`Store::dead_owners`]) at
+    /// once, without waiting out their leases: their messages in `sending` become in
+    /// doubt as in [`Store::mark_in_doubt`] (which this also does), and their other
+    /// claims go, so that what they had claimed is due again.
+    pub async fn take_over(&self, dead: &[String], now: DateTime<Utc>) -> Result<Vec<InDoubt>> {
         let found = with_pool!(self, p => {
             let mut tx = p.begin_write().await?;
-            let rows = sqlx::query(
-                "UPDATE messages SET status = 'in_doubt', locked_until = NULL, updated_at = $1 \
-                 WHERE status = 'sending' AND locked_until < $1 RETURNING id, enrollment_id, message_id",
-            )
-            .bind(ms(now))
-            .fetch_all(&mut *tx)
-            .await?;
+            let mut qb = QueryBuilder::new(
+                "UPDATE messages SET status = 'in_doubt', locked_until = NULL, updated_at = ",
+            );
+            qb.push_bind(ms(now))
+                .push(" WHERE status = 'sending' AND (locked_until < ")
+                .push_bind(ms(now));
+            if !dead.is_empty() {
+                qb.push(" OR enrollment_id IN (SELECT enrollment_id FROM claims WHERE owner IN (");
+                let mut sep = qb.separated(", ");
+                for owner in dead {
+                    sep.push_bind(owner.clone());
+                }
+                qb.push("))");
+            }
+            qb.push(") RETURNING id, enrollment_id, message_id");
+            let rows = qb.build().fetch_all(&mut *tx).await?;
             let mut found = Vec::new();
             for r in &rows {
                 let row_id: i64 = r.try_get("id")?;
@@ -649,6 +666,15 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
                 found.push(row_id);
+            }
+            if !dead.is_empty() {
+                let mut qb = QueryBuilder::new("DELETE FROM claims WHERE owner IN (");
+                let mut sep = qb.separated(", ");
+                for owner in dead {
+                    sep.push_bind(owner.clone());
+                }
+                qb.push(")");
+                qb.build().execute(&mut *tx).await?;
             }
             tx.commit().await?;
             found

@@ -208,3 +208,110 @@ fn two_daemons_one_sqlite_file() {
 fn two_daemons_one_postgres() {
     two_daemons_share_the_work(Db::Postgres);
 }
+
+/// The owner name a daemon logged when it started.
+fn owner_of(log: &str) -> Option<String> {
+    let rest = log.split("daemon started owner=\"").nth(1)?;
+    Some(rest.split('"').next()?.to_string())
+}
+
+/// Two daemons on one database; one is killed while it holds claims whose leases last
+/// ten minutes. The other sees at once that it died (its liveness lock is free) and
+/// takes its claims over, never while it lived; every contact gets the first step
+/// exactly once, apart from what the dead daemon had committed as `sending`.
+fn dead_daemons_claims_taken_over(db: Db) {
+    const N: usize = 20;
+    let tmp = tempfile::tempdir().unwrap();
+    // 1.5 s per message: the first daemon still holds most of its batch when killed.
+    let smtp = Smtp::start(&tmp.path().join("smtp"), "slow");
+    let p = Project::new(
+        db,
+        &Options {
+            smtp_port: smtp.port,
+            waits: ("1h", "1h"),
+            batch: 4,
+            connections: 1,
+            lease: "10m",
+            ..Options::default()
+        },
+    );
+    p.import_contacts(N);
+    let a = p.daemon();
+    let wait = |what: &str, f: &dyn Fn() -> bool| {
+        let start = Instant::now();
+        while !f() {
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "timed out: {what}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait("the first daemon to log its owner", &|| {
+        owner_of(&a.log_text()).is_some()
+    });
+    let owner_a = owner_of(&a.log_text()).unwrap();
+    let held_by_a = || {
+        p.sql_count(&format!(
+            "SELECT count(*) FROM claims WHERE owner = '{owner_a}'"
+        ))
+    };
+    wait("the first daemon to claim", &|| held_by_a() > 0);
+    let b = p.daemon();
+    // The second daemon looks for dead daemons every half second: while the first
+    // lives, it leaves its claims alone.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(held_by_a() > 0, "a live daemon's claims were taken");
+    assert!(!b.log_text().contains("took over"), "{}", b.log_text());
+    a.kill();
+    let killed = Instant::now();
+    wait("the dead daemon's claims to be taken over", &|| {
+        held_by_a() == 0
+    });
+    // Its leases had ten minutes to run: only the liveness lock explains this. The bound
+    // is loose for a busy machine; the check itself runs every 500 ms.
+    assert!(
+        killed.elapsed() < Duration::from_secs(5),
+        "taken over after {:?}",
+        killed.elapsed()
+    );
+    let in_doubt =
+        || p.sql_count("SELECT count(*) FROM messages WHERE status = 'in_doubt'") as usize;
+    wait("every first step sent or in doubt", &|| {
+        smtp.received().len() + in_doubt() >= N
+    });
+    let log_b = b.log_text();
+    assert!(b.stop().success());
+    assert!(
+        log_b.contains("took over the claims of daemons that died"),
+        "{log_b}"
+    );
+    // What the dead daemon had committed as `sending` may have left: today the batch on
+    // the wire and the two committed behind it (see `Scheduler::run_mailbox`; the core
+    // issue narrows this to one message per connection). Not all: the second daemon
+    // sent the rest.
+    assert!(
+        in_doubt() <= 12,
+        "at most the dead daemon's three batches: {}",
+        in_doubt()
+    );
+    let mut seen = BTreeSet::new();
+    for r in smtp.received() {
+        assert!(
+            seen.insert(r.to_addr()),
+            "{} got the first step twice",
+            r.to_addr()
+        );
+    }
+    assert_eq!(seen.len() + in_doubt(), N);
+}
+
+#[test]
+fn dead_daemons_claims_taken_over_sqlite() {
+    dead_daemons_claims_taken_over(Db::Sqlite);
+}
+
+#[test]
+fn dead_daemons_claims_taken_over_postgres() {
+    dead_daemons_claims_taken_over(Db::Postgres);
+}

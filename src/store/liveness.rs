@@ -1,0 +1,256 @@
+//! Which daemons are alive. A daemon's claims are leases so that another daemon can
+//! take them over when it dies; waiting out a lease (minutes) after a crash, though,
+//! holds up every contact the dead daemon had claimed. So each daemon also holds a
+//! lock for as long as its process lives, that the operating system or the database
+//! drops the moment it dies:
+//!
+//! - on PostgreSQL a session advisory lock, on a connection of its own (a dead
+//!   daemon's connection closes with it, and its locks go);
+//! - on SQLite an exclusive `flock` on a file named after it, in a folder beside the
+//!   database (`FILE.nodes/`), released by the kernel when the process ends.
+//!
+//! Another daemon that can take that lock knows the owner is dead, and takes over its
+//! claims at once ([`Store::take_over`]). A live daemon's lock cannot be taken, so its
+//! claims are never touched; an owner with no lock to probe (a daemon of an older
+//! version) is left to its leases.
+
+use std::fs::{File, OpenOptions, TryLockError};
+use std::path::{Path, PathBuf};
+use std::time::Duration as StdDuration;
+
+use sha2::{Digest, Sha256};
+use sqlx::{ConnectOptions, Connection, PgConnection};
+use tokio_util::sync::{CancellationToken, DropGuard};
+use tracing::warn;
+
+use super::{Pool, Result, Store};
+
+/// The first key of followup's advisory locks ("foll"), so that they cannot clash with
+/// another application's on the same server.
+const PG_NAMESPACE: i32 = 0x666f_6c6c;
+
+/// How often the PostgreSQL lock's connection is checked (and, if lost, made again).
+const PG_CHECK: StdDuration = StdDuration::from_secs(5);
+
+/// The lock that says this daemon is alive; held until dropped.
+pub struct Liveness {
+    _inner: Inner,
+}
+
+enum Inner {
+    /// An in-memory database: no other process can share it.
+    None,
+    Sqlite {
+        _file: File,
+    },
+    Postgres {
+        _stop: DropGuard,
+    },
+}
+
+/// The advisory lock key of an owner.
+fn pg_key(owner: &str) -> i32 {
+    let digest = Sha256::digest(owner.as_bytes());
+    i32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]])
+}
+
+/// The lock file of an owner. Owners are `host:pid:random`; anything else in a name
+/// is replaced, so an owner cannot name a path outside the folder.
+fn lock_path(dir: &Path, owner: &str) -> PathBuf {
+    let name: String = owner
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    dir.join(format!("{name}.lock"))
+}
+
+impl Store {
+    /// The folder of SQLite lock files, or None for an in-memory database.
+    fn lock_dir(&self) -> Option<PathBuf> {
+        let Pool::Sqlite(p) = &self.pool else {
+            return None;
+        };
+        let file = p.write.connect_options().get_filename().to_path_buf();
+        if file.as_os_str().is_empty() || file.to_string_lossy().contains(":memory:") {
+            return None;
+        }
+        let mut dir = file.into_os_string();
+        dir.push(".nodes");
+        Some(PathBuf::from(dir))
+    }
+
+    /// Takes this daemon's liveness lock; call before claiming anything.
+    pub async fn hold_liveness(&self, owner: &str) -> Result<Liveness> {
+        let inner = match &self.pool {
+            Pool::Sqlite(_) => match self.lock_dir() {
+                None => Inner::None,
+                Some(dir) => Inner::Sqlite {
+                    _file: lock_file(&dir, owner).map_err(|e| super::Error::Corrupt {
+                        what: "liveness lock",
+                        detail: format!("{}: {e}", dir.display()),
+                    })?,
+                },
+            },
+            Pool::Postgres(pool) => {
+                let opts = (*pool.connect_options()).clone();
+                let key = pg_key(owner);
+                let conn = pg_lock(&opts, key).await?;
+                let stop = CancellationToken::new();
+                tokio::spawn(keep_pg_lock(opts, key, conn, stop.clone()));
+                Inner::Postgres {
+                    _stop: stop.drop_guard(),
+                }
+            }
+        };
+        Ok(Liveness { _inner: inner })
+    }
+
+    /// Owners holding claims, other than `me`, whose daemon is dead.
+    pub async fn dead_owners(&self, me: &str) -> Result<Vec<String>> {
+        let owners: Vec<String> = with_read_pool!(self, p => {
+            sqlx::query_scalar("SELECT DISTINCT owner FROM claims WHERE owner <> $1")
+                .bind(me)
+                .fetch_all(p)
+                .await?
+        });
+        if owners.is_empty() {
+            return Ok(owners);
+        }
+        let mut dead = Vec::new();
+        match &self.pool {
+            Pool::Sqlite(_) => {
+                let Some(dir) = self.lock_dir() else {
+                    return Ok(dead);
+                };
+                for owner in owners {
+                    let path = lock_path(&dir, &owner);
+                    // No file: a daemon that keeps no lock (an older version): its leases
+                    // decide.
+                    let Ok(file) = File::open(&path) else {
+                        continue;
+                    };
+                    match file.try_lock() {
+                        Ok(()) => {
+                            let _ = std::fs::remove_file(&path);
+                            dead.push(owner);
+                        }
+                        Err(TryLockError::WouldBlock) => {}
+                        Err(TryLockError::Error(e)) => {
+                            warn!(path = %path.display(), error = %e, "cannot probe a daemon's lock file");
+                        }
+                    }
+                }
+            }
+            Pool::Postgres(pool) => {
+                // Taken and given back on one connection: advisory locks belong to the
+                // session that took them.
+                let mut conn = pool.acquire().await?;
+                for owner in owners {
+                    let key = pg_key(&owner);
+                    let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1, $2)")
+                        .bind(PG_NAMESPACE)
+                        .bind(key)
+                        .fetch_one(&mut *conn)
+                        .await?;
+                    if got {
+                        sqlx::query("SELECT pg_advisory_unlock($1, $2)")
+                            .bind(PG_NAMESPACE)
+                            .bind(key)
+                            .execute(&mut *conn)
+                            .await?;
+                        dead.push(owner);
+                    }
+                }
+            }
+        }
+        Ok(dead)
+    }
+}
+
+/// Creates and locks an owner's file. It is locked under a temporary name and then
+/// renamed into place, so that a probe never finds it unlocked while its daemon lives.
+fn lock_file(dir: &Path, owner: &str) -> std::io::Result<File> {
+    std::fs::create_dir_all(dir)?;
+    let path = lock_path(dir, owner);
+    let mut tmp = path.clone().into_os_string();
+    tmp.push(".new");
+    let tmp = PathBuf::from(tmp);
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(&tmp)?;
+    file.lock()?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(file)
+}
+
+async fn pg_lock(opts: &sqlx::postgres::PgConnectOptions, key: i32) -> Result<PgConnection> {
+    let mut conn = opts.connect().await?;
+    sqlx::query("SELECT pg_advisory_lock($1, $2)")
+        .bind(PG_NAMESPACE)
+        .bind(key)
+        .execute(&mut conn)
+        .await?;
+    Ok(conn)
+}
+
+/// Holds the PostgreSQL lock's connection; if it is lost (a server restart), makes it
+/// again. Meanwhile another daemon may take this one's claims for those of a dead one:
+/// that costs no duplicate, since every send re-checks its claim before it begins.
+async fn keep_pg_lock(
+    opts: sqlx::postgres::PgConnectOptions,
+    key: i32,
+    mut conn: PgConnection,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep(PG_CHECK) => {}
+        }
+        if conn.ping().await.is_ok() {
+            continue;
+        }
+        warn!("lost the database connection that shows this daemon is alive; making it again");
+        match pg_lock(&opts, key).await {
+            Ok(c) => conn = c,
+            Err(e) => warn!(error = %e, "cannot take the liveness lock again; retrying"),
+        }
+    }
+    let _ = conn.close().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lock_files_stay_in_their_folder() {
+        let dir = Path::new("/var/lib/followup/db.sqlite.nodes");
+        assert_eq!(
+            lock_path(dir, "../../etc/passwd"),
+            dir.join(".._.._etc_passwd.lock")
+        );
+        assert_eq!(
+            lock_path(dir, "vm:22472:62a92ded"),
+            dir.join("vm_22472_62a92ded.lock")
+        );
+    }
+
+    #[test]
+    fn a_held_lock_file_is_seen_as_alive_and_a_released_one_as_dead() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let file = lock_file(tmp.path(), "a:1:1").expect("lock");
+        let probe = File::open(lock_path(tmp.path(), "a:1:1")).expect("open");
+        assert!(matches!(probe.try_lock(), Err(TryLockError::WouldBlock)));
+        drop(file);
+        assert!(probe.try_lock().is_ok());
+    }
+}
