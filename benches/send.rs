@@ -238,7 +238,7 @@ async fn replay(su: &Setup, batch: usize) -> Phases {
     let mailbox = &project.config.mailboxes[MAILBOX];
     let settings = &project.config.send;
     let seq = project.sequence("bench").unwrap();
-    let sender = Sender::new(mailbox);
+    let sender = Sender::new(mailbox, &su.project.config.send);
     let owner = "bench-replay";
     let mut ph = Phases::default();
     loop {
@@ -385,7 +385,7 @@ async fn pool_alone(su: &Setup, n: usize) -> Duration {
     .unwrap();
     let raw = message.formatted();
     let envelope = message.envelope().clone();
-    let sender = Sender::new(mailbox);
+    let sender = Sender::new(mailbox, &su.project.config.send);
     let start = Instant::now();
     let (sender_ref, raw, envelope, mid) = (&sender, &raw, &envelope, &mid);
     let failures = stream::iter(0..n)

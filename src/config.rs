@@ -231,6 +231,9 @@ pub struct SendSettings {
     pub max_attempts: u32,
     /// How often the daemon looks for due work when nothing is scheduled sooner.
     pub poll: Duration,
+    /// How long the server may take to answer a message's end of data before the
+    /// message is in doubt (RFC 5321 §4.5.3.2.6: 10 minutes).
+    pub data_timeout: Duration,
 }
 
 impl Default for SendSettings {
@@ -242,6 +245,7 @@ impl Default for SendSettings {
             retry_max: Duration::hours(2),
             max_attempts: 12,
             poll: Duration::seconds(1),
+            data_timeout: Duration::minutes(10),
         }
     }
 }
@@ -362,6 +366,7 @@ struct RawSend {
     retry_max: Option<Spanned<String>>,
     max_attempts: Option<u32>,
     poll: Option<Spanned<String>>,
+    data_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -514,6 +519,7 @@ pub fn load(path: &Path, need_secrets: bool) -> Result<Config, Diagnostics> {
             .unwrap_or(defaults.max_attempts)
             .max(1),
         poll: wait_or(&raw.send.poll, defaults.poll, &mut diags),
+        data_timeout: wait_or(&raw.send.data_timeout, defaults.data_timeout, &mut diags),
     };
 
     let rd = ReplySettings::default();

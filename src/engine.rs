@@ -46,6 +46,13 @@ pub enum Outcome {
     /// Not sent: while it waited its turn for SMTP the enrollment was stopped or paused
     /// by someone else (a reply, an unsubscribe, an operator), who took the claim.
     Cancelled { at: DateTime<Utc>, reason: String },
+    /// Its end of data was written and no answer came: the server may have it. Never
+    /// sent again blindly: held until the Sent folder or an operator settles it.
+    InDoubt {
+        at: DateTime<Utc>,
+        message_id: String,
+        reply: String,
+    },
 }
 
 /// The message status an outcome leads to.
@@ -165,6 +172,26 @@ pub fn after(cx: &Context<'_>, e: &Enrollment, index: usize, outcome: &Outcome) 
             )],
             rule: None,
         },
+        Outcome::InDoubt {
+            message_id, reply, ..
+        } => {
+            next.state = "held".into();
+            next.next_run_at = None;
+            next.reason = Some(format!("in doubt: {message_id} may have been sent"));
+            Transition {
+                enrollment: next,
+                message: Some(MessageOutcome {
+                    status: "in_doubt",
+                    reply: Some(reply.clone()),
+                }),
+                events: vec![event(
+                    e,
+                    "in_doubt",
+                    json!({ "message_id": message_id, "reply": reply }),
+                )],
+                rule: None,
+            }
+        }
         Outcome::Held { reason, .. } => {
             next.state = "held".into();
             next.next_run_at = None;

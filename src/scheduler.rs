@@ -27,10 +27,11 @@ use crate::config::Mailbox;
 use crate::engine::{self, Context, Outcome, Transition};
 use crate::mail::compose::{self, content_hash, new_message_id, subject_for, Draft, Thread};
 use crate::mail::send::{Message, SendOutcome, Sender};
+use crate::mail::smtp::Told;
 use crate::model::{Contact, EnrollmentUpdate, NewEvent};
 use crate::project::Project;
 use crate::schedule::{mailbox_day, next_in_window, next_slot, MailboxUsage};
-use crate::store::{self, Begin, ClaimCursor, Claimed, Finish, MessageUpdate, Store};
+use crate::store::{self, Begin, ClaimCursor, Claimed, Finish, MessageUpdate, Store, Wire};
 use crate::template::{RenderError, Rendered};
 use crate::track::token::KeyClock;
 
@@ -133,7 +134,7 @@ impl Scheduler {
             .config
             .mailboxes
             .iter()
-            .map(|(n, m)| (n.clone(), Arc::new(Sender::new(m))))
+            .map(|(n, m)| (n.clone(), Arc::new(Sender::new(m, &project.config.send))))
             .collect();
         let owner = format!(
             "{}:{}:{:08x}",
@@ -227,27 +228,52 @@ impl Scheduler {
         if dead.is_empty() {
             return Ok(());
         }
-        let doubts = self.store.take_over(&dead, now).await?;
-        info!(owners = ?dead, in_doubt = doubts.len(), "took over the claims of daemons that died");
-        for d in doubts {
+        let r = self.store.take_over(&dead, now).await?;
+        info!(owners = ?dead, in_doubt = r.in_doubt.len(), accepted = r.accepted.len(), not_sent = r.unsent, "took over the claims of daemons that died");
+        self.recovered(r, now).await
+    }
+
+    async fn check_in_doubt(&self, now: DateTime<Utc>) -> Result<(), store::Error> {
+        let r = self.store.mark_in_doubt(now).await?;
+        self.recovered(r, now).await?;
+        self.settle_through_sent(now).await
+    }
+
+    /// What a stopped daemon left in `sending`: what never left is due again (done by
+    /// the store); what the server accepted is counted as sent; what may have reached
+    /// the server without an answer is in doubt, its enrollment held.
+    async fn recovered(&self, r: store::Recovered, now: DateTime<Utc>) -> Result<(), store::Error> {
+        if r.unsent > 0 {
+            info!(
+                messages = r.unsent,
+                "messages a stopped daemon had not sent yet are due again"
+            );
+        }
+        for d in &r.accepted {
+            match crate::doubt::settle_as_sent(
+                &self.project,
+                &self.store,
+                d,
+                "the server had accepted it before its daemon stopped",
+                now,
+            )
+            .await
+            {
+                Ok(()) => {}
+                Err(crate::doubt::Error::Store(e)) => return Err(e),
+                Err(e) => {
+                    warn!(message_id = %d.message_id, error = %e, "cannot count an accepted message as sent; it stays in doubt")
+                }
+            }
+        }
+        for d in r.in_doubt {
             warn!(
                 message_id = %d.message_id, contact = %d.email, sequence = %d.sequence, step = %d.step_id,
-                "message in doubt: its daemon died after handing it to SMTP and before recording the reply; \
+                "message in doubt: its daemon stopped after writing its end of data and before recording the reply; \
                  enrollment held (see `followup in-doubt`)"
             );
         }
         Ok(())
-    }
-
-    async fn check_in_doubt(&self, now: DateTime<Utc>) -> Result<(), store::Error> {
-        for d in self.store.mark_in_doubt(now).await? {
-            warn!(
-                message_id = %d.message_id, contact = %d.email, sequence = %d.sequence, step = %d.step_id,
-                "message in doubt: its daemon stopped after handing it to SMTP and before recording the reply; \
-                 enrollment held (see `followup in-doubt`)"
-            );
-        }
-        self.settle_through_sent(now).await
     }
 
     /// For mailboxes whose Sent folder holds every message sent (`append_sent`, or a
@@ -413,6 +439,9 @@ impl Scheduler {
                     .await
             })
         };
+        // Marks each message leaving just before its end of data, group-committed across
+        // the mailbox's connections (see `WireMarks`). Ends when the last sender does.
+        let wire = WireMarks::start(self.store.clone(), self.owner.clone());
         let transmit = async move {
             // Ends when the work does, or as soon as `commit` has failed: then nothing
             // more is handed to SMTP (what was begun stays `sending`, in doubt later),
@@ -445,9 +474,10 @@ impl Scheduler {
                 let name = mailbox.name.clone();
                 let store = self.store.clone();
                 let owner = self.owner.clone();
+                let wire = wire.clone();
                 tokio::spawn(async move {
                     let mailbox = project.config.mailboxes.get(&name);
-                    deliver(&name, mailbox, &sender, &store, &owner, run).await
+                    deliver(&name, mailbox, &sender, &store, &owner, &wire, run).await
                 })
             })
             .buffer_unordered(parallel)
@@ -767,6 +797,10 @@ impl Scheduler {
                     warn!(contact = %p.claimed.contact.email, sequence = %e.sequence, step = %e.step_id, message_id = %b.message_id, reply = %reply, "send failed permanently; enrollment stopped");
                 }
                 Outcome::Held { .. } => round.held += 1,
+                Outcome::InDoubt { reply, .. } => {
+                    round.failed += 1;
+                    warn!(contact = %p.claimed.contact.email, sequence = %e.sequence, step = %e.step_id, message_id = %b.message_id, reply = %reply, "message in doubt: no answer after its end of data; enrollment held (see `followup in-doubt`)");
+                }
                 Outcome::Cancelled { .. } => {
                     round.released += 1;
                     info!(contact = %p.claimed.contact.email, sequence = %e.sequence, step = %e.step_id, message_id = %b.message_id, "not sent: stopped or paused while waiting to be sent");
@@ -1068,12 +1102,14 @@ impl Scheduler {
 /// with its outcome. Each message has a last look just before its commands go out, if
 /// it waited: a reply or unsubscribe that came in meanwhile has taken the claim away.
 /// (On a database error the `sending` commit's check stands.)
+#[allow(clippy::too_many_arguments)]
 async fn deliver(
     name: &str,
     mailbox: Option<&Mailbox>,
     sender: &Sender,
     store: &Store,
     owner: &str,
+    wire: &WireMarks,
     run: Vec<(Prepared, store::Begun)>,
 ) -> Vec<(Prepared, store::Begun, Outcome)> {
     let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(run.len());
@@ -1121,8 +1157,27 @@ async fn deliver(
                         .unwrap_or(true)
             }
         };
+        // Before each end of data: this message `left`, and how the one before it on
+        // the connection ended, durable together.
+        let leaving = |k: Option<usize>, told: Option<Told>| {
+            let row = |k: usize| run[outgoing[k].0].1.row_id;
+            let mut marks = Vec::with_capacity(2);
+            if let Some(t) = told {
+                let w = if t.accepted {
+                    Wire::Accepted
+                } else {
+                    Wire::Refused
+                };
+                marks.push((row(t.index), w));
+            }
+            let left = k.map(row);
+            if let Some(id) = left {
+                marks.push((id, Wire::Left));
+            }
+            wire.mark(marks, left)
+        };
         let sent = sender
-            .send_all(&messages, wanted)
+            .send_all(&messages, wanted, leaving)
             .instrument(info_span!("smtp", mailbox = %name, messages = messages.len()))
             .await;
         for ((i, _, raw), outcome) in outgoing.iter().zip(sent) {
@@ -1225,6 +1280,75 @@ async fn outcome_of(
             at: Utc::now(),
             reply,
         },
+        SendOutcome::InDoubt { reply } => Outcome::InDoubt {
+            at: Utc::now(),
+            message_id: b.message_id.clone(),
+            reply,
+        },
+    }
+}
+
+/// Group commit of wire marks ([`Store::mark_wire`]) for a mailbox's connections: each
+/// asks before a message's end of data and waits; what piles up meanwhile goes in the
+/// next statement. One statement rather than a transaction: each mark stands alone.
+#[derive(Clone)]
+struct WireMarks {
+    tx: mpsc::UnboundedSender<WireRequest>,
+}
+
+struct WireRequest {
+    marks: Vec<(i64, Wire)>,
+    /// The message marked `left`, if any: the answer says whether it was.
+    left: Option<i64>,
+    answer: tokio::sync::oneshot::Sender<bool>,
+}
+
+impl WireMarks {
+    fn start(store: Store, owner: String) -> WireMarks {
+        let (tx, mut rx) = mpsc::unbounded_channel::<WireRequest>();
+        tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                let mut requests = vec![first];
+                while let Ok(r) = rx.try_recv() {
+                    requests.push(r);
+                }
+                let marks: Vec<(i64, Wire)> = requests
+                    .iter()
+                    .flat_map(|r| r.marks.iter().copied())
+                    .collect();
+                let left = match store.mark_wire(&marks, &owner, Utc::now()).await {
+                    Ok(left) => left,
+                    Err(e) => {
+                        // Nothing marked: no end of data goes out (its message is tried
+                        // again later); the daemon goes on.
+                        warn!(error = %e, "cannot record that messages are leaving; they wait");
+                        Default::default()
+                    }
+                };
+                for r in requests {
+                    let _ = r.answer.send(r.left.is_none_or(|id| left.contains(&id)));
+                }
+            }
+        });
+        WireMarks { tx }
+    }
+
+    /// Records `marks`; true once `left` (if any) is durably marked.
+    fn mark(
+        &self,
+        marks: Vec<(i64, Wire)>,
+        left: Option<i64>,
+    ) -> impl std::future::Future<Output = bool> + Send + 'static {
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let sent = self
+            .tx
+            .send(WireRequest {
+                marks,
+                left,
+                answer,
+            })
+            .is_ok();
+        async move { sent && answered.await.unwrap_or(false) }
     }
 }
 

@@ -16,9 +16,9 @@ use lettre::transport::smtp::extension::ClientId;
 use secrecy::SecretString;
 use tokio::sync::Semaphore;
 
-use super::smtp::{self, Connection, Login, Security};
+use super::smtp::{self, Connection, Login, Security, Told};
 use super::tls::Trust;
-use crate::config::{Mailbox, Transport};
+use crate::config::{Mailbox, SendSettings, Transport};
 
 /// How long connecting (with greeting, EHLO, STARTTLS and AUTH) may take.
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -35,6 +35,10 @@ pub enum SendOutcome {
     },
     /// 5xx: never.
     Permanent {
+        reply: String,
+    },
+    /// Its end of data was written and no answer came: the server may have it.
+    InDoubt {
         reply: String,
     },
 }
@@ -60,6 +64,8 @@ enum Inner {
 
 struct SmtpPool {
     transport: Transport,
+    /// How long an end of data's answer may take (`[send] data_timeout`).
+    data_timeout: Duration,
     /// The mailbox's login (it is the IMAP login too).
     login: Option<(String, SecretString)>,
     hello: ClientId,
@@ -72,11 +78,12 @@ struct SmtpPool {
 }
 
 impl Sender {
-    pub fn new(mailbox: &Mailbox) -> Sender {
+    pub fn new(mailbox: &Mailbox, settings: &SendSettings) -> Sender {
         let inner = match &mailbox.transport {
             Transport::File { dir } => Inner::File(dir.clone()),
             t => Inner::Smtp(SmtpPool {
                 transport: t.clone(),
+                data_timeout: settings.data_timeout.to_std().unwrap_or(smtp::DATA_TIMEOUT),
                 login: match (&mailbox.user, &mailbox.password) {
                     (Some(u), Some(p)) => Some((u.clone(), p.clone())),
                     _ => None,
@@ -107,7 +114,9 @@ impl Sender {
             raw,
             message_id,
         }];
-        let mut outcomes = self.send_all(&one, |_| async { true }).await;
+        let mut outcomes = self
+            .send_all(&one, |_| async { true }, |_, _| async { true })
+            .await;
         match outcomes.pop() {
             Some(Some(outcome)) => outcome,
             _ => SendOutcome::Transient {
@@ -118,30 +127,49 @@ impl Sender {
 
     /// Sends messages one after another on one connection, so that each message's
     /// end of data carries the next one's commands; one outcome per message, in order,
-    /// `None` for one that `wanted`, asked just before it goes, turned down (see
-    /// [`Connection::send_all`]).
-    pub async fn send_all<F, Fut>(
+    /// `None` for one that `wanted`, asked just before it goes, turned down. `leaving`
+    /// is awaited before each message's content goes, told how the one before ended
+    /// (see [`Connection::send_all`]); the outbox asks it before writing a file.
+    pub async fn send_all<F, Fut, L, LFut>(
         &self,
         messages: &[Message<'_>],
         mut wanted: F,
+        mut leaving: L,
     ) -> Vec<Option<SendOutcome>>
     where
         F: FnMut(usize) -> Fut,
         Fut: std::future::Future<Output = bool>,
+        L: FnMut(Option<usize>, Option<Told>) -> LFut,
+        LFut: std::future::Future<Output = bool>,
     {
         match &*self.inner {
             Inner::File(dir) => {
                 let mut out = Vec::with_capacity(messages.len());
+                let mut untold: Option<(usize, bool)> = None;
                 for (i, m) in messages.iter().enumerate() {
-                    out.push(if wanted(i).await {
-                        Some(write_outbox(dir, m.raw, m.message_id).await)
-                    } else {
-                        None
-                    });
+                    if !wanted(i).await {
+                        out.push(None);
+                        continue;
+                    }
+                    let told = untold
+                        .take()
+                        .map(|(index, accepted)| Told { index, accepted });
+                    if !leaving(Some(i), told).await {
+                        out.push(Some(SendOutcome::Transient {
+                            reply: "not written: could not record that it was leaving".into(),
+                        }));
+                        continue;
+                    }
+                    let outcome = write_outbox(dir, m.raw, m.message_id).await;
+                    untold = Some((i, matches!(outcome, SendOutcome::Sent { .. })));
+                    out.push(Some(outcome));
+                }
+                if let Some((index, accepted)) = untold {
+                    leaving(None, Some(Told { index, accepted })).await;
                 }
                 out
             }
-            Inner::Smtp(pool) => pool.send_all(messages, wanted).await,
+            Inner::Smtp(pool) => pool.send_all(messages, wanted, leaving).await,
         }
     }
 
@@ -161,14 +189,17 @@ impl Sender {
 }
 
 impl SmtpPool {
-    async fn send_all<F, Fut>(
+    async fn send_all<F, Fut, L, LFut>(
         &self,
         messages: &[Message<'_>],
         wanted: F,
+        leaving: L,
     ) -> Vec<Option<SendOutcome>>
     where
         F: FnMut(usize) -> Fut,
         Fut: std::future::Future<Output = bool>,
+        L: FnMut(Option<usize>, Option<Told>) -> LFut,
+        LFut: std::future::Future<Output = bool>,
     {
         let all = |outcome: SendOutcome| vec![Some(outcome); messages.len()];
         let Ok(_permit) = self.permits.acquire().await else {
@@ -198,7 +229,8 @@ impl SmtpPool {
                 raw: m.raw,
             })
             .collect();
-        let results = conn.send_all(&outgoing, wanted).await;
+        conn.set_data_timeout(self.data_timeout);
+        let results = conn.send_all(&outgoing, wanted, leaving).await;
         // A connection is kept after a transaction that ended cleanly, refused or not.
         if !conn.is_broken() {
             if let Ok(mut idle) = self.idle.lock() {
@@ -246,7 +278,9 @@ impl SmtpPool {
 /// a missing extension) is worth another try.
 fn classify(e: &smtp::Error) -> SendOutcome {
     let reply = e.to_string();
-    if e.is_permanent() {
+    if matches!(e, smtp::Error::InDoubt(_)) {
+        SendOutcome::InDoubt { reply }
+    } else if e.is_permanent() {
         SendOutcome::Permanent { reply }
     } else {
         SendOutcome::Transient { reply }

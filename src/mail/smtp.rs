@@ -43,6 +43,11 @@ const MAX_REPLY: usize = 64 * 1024;
 /// cut off as a whole (the results of those already sent would be lost with it).
 pub const IO_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How long the server may take to answer a message's end of data: RFC 5321
+/// §4.5.3.2.6 asks clients to wait 10 minutes, since the server may be filtering or
+/// delivering it meanwhile (and giving up early would leave it in doubt).
+pub const DATA_TIMEOUT: Duration = Duration::from_secs(600);
+
 /// A message whose commands ran ahead is asked about again before its content goes if
 /// the server took longer than this over the message before it (see
 /// [`Connection::send_all`]).
@@ -82,6 +87,14 @@ pub enum Error {
     /// not help until its configuration or ours changes.
     #[error("{0}")]
     Unsupported(String),
+    /// The end of data was written and no answer came (the connection broke, or the
+    /// wait ran out): the server may have taken the message. Never retried blindly.
+    #[error("no answer after the end of data ({0}): the server may have taken it")]
+    InDoubt(String),
+    /// The caller could not record that the message was leaving, so its content was
+    /// not sent (see [`Connection::send_all`]).
+    #[error("not sent: {0}")]
+    NotLeaving(String),
 }
 
 impl Error {
@@ -222,6 +235,30 @@ impl AsyncWrite for Stream {
     }
 }
 
+/// How message `k` ended, if the server answered its content: a message with no
+/// answer is not told, and stays in doubt.
+fn told(k: usize, results: &[Option<Result<Reply, Error>>]) -> Option<Told> {
+    match results.get(k)? {
+        Some(Ok(_)) => Some(Told {
+            index: k,
+            accepted: true,
+        }),
+        Some(Err(Error::Refused { .. })) => Some(Told {
+            index: k,
+            accepted: false,
+        }),
+        _ => None,
+    }
+}
+
+/// How a message ended, told to [`Connection::send_all`]'s `leaving` with the next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Told {
+    pub index: usize,
+    /// The server took it (2xx to its content).
+    pub accepted: bool,
+}
+
 /// One message for [`Connection::send_all`]: its envelope and its formatted bytes.
 #[derive(Clone, Copy)]
 pub struct Outgoing<'a> {
@@ -241,6 +278,8 @@ pub struct Connection {
     /// Set while a transaction is under way; still set afterwards if it did not end
     /// cleanly, and then the connection must not be reused.
     broken: bool,
+    /// How long the answer to an end of data may take ([`DATA_TIMEOUT`] by default).
+    data_timeout: Duration,
 }
 
 impl Connection {
@@ -273,6 +312,7 @@ impl Connection {
             write: Vec::with_capacity(8 * 1024),
             extensions: Extensions::default(),
             broken: false,
+            data_timeout: DATA_TIMEOUT,
         };
         let greeting = conn.read_reply().await?;
         if greeting.code != 220 {
@@ -301,6 +341,11 @@ impl Connection {
         &self.extensions
     }
 
+    /// How long the answer to an end of data may take (`[send] data_timeout`).
+    pub fn set_data_timeout(&mut self, timeout: Duration) {
+        self.data_timeout = timeout;
+    }
+
     /// Whether the last transaction left the conversation in an unknown state.
     pub fn is_broken(&self) -> bool {
         self.broken
@@ -310,7 +355,9 @@ impl Connection {
     /// accepted. Returns the server's reply to the content.
     pub async fn send(&mut self, envelope: &Envelope, raw: &[u8]) -> Result<Reply, Error> {
         let one = [Outgoing { envelope, raw }];
-        let mut results = self.send_all(&one, |_| async { true }).await;
+        let mut results = self
+            .send_all(&one, |_| async { true }, |_, _| async { true })
+            .await;
         match results.pop() {
             Some(Some(result)) => result,
             _ => Err(Error::Protocol("no result".into())),
@@ -336,14 +383,26 @@ impl Connection {
     /// than 50 ms over the message before it; turned down then, the server is waiting
     /// for its content, so the connection is dropped and the messages after it fail as
     /// not sent.
-    pub async fn send_all<F, Fut>(
+    ///
+    /// `leaving(Some(i), told)` is awaited just before message `i`'s content and final
+    /// dot are written, with how the message before it on this connection ended (if the
+    /// server answered it): the caller makes both durable, so that after a crash at
+    /// most the one message whose end of data is on the wire can be in doubt. If it
+    /// returns false the content is not written: the message fails as not sent
+    /// ([`Error::NotLeaving`]), and the connection is dropped. At the end of the run
+    /// `leaving(None, told)` tells how the last message ended. A message whose end of
+    /// data was written and got no answer fails with [`Error::InDoubt`].
+    pub async fn send_all<F, Fut, L, LFut>(
         &mut self,
         messages: &[Outgoing<'_>],
         mut wanted: F,
+        mut leaving: L,
     ) -> Vec<Option<Result<Reply, Error>>>
     where
         F: FnMut(usize) -> Fut,
         Fut: std::future::Future<Output = bool>,
+        L: FnMut(Option<usize>, Option<Told>) -> LFut,
+        LFut: std::future::Future<Output = bool>,
     {
         let mut results: Vec<Option<Result<Reply, Error>>> =
             (0..messages.len()).map(|_| None).collect();
@@ -372,6 +431,9 @@ impl Connection {
         let mut ahead: Option<usize> = None;
         let mut asked = std::time::Instant::now();
         let mut current = next_wanted(0, n, &mut wanted).await;
+        // The last message marked leaving whose end `leaving` has not been told yet (a
+        // message that never reached its content was never marked: nothing to tell).
+        let mut untold: Option<usize> = None;
         while let Some(i) = current {
             let rode_along = ahead.is_some();
             let opened = self.open(&messages[i], &mut ahead).await;
@@ -399,8 +461,19 @@ impl Connection {
                         looked_ahead = true;
                         asked = std::time::Instant::now();
                     }
-                    self.close(&messages[i], next.map(|j| &messages[j]), &mut ahead)
-                        .await
+                    let told = untold.take().and_then(|k| told(k, &results));
+                    if leaving(Some(i), told).await {
+                        untold = Some(i);
+                        self.close(&messages[i], next.map(|j| &messages[j]), &mut ahead)
+                            .await
+                    } else {
+                        // The server waits for content that must not come: only dropping
+                        // the connection ends that.
+                        self.broken = true;
+                        Err(Error::NotLeaving(
+                            "could not record that it was leaving".into(),
+                        ))
+                    }
                 }
                 Err(e) => Err(e),
             };
@@ -416,6 +489,11 @@ impl Connection {
             } else {
                 next_wanted(i + 1, n, &mut wanted).await
             };
+        }
+        // How the last message ended is told before the connection can be used again,
+        // so that its next run's first message is the only one left.
+        if let Some(t) = untold.and_then(|k| told(k, &results)) {
+            leaving(None, Some(t)).await;
         }
         results
     }
@@ -480,9 +558,16 @@ impl Connection {
         }
         let written = self.write_all(&out).await;
         self.write = out;
+        // A write that failed never handed its last bytes, the final dot, to the
+        // network: the server cannot have taken the message.
         written?;
         *ahead = run_ahead.map(|(_, n)| n);
-        let reply = self.read_reply().await?;
+        // From here the server may have the whole message: without its answer, it is
+        // in doubt.
+        let reply = self
+            .read_reply_within(self.data_timeout)
+            .await
+            .map_err(|e| Error::InDoubt(e.to_string()))?;
         // The transaction is over either way; the connection is fine.
         self.broken = false;
         if !(200..300).contains(&reply.code) {
@@ -604,6 +689,7 @@ impl Connection {
             write: self.write,
             extensions: Extensions::default(),
             broken: false,
+            data_timeout: self.data_timeout,
         })
     }
 
@@ -657,6 +743,10 @@ impl Connection {
     }
 
     async fn read_reply(&mut self) -> Result<Reply, Error> {
+        self.read_reply_within(IO_TIMEOUT).await
+    }
+
+    async fn read_reply_within(&mut self, timeout: Duration) -> Result<Reply, Error> {
         loop {
             if let Some((reply, used)) = parse_reply(&self.read[self.read_pos..])? {
                 self.read_pos += used;
@@ -674,7 +764,7 @@ impl Connection {
                 self.read_pos = 0;
             }
             self.read.reserve(1024);
-            let read = tokio::time::timeout(IO_TIMEOUT, self.stream.read_buf(&mut self.read));
+            let read = tokio::time::timeout(timeout, self.stream.read_buf(&mut self.read));
             if read.await.map_err(|_| timed_out("waiting for"))?? == 0 {
                 return Err(Error::Io(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
@@ -1113,7 +1203,9 @@ mod tests {
 
     /// Every message wanted; every one has a result.
     async fn send_all(c: &mut Connection, messages: &[Outgoing<'_>]) -> Vec<Result<Reply, Error>> {
-        let results = c.send_all(messages, |_| async { true }).await;
+        let results = c
+            .send_all(messages, |_| async { true }, |_, _| async { true })
+            .await;
         results.into_iter().map(|r| r.unwrap()).collect()
     }
 
@@ -1241,10 +1333,14 @@ mod tests {
         let to = envelopes(&["a", "b", "c", "d"]);
         let asked = std::sync::Mutex::new(Vec::new());
         let results = c
-            .send_all(&outgoing(&to, b"Subject: x\r\n\r\nhi\r\n"), |i| {
-                asked.lock().unwrap().push(i);
-                async move { i != 1 && i != 3 }
-            })
+            .send_all(
+                &outgoing(&to, b"Subject: x\r\n\r\nhi\r\n"),
+                |i| {
+                    asked.lock().unwrap().push(i);
+                    async move { i != 1 && i != 3 }
+                },
+                |_, _| async { true },
+            )
             .await;
         assert!(results[0].as_ref().is_some_and(|r| r.is_ok()));
         assert!(results[1].is_none(), "b was taken back");
@@ -1279,13 +1375,17 @@ mod tests {
         let to = envelopes(&["a", "b", "c"]);
         let asked = std::sync::Mutex::new(Vec::new());
         let results = c
-            .send_all(&outgoing(&to, b"Subject: x\r\n\r\nhi\r\n"), |i| {
-                let mut asked = asked.lock().unwrap();
-                asked.push(i);
-                // b is wanted when first asked, no longer when asked again.
-                let yes = !(i == 1 && asked.iter().filter(|&&j| j == 1).count() > 1);
-                async move { yes }
-            })
+            .send_all(
+                &outgoing(&to, b"Subject: x\r\n\r\nhi\r\n"),
+                |i| {
+                    let mut asked = asked.lock().unwrap();
+                    asked.push(i);
+                    // b is wanted when first asked, no longer when asked again.
+                    let yes = !(i == 1 && asked.iter().filter(|&&j| j == 1).count() > 1);
+                    async move { yes }
+                },
+                |_, _| async { true },
+            )
             .await;
         assert!(results[0].as_ref().is_some_and(|r| r.is_ok()));
         assert!(results[1].is_none(), "b was taken back");
@@ -1306,8 +1406,9 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_connection_lost_mid_run_fails_the_rest_as_not_sent() {
-        // The server hangs up instead of answering the first message's final dot.
+    async fn a_connection_lost_after_the_end_of_data_is_in_doubt_and_the_rest_not_sent() {
+        // The server hangs up instead of answering the first message's final dot: it
+        // may have taken a (in doubt, never retried blindly); b never left.
         let (port, server) = scripted(false, |l| match l {
             l if l.starts_with("EHLO") => "250-test\r\n250 PIPELINING\r\n",
             "DATA" => "354 go ahead\r\n",
@@ -1320,13 +1421,104 @@ mod tests {
         let results = send_all(&mut c, &outgoing(&to, b"Subject: x\r\n\r\nhi\r\n")).await;
         assert!(c.is_broken());
         assert_eq!(results.len(), 2);
-        for r in &results {
-            let e = r.as_ref().unwrap_err();
-            assert!(matches!(e, Error::Io(_)) && !e.is_permanent(), "{e}");
-        }
+        let a = results[0].as_ref().unwrap_err();
+        assert!(matches!(a, Error::InDoubt(_)), "{a}");
+        let b = results[1].as_ref().unwrap_err();
+        assert!(matches!(b, Error::Io(_)) && !b.is_permanent(), "{b}");
         // b's commands went out with a's dot, but its content never did.
         let seen = server.await.unwrap();
         assert_eq!(seen.iter().filter(|l| *l == "<content>").count(), 1);
+    }
+
+    #[tokio::test]
+    async fn no_answer_to_the_end_of_data_within_the_wait_is_in_doubt() {
+        // The server takes 300 ms over the dot; the client waits 100 ms.
+        let (port, _server) = scripted(false, |l| match l {
+            l if l.starts_with("EHLO") => "250-test\r\n250 PIPELINING\r\n",
+            "DATA" => "354 go ahead\r\n",
+            "." => "~250 2.0.0 queued\r\n",
+            _ => "250 ok\r\n",
+        })
+        .await;
+        let mut c = client(port).await;
+        c.set_data_timeout(Duration::from_millis(100));
+        let e = c
+            .send(&envelope("a@buyer.example"), b"Subject: x\r\n\r\nhi\r\n")
+            .await
+            .unwrap_err();
+        assert!(matches!(e, Error::InDoubt(_)), "{e}");
+        assert!(c.is_broken());
+    }
+
+    #[tokio::test]
+    async fn leaving_is_told_each_message_before_its_content_with_how_the_one_before_ended() {
+        // b's content is refused; a and c are taken; d's leaving is refused by the
+        // caller (its mark could not be recorded), so d's content never goes.
+        let mut dots = 0;
+        let (port, server) = scripted(true, move |l| match l {
+            l if l.starts_with("EHLO") => "250-test\r\n250 PIPELINING\r\n",
+            "DATA" => "354 go ahead\r\n",
+            "." => {
+                dots += 1;
+                if dots == 2 {
+                    "550 5.7.1 rejected as spam\r\n"
+                } else {
+                    "250 2.0.0 queued\r\n"
+                }
+            }
+            _ => "250 ok\r\n",
+        })
+        .await;
+        let mut c = client(port).await;
+        let to = envelopes(&["a", "b", "c", "d"]);
+        let told = std::sync::Mutex::new(Vec::new());
+        let results = c
+            .send_all(
+                &outgoing(&to, b"Subject: x\r\n\r\nhi\r\n"),
+                |_| async { true },
+                |i, t| {
+                    told.lock().unwrap().push((i, t));
+                    async move { i != Some(3) }
+                },
+            )
+            .await;
+        assert!(results[0].as_ref().is_some_and(|r| r.is_ok()));
+        assert!(results[1].as_ref().is_some_and(|r| r.is_err()));
+        assert!(results[2].as_ref().is_some_and(|r| r.is_ok()));
+        let d = results[3].as_ref().unwrap().as_ref().unwrap_err();
+        assert!(matches!(d, Error::NotLeaving(_)), "{d}");
+        assert_eq!(
+            *told.lock().unwrap(),
+            [
+                (Some(0), None),
+                (
+                    Some(1),
+                    Some(Told {
+                        index: 0,
+                        accepted: true
+                    })
+                ),
+                (
+                    Some(2),
+                    Some(Told {
+                        index: 1,
+                        accepted: false
+                    })
+                ),
+                (
+                    Some(3),
+                    Some(Told {
+                        index: 2,
+                        accepted: true
+                    })
+                ),
+                // d never left; c's end was told with d's leaving: nothing left to tell.
+            ]
+        );
+        assert!(c.is_broken());
+        drop(c);
+        let seen = server.await.unwrap();
+        assert_eq!(seen.iter().filter(|l| *l == "<content>").count(), 3);
     }
 
     #[test]

@@ -736,7 +736,9 @@ mod track;
 
 pub use inbound::{Checkpoint, InboundRecord, SetAside, WatchState};
 pub use liveness::Liveness;
-pub use send::{Begin, Begun, ClaimCursor, Claimed, Finish, InDoubt, MessageUpdate};
+pub use send::{
+    Begin, Begun, ClaimCursor, Claimed, Finish, InDoubt, MessageUpdate, Recovered, Wire,
+};
 pub use status::{Count, Funnel, LinkClicks, Status};
 pub use track::{HitEvent, TrackedMessage, Unsubscribed};
 

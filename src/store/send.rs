@@ -52,7 +52,7 @@ macro_rules! begin_in_tx {
                 ") AND c.suppressed_at IS NULL \
                  AND NOT EXISTS (SELECT 1 FROM suppressions s WHERE s.pattern = c.email OR s.pattern = '@' || c.domain) \
                  ON CONFLICT (enrollment_id, step_id) DO UPDATE SET status = 'sending', \
-                 attempts = messages.attempts + 1, locked_until = excluded.locked_until, \
+                 attempts = messages.attempts + 1, locked_until = excluded.locked_until, wire = NULL, \
                  sent_at = excluded.sent_at, updated_at = excluded.updated_at, \
                  track_key = excluded.track_key, variant = excluded.variant \
                  WHERE messages.status IN ('deferred', 'cancelled') \
@@ -262,6 +262,38 @@ impl ClaimCursor {
             })
             .max()
     }
+}
+
+/// Where a `sending` message stands on the wire (the `wire` column).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wire {
+    /// Its end of data is about to be written: from now on it may reach the server.
+    Left,
+    /// The server took it (2xx); its outcome is not committed yet.
+    Accepted,
+    /// The server refused its content: it did not leave after all.
+    Refused,
+}
+
+impl Wire {
+    fn as_str(self) -> &'static str {
+        match self {
+            Wire::Left => "left",
+            Wire::Accepted => "accepted",
+            Wire::Refused => "refused",
+        }
+    }
+}
+
+/// What [`Store::take_over`] and [`Store::mark_in_doubt`] found.
+#[derive(Debug, Default)]
+pub struct Recovered {
+    /// Messages whose end of data may have reached the server: in doubt.
+    pub in_doubt: Vec<InDoubt>,
+    /// Messages the server accepted before their daemon died: to be counted as sent.
+    pub accepted: Vec<InDoubt>,
+    /// Messages that never left: due again.
+    pub unsent: usize,
 }
 
 /// A step's existing message, found when a claim could not begin a send.
@@ -611,33 +643,70 @@ impl Store {
     /// committing `sending` and committing the outcome: SMTP may have accepted them.
     /// They become `in_doubt` and their enrollments are held until an operator (or, with
     /// IMAP, a look into the Sent folder) decides. Never re-sent blindly.
-    pub async fn mark_in_doubt(&self, now: DateTime<Utc>) -> Result<Vec<InDoubt>> {
+    pub async fn mark_in_doubt(&self, now: DateTime<Utc>) -> Result<Recovered> {
         self.take_over(&[], now).await
     }
 
     /// Takes over the work of daemons known to be dead (see [`Store::dead_owners`]) at
-    /// once, without waiting out their leases: their messages in `sending` become in
-    /// doubt as in [`Store::mark_in_doubt`] (which this also does), and their other
-    /// claims go, so that what they had claimed is due again.
-    pub async fn take_over(&self, dead: &[String], now: DateTime<Utc>) -> Result<Vec<InDoubt>> {
-        let found = with_pool!(self, p => {
+    /// once, without waiting out their leases, and does what [`Store::mark_in_doubt`]
+    /// does for theirs: of their messages in `sending`, one whose end of data may have
+    /// reached the server becomes in doubt; one the server had accepted is returned to
+    /// be counted as sent; one that never left is simply due again (same Message-ID).
+    /// Their claims go, so that what they had claimed is due again.
+    pub async fn take_over(&self, dead: &[String], now: DateTime<Utc>) -> Result<Recovered> {
+        let (found, accepted, unsent) = with_pool!(self, p => {
+        // Which `sending` rows are abandoned: past their lease, or a dead daemon's.
+            let abandoned = |qb: &mut QueryBuilder<'_, _>| {
+                qb.push(" WHERE status = 'sending' AND (locked_until < ")
+                    .push_bind(ms(now));
+                if !dead.is_empty() {
+                    qb.push(" OR enrollment_id IN (SELECT enrollment_id FROM claims WHERE owner IN (");
+                    let mut sep = qb.separated(", ");
+                    for owner in dead {
+                        sep.push_bind(owner.clone());
+                    }
+                    qb.push("))");
+                }
+                qb.push(")");
+            };
             let mut tx = p.begin_write().await?;
+            // Never left: due again, its attempt not counted (it made none).
+            let mut qb = QueryBuilder::new(
+                "UPDATE messages SET status = 'deferred', attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END, locked_until = NULL, \
+                 smtp_reply = 'not sent: its daemon stopped before its end of data', updated_at = ",
+            );
+            qb.push_bind(ms(now));
+            abandoned(&mut qb);
+            qb.push(" AND wire IS NULL RETURNING enrollment_id");
+            let unsent: Vec<i64> = qb
+                .build()
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(|r| r.try_get("enrollment_id"))
+                .collect::<std::result::Result<_, _>>()?;
+            for ids in unsent.chunks(CHUNK) {
+                let mut qb = QueryBuilder::new("DELETE FROM claims WHERE enrollment_id IN (");
+                let mut sep = qb.separated(", ");
+                for id in ids {
+                    sep.push_bind(*id);
+                }
+                qb.push(")");
+                qb.build().execute(&mut *tx).await?;
+            }
             let mut qb = QueryBuilder::new(
                 "UPDATE messages SET status = 'in_doubt', locked_until = NULL, updated_at = ",
             );
-            qb.push_bind(ms(now))
-                .push(" WHERE status = 'sending' AND (locked_until < ")
-                .push_bind(ms(now));
-            if !dead.is_empty() {
-                qb.push(" OR enrollment_id IN (SELECT enrollment_id FROM claims WHERE owner IN (");
-                let mut sep = qb.separated(", ");
-                for owner in dead {
-                    sep.push_bind(owner.clone());
-                }
-                qb.push("))");
-            }
-            qb.push(") RETURNING id, enrollment_id, message_id");
+            qb.push_bind(ms(now));
+            abandoned(&mut qb);
+            qb.push(" RETURNING id, enrollment_id, message_id, wire");
             let rows = qb.build().fetch_all(&mut *tx).await?;
+            let mut accepted = Vec::new();
+            for r in &rows {
+                if r.try_get::<Option<String>, _>("wire")?.as_deref() == Some("accepted") {
+                    accepted.push(r.try_get::<i64, _>("id")?);
+                }
+            }
             let mut found = Vec::new();
             for r in &rows {
                 let row_id: i64 = r.try_get("id")?;
@@ -677,16 +746,61 @@ impl Store {
                 qb.build().execute(&mut *tx).await?;
             }
             tx.commit().await?;
-            found
+            (found, accepted, unsent)
         });
+        let mut recovered = Recovered {
+            unsent: unsent.len(),
+            ..Recovered::default()
+        };
         if found.is_empty() {
-            return Ok(Vec::new());
+            return Ok(recovered);
         }
-        let all = self.in_doubt().await?;
-        Ok(all
-            .into_iter()
-            .filter(|d| found.contains(&d.row_id))
-            .collect())
+        for d in self.in_doubt().await? {
+            if accepted.contains(&d.row_id) {
+                recovered.accepted.push(d);
+            } else if found.contains(&d.row_id) {
+                recovered.in_doubt.push(d);
+            }
+        }
+        Ok(recovered)
+    }
+
+    /// Marks where messages stand on the wire (see [`Wire`]), in one statement: each
+    /// connection's message about to write its end of data, with how the one before it
+    /// ended. A message is marked `left` only while it is `sending`, not yet left, and
+    /// its enrollment's claim is still `owner`'s; returns the ids so marked. The caller
+    /// writes the end of data only for those.
+    pub async fn mark_wire(
+        &self,
+        marks: &[(i64, Wire)],
+        owner: &str,
+        now: DateTime<Utc>,
+    ) -> Result<std::collections::HashSet<i64>> {
+        let mut left = std::collections::HashSet::new();
+        for chunk in marks.chunks(CHUNK) {
+            with_pool!(self, p => {
+                let mut qb = QueryBuilder::new(
+                    "UPDATE messages SET wire = CASE v.column2 WHEN 'refused' THEN NULL ELSE v.column2 END, updated_at = ",
+                );
+                qb.push_bind(ms(now)).push(" FROM (");
+                qb.push_values(chunk.iter(), |mut b, (id, w)| {
+                    b.push_bind(*id).push_bind(w.as_str());
+                });
+                qb.push(
+                    ") AS v WHERE messages.id = v.column1 AND messages.status = 'sending' AND \
+                     ((v.column2 = 'left' AND messages.wire IS NULL \
+                       AND EXISTS (SELECT 1 FROM claims k WHERE k.enrollment_id = messages.enrollment_id AND k.owner = ",
+                );
+                qb.push_bind(owner.to_string());
+                qb.push(")) OR (v.column2 <> 'left' AND messages.wire = 'left')) RETURNING messages.id, messages.wire");
+                for r in qb.build().fetch_all(p).await? {
+                    if r.try_get::<Option<String>, _>("wire")?.as_deref() == Some("left") {
+                        left.insert(r.try_get::<i64, _>("id")?);
+                    }
+                }
+            });
+        }
+        Ok(left)
     }
 
     /// Every message in doubt.

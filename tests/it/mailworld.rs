@@ -907,13 +907,14 @@ fn first_start_skips_old_mail(db: Db) {
 }
 
 /// Puts a sent step back into the state that a daemon killed between the SMTP
-/// server's acceptance and its own commit leaves behind: the message `sending` with its
+/// server's acceptance and its own commit leaves behind: the message `sending`, its end
+/// of data written (`wire = 'left'`), with its
 /// lease run out, the enrollment still at that step and claimed by the dead daemon.
 /// `new_id` renames the message, as if the copy in Sent were not there.
 fn crash_after_smtp(c: &Case, message_id: &str, new_id: &str) {
     let statements = [
         format!(
-            "UPDATE messages SET status = 'sending', sent_at = NULL, locked_until = 1, \
+            "UPDATE messages SET status = 'sending', wire = 'left', sent_at = NULL, locked_until = 1, \
              message_id = '{new_id}' WHERE message_id = '{message_id}'"
         ),
         format!(

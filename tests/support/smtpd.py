@@ -2,7 +2,7 @@
 """A real SMTP server for followup's integration tests (built on aiosmtpd).
 
 Usage:
-    python3 tests/support/smtpd.py --dir DIR [--mode accept|tempfail-first|reject|slow]
+    python3 tests/support/smtpd.py --dir DIR [--mode accept|tempfail-first|reject|slow|hangup-once]
                                    [--port 0] [--auth user:password]
                                    [--exit-on-stdin-eof]
 
@@ -160,6 +160,10 @@ class Handler:
             os.write(fd, line.encode("utf-8", "surrogateescape"))
         finally:
             os.close(fd)
+        if self.mode == "hangup-once" and result == "250" and self.seq == 1:
+            # Takes the first message, then hangs up instead of answering its end of
+            # data: the client cannot know that it was taken.
+            server.transport.abort()
         return reply
 
 
@@ -242,7 +246,7 @@ async def main_async(args) -> int:
 def main() -> int:
     p = argparse.ArgumentParser(description="SMTP server for followup's integration tests")
     p.add_argument("--dir", required=True, help="where .eml files and log.jsonl are written")
-    p.add_argument("--mode", choices=["accept", "tempfail-first", "reject", "slow"], default="accept")
+    p.add_argument("--mode", choices=["accept", "tempfail-first", "reject", "slow", "hangup-once"], default="accept")
     p.add_argument("--port", type=int, default=0, help="TCP port on 127.0.0.1 (0 = any free port)")
     p.add_argument("--auth", metavar="USER:PASSWORD", default=None,
                    help="require AUTH PLAIN/LOGIN with these credentials")
