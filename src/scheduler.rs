@@ -1184,7 +1184,7 @@ async fn deliver(
             let (p, b) = &run[*i];
             outcomes[*i] = Some(match outcome {
                 Some(outcome) => {
-                    outcome_of(mailbox, p, b, raw, outcome)
+                    outcome_of(mailbox, sender, p, b, raw, outcome)
                         .instrument(spans[*i].clone())
                         .await
                 }
@@ -1250,6 +1250,7 @@ fn compose_one(
 /// What SMTP's answer means for the message.
 async fn outcome_of(
     mailbox: &Mailbox,
+    sender: &Sender,
     p: &Prepared,
     b: &store::Begun,
     raw: &[u8],
@@ -1259,10 +1260,8 @@ async fn outcome_of(
         SendOutcome::Sent { reply } => {
             // Before `sent` is committed, so that a message in doubt is in Sent if
             // and only if it reached the server (but for the instant in between).
-            if mailbox.imap.as_ref().is_some_and(|i| i.append_sent) {
-                if let Err(e) = crate::mail::watch::append_sent(mailbox, raw).await {
-                    warn!(mailbox = %mailbox.name, message_id = %b.message_id, error = %e, "cannot append to the Sent folder");
-                }
+            if let Err(e) = sender.append_sent(raw).await {
+                warn!(mailbox = %mailbox.name, message_id = %b.message_id, error = %e, "cannot append to the Sent folder");
             }
             Outcome::Sent {
                 at: Utc::now(),

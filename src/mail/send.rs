@@ -18,6 +18,7 @@ use tokio::sync::Semaphore;
 
 use super::smtp::{self, Connection, Login, Security, Told};
 use super::tls::Trust;
+use super::watch::SentFolder;
 use crate::config::{Mailbox, SendSettings, Transport};
 
 /// How long connecting (with greeting, EHLO, STARTTLS and AUTH) may take.
@@ -55,6 +56,8 @@ pub struct Message<'a> {
 #[derive(Clone)]
 pub struct Sender {
     inner: Arc<Inner>,
+    /// Where copies of what is sent go (`append_sent`).
+    sent: Option<Arc<SentFolder>>,
 }
 
 enum Inner {
@@ -94,8 +97,23 @@ impl Sender {
                 permits: Semaphore::new(mailbox.connections.max(1)),
             }),
         };
+        let sent = mailbox
+            .imap
+            .as_ref()
+            .is_some_and(|i| i.append_sent)
+            .then(|| Arc::new(SentFolder::new(mailbox)));
         Sender {
             inner: Arc::new(inner),
+            sent,
+        }
+    }
+
+    /// Copies a message the server accepted to the mailbox's Sent folder, if it keeps
+    /// one (`append_sent`); false if it does not.
+    pub async fn append_sent(&self, raw: &[u8]) -> Result<bool, super::watch::Error> {
+        match &self.sent {
+            Some(sent) => sent.append(raw).await.map(|()| true),
+            None => Ok(false),
         }
     }
 
@@ -173,8 +191,11 @@ impl Sender {
         }
     }
 
-    /// Closes idle connections politely (QUIT).
+    /// Closes idle connections politely (QUIT), and logs out of the Sent folder.
     pub async fn close(&self) {
+        if let Some(sent) = &self.sent {
+            sent.close().await;
+        }
         if let Inner::Smtp(pool) = &*self.inner {
             let conns: Vec<_> = pool
                 .idle

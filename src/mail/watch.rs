@@ -528,13 +528,63 @@ fn fetch_groups(uids: &[u32], sizes: &HashMap<u32, u32>) -> Vec<Vec<u32>> {
     groups
 }
 
-/// Appends a sent message to the mailbox's Sent folder, marked \Seen.
-pub async fn append_sent(mailbox: &Mailbox, raw: &[u8]) -> Result<(), Error> {
-    let mut session = connect(mailbox).await?;
-    let folder = sent_folder(&mut session, mailbox).await?;
-    timed(session.append(&folder, Some("(\\Seen)"), None, raw)).await?;
-    let _ = timed(session.logout()).await;
-    Ok(())
+/// The copies of sent mail in a mailbox's Sent folder (`append_sent`), over one IMAP
+/// connection kept open between messages rather than a login per message.
+pub struct SentFolder {
+    mailbox: Mailbox,
+    /// The open session and the Sent folder's name; None until the first append, and
+    /// after an error (the next append logs in again).
+    session: tokio::sync::Mutex<Option<(Session, String)>>,
+}
+
+impl SentFolder {
+    pub fn new(mailbox: &Mailbox) -> SentFolder {
+        SentFolder {
+            mailbox: mailbox.clone(),
+            session: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// Appends a sent message, marked \Seen. A connection that has gone stale (the
+    /// server logged it out while idle) is replaced once before giving up.
+    pub async fn append(&self, raw: &[u8]) -> Result<(), Error> {
+        let mut guard = self.session.lock().await;
+        let reused = guard.is_some();
+        match self.append_on(&mut guard, raw).await {
+            Err(_) if reused => {
+                *guard = None;
+                self.append_on(&mut guard, raw).await
+            }
+            r => r,
+        }
+    }
+
+    async fn append_on(
+        &self,
+        slot: &mut Option<(Session, String)>,
+        raw: &[u8],
+    ) -> Result<(), Error> {
+        if slot.is_none() {
+            let mut session = connect(&self.mailbox).await?;
+            let folder = sent_folder(&mut session, &self.mailbox).await?;
+            *slot = Some((session, folder));
+        }
+        let Some((session, folder)) = slot.as_mut() else {
+            return Err(Error::NoSentFolder);
+        };
+        let appended = timed(session.append(folder.as_str(), Some("(\\Seen)"), None, raw)).await;
+        if appended.is_err() {
+            *slot = None;
+        }
+        appended
+    }
+
+    /// Logs out, if logged in.
+    pub async fn close(&self) {
+        if let Some((mut session, _)) = self.session.lock().await.take() {
+            let _ = timed(session.logout()).await;
+        }
+    }
 }
 
 /// For each Message-ID, whether the Sent folder holds a message with it.

@@ -1073,6 +1073,26 @@ fn one_click_silences_vacation(db: Db) {
     assert!(e.paused_until.is_none(), "{e:?}");
 }
 
+/// With `append_sent`, each message the server takes is copied to the rep's Sent
+/// folder over one IMAP login kept open, not a login per message.
+fn sent_copies_over_one_login(db: Db) {
+    let c = Case::new(db, &[LI, BUYER, COLLEAGUE], ("1h", "1h"));
+    for who in [LI, BUYER, COLLEAGUE] {
+        c.first(who);
+    }
+    c.wait("three copies in Sent", || {
+        (c.world.mails(REP, "Sent").len() >= 3).then_some(())
+    });
+    c.wait_idle();
+    let log = c.world.log("dovecot.log");
+    let logins = log
+        .lines()
+        .filter(|l| l.contains("Login: user=<rep@followup.test>"))
+        .count();
+    // INBOX's watcher, Sent's watcher, and the copies' one session.
+    assert_eq!(logins, 3, "{log}");
+}
+
 // ------------------------------------------------------------------ hostile mail
 
 /// A delivery-status report listing `n` failed recipients (RFC 3464), as a bounce from
@@ -1262,6 +1282,7 @@ on_both!(
     catch_up,
     huge_bounce_then_reply,
     poisoned_message_set_aside,
+    sent_copies_over_one_login,
 );
 
 #[test]
