@@ -306,19 +306,11 @@ impl Templates {
         let front_yaml = match crate::sequence::too_deep(front.yaml, crate::sequence::MAX_DEPTH) {
             None => marked_yaml::parse_yaml(0, front.yaml).map_err(Some),
             Some((line, column)) => {
-                diags.push(
-                    Diagnostic::error(
-                        path,
-                        format!(
-                            "front matter: YAML nested more than {} levels deep",
-                            crate::sequence::MAX_DEPTH
-                        ),
-                    )
-                    .at(
-                        Location::new(line + front.yaml_first_line - 1, column, 1),
-                        &source,
-                    ),
-                );
+                diags.push(crate::sequence::too_deep_error(
+                    path,
+                    line + front.yaml_first_line - 1,
+                    column,
+                ));
                 Err(None)
             }
         };

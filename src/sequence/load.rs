@@ -124,21 +124,28 @@ pub(crate) fn parse_bounded(
     options: marked_yaml::LoaderOptions,
 ) -> Result<Node, BoundedError> {
     if let Some((line, column)) = too_deep(text, MAX_DEPTH) {
-        return Err(BoundedError::TooDeep(Location::new(line, column, 1)));
+        return Err(BoundedError::TooDeep(line, column));
     }
     marked_yaml::parse_yaml_with_options(0, text, options).map_err(BoundedError::Load)
 }
 
 /// Why [`parse_bounded`] gave no tree.
 pub(crate) enum BoundedError {
-    TooDeep(Location),
+    /// Nested past [`MAX_DEPTH`] at (line, column).
+    TooDeep(usize, usize),
     Load(LoadError),
 }
 
-impl BoundedError {
-    pub(crate) fn too_deep_message() -> String {
-        format!("YAML nested more than {MAX_DEPTH} levels deep")
-    }
+/// The error for YAML nested past [`MAX_DEPTH`] at `line`:`column`, without the line's
+/// text, which may be 100 KB of dashes.
+pub fn too_deep_error(path: &Path, line: usize, column: usize) -> Diagnostic {
+    let mut d = Diagnostic::error(
+        path,
+        format!("YAML nested more than {MAX_DEPTH} levels deep"),
+    )
+    .with_help("sequences and front matter need a few levels; this file is not one");
+    d.location = Some(Location::new(line, column, 1));
+    d
 }
 
 /// Loads every `*.yaml` / `*.yml` in `dir`, sorted by file name, each read through
@@ -247,9 +254,8 @@ fn load_one(path: &Path, text: &str, known: &Known) -> (Option<Sequence>, Diagno
             cx.load_error(e);
             return (None, cx.diags, Vec::new());
         }
-        Err(BoundedError::TooDeep(loc)) => {
-            cx.error_at(loc, BoundedError::too_deep_message()).help =
-                Some("a sequence needs a few levels; this file is not one".into());
+        Err(BoundedError::TooDeep(line, column)) => {
+            cx.diags.push(too_deep_error(path, line, column));
             return (None, cx.diags, Vec::new());
         }
     };
