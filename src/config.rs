@@ -484,7 +484,8 @@ pub fn load(path: &Path, need_secrets: bool) -> Result<Config, Diagnostics> {
         .to_path_buf();
     let map = SourceMap {
         path,
-        text: Arc::from(text.as_str()),
+        // Diagnostics show lines of this copy: a password in a database URL is masked.
+        text: Arc::from(mask_url_passwords_in(&text).as_str()),
     };
     let raw: RawConfig = match toml::from_str(&text) {
         Ok(r) => r,
@@ -835,6 +836,37 @@ pub fn mask_url(url: &str) -> String {
         out.push_str(&masked.join("&"));
     }
     out
+}
+
+/// `text` with the passwords of URLs in it (`user:PASS@`, `password=PASS`) replaced
+/// byte for byte by `*`, so that byte offsets, and so diagnostics' places, stay right.
+fn mask_url_passwords_in(text: &str) -> String {
+    let mut bytes = text.as_bytes().to_vec();
+    let end_of = |from: usize, delims: &[u8]| {
+        text[from..]
+            .bytes()
+            .position(|b| delims.contains(&b))
+            .map_or(text.len(), |n| from + n)
+    };
+    let mut spans = Vec::new();
+    for (i, _) in text.to_ascii_lowercase().match_indices("password=") {
+        let start = i + "password=".len();
+        spans.push((start, end_of(start, b"\"'&# \t\r\n")));
+    }
+    for (i, _) in text.match_indices("://") {
+        let start = i + 3;
+        let end = end_of(start, b"\"'/?#@ \t\r\n");
+        if text.as_bytes().get(end) == Some(&b'@') {
+            if let Some(colon) = text[start..end].find(':') {
+                spans.push((start + colon + 1, end));
+            }
+        }
+    }
+    for (from, to) in spans {
+        bytes[from..to].iter_mut().for_each(|b| *b = b'*');
+    }
+    // Only whole characters were replaced, by ASCII: still UTF-8.
+    String::from_utf8(bytes).unwrap_or_else(|_| text.to_string())
 }
 
 /// Whether `host` is this machine: `localhost` or a loopback address.
@@ -1350,6 +1382,29 @@ mod tests {
             "postgres://u:***@h/db?PASSWORD=***"
         );
         assert_eq!(mask_url("sqlite://followup.db"), "sqlite://followup.db");
+    }
+
+    #[test]
+    fn config_lines_shown_in_errors_mask_url_passwords() {
+        let text = "database = \"postgres://u:pw1@h/db?password=pw2&x=1\"\nother = 1\n";
+        let masked = mask_url_passwords_in(text);
+        assert_eq!(
+            masked,
+            "database = \"postgres://u:***@h/db?password=***&x=1\"\nother = 1\n"
+        );
+        assert_eq!(masked.len(), text.len());
+        let dir = tempfile::tempdir().unwrap();
+        let e = load(
+            &write(
+                dir.path(),
+                "database = \"postgres://h/db?password=hunter2\" oops\n",
+            ),
+            false,
+        )
+        .unwrap_err();
+        let shown: String = e.items.iter().map(|d| d.to_string()).collect();
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("password=*******"), "the line is shown: {shown}");
     }
 
     #[test]

@@ -179,8 +179,14 @@ impl Project {
     /// from inside the project folder, since its rows are echoed in warnings.
     fn project_csv(&self, files: &Files, diags: &mut Diagnostics) -> Option<contacts::Parsed> {
         let csv_path = self.config.contacts.as_ref()?;
+        // Not size-bounded: a list may rightly be large. But only a regular file: a
+        // FIFO would block `check`.
         let read = files
             .inside(csv_path)
+            .and_then(|p| match std::fs::metadata(&p)?.is_file() {
+                true => Ok(p),
+                false => Err(FileError::NotAFile),
+            })
             .map_err(|e| e.to_string())
             .and_then(|p| contacts::read_csv(&p, &self.config.limits).map_err(|e| e.to_string()));
         match read {
