@@ -1404,7 +1404,10 @@ mod tests {
         .unwrap_err();
         let shown: String = e.items.iter().map(|d| d.to_string()).collect();
         assert!(!shown.contains("hunter2"), "{shown}");
-        assert!(shown.contains("password=*******"), "the line is shown: {shown}");
+        assert!(
+            shown.contains("password=*******"),
+            "the line is shown: {shown}"
+        );
     }
 
     #[test]
