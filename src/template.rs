@@ -472,6 +472,22 @@ impl Templates {
                 &mut self.plain
             };
             let key = format!("{name}.{}", kind.suffix());
+            if let Some((line, col)) = too_deep_blocks(body, MAX_BLOCK_DEPTH) {
+                // Handlebars compiles and renders blocks by recursion: 2,000 nested
+                // `{{#if}}` overflow the stack. Not registered at all.
+                let part = parts
+                    .iter()
+                    .find(|p| p.kind == *kind)
+                    .expect("part registered above");
+                // Without the line's text, which may be thousands of `{{#if}}`.
+                let mut d = Diagnostic::error(
+                    &part.path,
+                    format!("blocks or ( ) nested more than {MAX_BLOCK_DEPTH} deep"),
+                );
+                d.location = Some(part.location(line, col, 2));
+                diags.push(d);
+                continue;
+            }
             if let Err(e) = registry.register_template_string(&key, body) {
                 let part = parts
                     .iter()
@@ -668,6 +684,60 @@ struct FrontMatter<'a> {
     yaml_first_line: usize,
     body: &'a str,
     body_first_line: usize,
+}
+
+/// Blocks (`{{#if}}`, `{{#each}}`, `{{^x}}`) open one inside the other, and
+/// subexpressions `( )` inside one `{{ }}`, that a template may have.
+pub const MAX_BLOCK_DEPTH: usize = 64;
+
+/// Where block or subexpression nesting in a Handlebars text first passes `max`, as
+/// (line, column) of its `{{`, 1-based. A scan without recursion; comments are skipped.
+fn too_deep_blocks(text: &str, max: usize) -> Option<(usize, usize)> {
+    let mut depth = 0usize;
+    let mut rest = text;
+    let mut offset = 0;
+    while let Some(i) = rest.find("{{") {
+        let at = offset + i;
+        let inner = rest[i + 2..].trim_start_matches(['{', '~']);
+        let (close, skip) = if inner.starts_with("!--") {
+            ("--}}", 4)
+        } else {
+            ("}}", 2)
+        };
+        let end = inner.find(close).map_or(inner.len(), |e| e + skip);
+        let mustache = &inner[..end.min(inner.len())];
+        match mustache.as_bytes().first() {
+            Some(b'#') => depth += 1,
+            Some(b'^') if !mustache[1..].trim_start_matches('~').starts_with('}') => depth += 1,
+            Some(b'/') => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        let mut parens = 0usize;
+        let mut deepest = 0usize;
+        for b in mustache.bytes() {
+            match b {
+                b'(' => {
+                    parens += 1;
+                    deepest = deepest.max(parens);
+                }
+                b')' => parens = parens.saturating_sub(1),
+                _ => {}
+            }
+        }
+        if depth > max || deepest > max {
+            let before = &text[..at];
+            let line = before.matches('\n').count() + 1;
+            let column = before[before.rfind('\n').map_or(0, |n| n + 1)..]
+                .chars()
+                .count()
+                + 1;
+            return Some((line, column));
+        }
+        let consumed = text.len() - inner.len() + end.min(inner.len());
+        offset = consumed.max(at + 2);
+        rest = &text[offset..];
+    }
+    None
 }
 
 /// Partials one render may pass through, one inside the other.
@@ -1154,6 +1224,22 @@ mod tests {
             text_to_html("您好 <王>,\r\nzweite Zeile\r\n\r\n\r\nGrüße & bye\r\n"),
             "<!DOCTYPE html>\n<html><body>\n<p>您好 &lt;王&gt;,<br>\nzweite Zeile</p>\n\
              <p>Grüße &amp; bye</p>\n</body></html>\n"
+        );
+    }
+
+    #[test]
+    fn deep_blocks_are_refused_at_their_place() {
+        assert_eq!(too_deep_blocks("{{#if a}}x{{/if}}{{! {{#if}} }}", 1), None);
+        let deep = format!("Hi\n  {}{}", "{{#if x}}".repeat(65), "{{/if}}".repeat(65));
+        assert_eq!(too_deep_blocks(&deep, 64), Some((2, 3 + 64 * 9)));
+        let parens = format!("{{{{x {}{}}}}}", "(y ".repeat(65), ")".repeat(65));
+        assert_eq!(too_deep_blocks(&parens, 64), Some((1, 1)));
+        // Siblings are not nesting.
+        assert_eq!(too_deep_blocks(&"{{#if x}}a{{/if}}".repeat(1000), 64), None);
+        let (_, d) = templates(&format!("---\nsubject: Hi\n---\n{deep}\n"), None);
+        assert_eq!(
+            d.items[0].to_string().lines().next(),
+            Some("templates/intro.hbs:5:579: error: blocks or ( ) nested more than 64 deep")
         );
     }
 

@@ -382,8 +382,21 @@ fn deeply_nested_yaml_is_an_error_at_its_place_not_a_crash() {
             "- ".repeat(50_000)
         ),
     );
+    // And Handlebars blocks: 2,000 nested `{{#if}}` overflowed the stack as well.
+    p.write(
+        "templates/blocks.hbs",
+        &format!(
+            "---\nsubject: Hi\n---\n{}x{}\n",
+            "{{#if x}}".repeat(2_000),
+            "{{/if}}".repeat(2_000)
+        ),
+    );
     let (code, text) = check_output(&p);
     assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("templates/blocks.hbs:4:577: error: blocks or ( ) nested more than 64 deep"),
+        "{text}"
+    );
     // The offending line (100 KB of dashes) is not printed.
     assert!(!text.contains("- - - - - - - -"), "{}", text.len());
     for expected in [
