@@ -481,7 +481,8 @@ async fn cmd_import(
         },
         None => None,
     };
-    let parsed = contacts::read_csv(file).with_context(|| format!("reading {}", file.display()))?;
+    let parsed = contacts::read_csv(file, &p.config.limits)
+        .with_context(|| format!("reading {}", file.display()))?;
     for r in &parsed.rejected {
         eprintln!("{}: {r}", file.display());
     }
@@ -729,7 +730,7 @@ async fn sample_contact(p: &Project, email: Option<&str>) -> anyhow::Result<Cont
             }
         }
         if let Some(csv) = &p.config.contacts {
-            if let Ok(parsed) = contacts::read_csv(csv) {
+            if let Ok(parsed) = contacts::read_csv(csv, &p.config.limits) {
                 if let Some(c) = parsed.contacts.into_iter().find(|c| c.email == email) {
                     return Ok(from_new(c));
                 }
@@ -738,7 +739,7 @@ async fn sample_contact(p: &Project, email: Option<&str>) -> anyhow::Result<Cont
         bail!("no contact {email} in the database or the contacts CSV");
     }
     if let Some(csv) = &p.config.contacts {
-        if let Ok(parsed) = contacts::read_csv(csv) {
+        if let Ok(parsed) = contacts::read_csv(csv, &p.config.limits) {
             if let Some(c) = parsed.contacts.into_iter().next() {
                 return Ok(from_new(c));
             }

@@ -290,6 +290,26 @@ pub struct Config {
     pub http: Option<Http>,
     /// The sender's postal address, `{{postal_address}}` in templates (CAN-SPAM).
     pub postal_address: Option<String>,
+    pub limits: Limits,
+}
+
+/// Bounds on what the project's files and the contacts CSV may hold (`[limits]`), so
+/// that a hostile or broken file gets an error instead of exhausting memory or stack.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Bytes a sequence, template or config file may have; larger ones are refused.
+    pub max_file_size: u64,
+    /// Characters one contact field (CSV cell) may have; a longer one rejects its row.
+    pub max_field_length: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_file_size: 1024 * 1024,
+            max_field_length: 1000,
+        }
+    }
 }
 
 impl Config {
@@ -340,6 +360,15 @@ struct RawConfig {
     mailboxes: BTreeMap<String, Spanned<RawMailbox>>,
     http: Option<Spanned<RawHttp>>,
     postal_address: Option<String>,
+    #[serde(default)]
+    limits: RawLimits,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_file_size: Option<Spanned<u64>>,
+    max_field_length: Option<Spanned<usize>>,
 }
 
 #[derive(Deserialize)]
@@ -435,7 +464,8 @@ impl SourceMap<'_> {
 /// `check` only warns about missing ones, since they often exist on the server alone.
 pub fn load(path: &Path, need_secrets: bool) -> Result<Config, Diagnostics> {
     let mut diags = Diagnostics::default();
-    let text = match std::fs::read_to_string(path) {
+    // Read with the default bound: the file's own `[limits]` are not known yet.
+    let text = match crate::project::read_bounded(path, Limits::default().max_file_size) {
         Ok(t) => t,
         Err(e) => {
             diags.push(
@@ -459,7 +489,8 @@ pub fn load(path: &Path, need_secrets: bool) -> Result<Config, Diagnostics> {
         .to_path_buf();
     let map = SourceMap {
         path,
-        text: Arc::from(text.as_str()),
+        // Diagnostics show lines of this copy: a password in a database URL is masked.
+        text: Arc::from(mask_url_passwords_in(&text).as_str()),
     };
     let raw: RawConfig = match toml::from_str(&text) {
         Ok(r) => r,
@@ -724,6 +755,8 @@ pub fn load(path: &Path, need_secrets: bool) -> Result<Config, Diagnostics> {
         .as_ref()
         .and_then(|h| parse_http(&map, h, need_secrets, &mut diags));
 
+    let limits = parse_limits(&map, &raw.limits, &mut diags);
+
     if diags.has_errors() {
         return Err(diags);
     }
@@ -744,6 +777,7 @@ pub fn load(path: &Path, need_secrets: bool) -> Result<Config, Diagnostics> {
         mailboxes,
         send,
         replies,
+        limits,
     };
     if diags.is_empty() {
         Ok(config)
@@ -754,6 +788,91 @@ pub fn load(path: &Path, need_secrets: bool) -> Result<Config, Diagnostics> {
         }
         Ok(config)
     }
+}
+
+/// `[limits]`: zero would refuse every file or field, so it is an error.
+fn parse_limits(map: &SourceMap<'_>, raw: &RawLimits, diags: &mut Diagnostics) -> Limits {
+    let d = Limits::default();
+    let mut positive = |v: &Option<Spanned<u64>>, what: &str, default: u64| match v {
+        Some(v) if *v.get_ref() == 0 => {
+            diags.push(map.error(v.span(), format!("{what} must be at least 1")));
+            default
+        }
+        Some(v) => *v.get_ref(),
+        None => default,
+    };
+    let max_file_size = positive(&raw.max_file_size, "max_file_size", d.max_file_size);
+    let field = raw
+        .max_field_length
+        .as_ref()
+        .map(|v| Spanned::new(v.span(), *v.get_ref() as u64));
+    let max_field_length = positive(&field, "max_field_length", d.max_field_length as u64);
+    Limits {
+        max_file_size,
+        max_field_length: usize::try_from(max_field_length).unwrap_or(usize::MAX),
+    }
+}
+
+/// A database URL without its password, for messages and logs: `user:pass@` and a
+/// `password=` query parameter (libpq's keyword, which sqlx accepts too) are masked.
+pub fn mask_url(url: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, Some(q)),
+        None => (url, None),
+    };
+    let mut out = match (base.find("://"), base.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let userinfo = &base[s + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &base[..s + 3], &base[at..]),
+                None => base.to_string(),
+            }
+        }
+        _ => base.to_string(),
+    };
+    if let Some(q) = query {
+        out.push('?');
+        let masked: Vec<String> = q
+            .split('&')
+            .map(|kv| match kv.split_once('=') {
+                Some((k, _)) if k.eq_ignore_ascii_case("password") => format!("{k}=***"),
+                _ => kv.to_string(),
+            })
+            .collect();
+        out.push_str(&masked.join("&"));
+    }
+    out
+}
+
+/// `text` with the passwords of URLs in it (`user:PASS@`, `password=PASS`) replaced
+/// byte for byte by `*`, so that byte offsets, and so diagnostics' places, stay right.
+fn mask_url_passwords_in(text: &str) -> String {
+    let mut bytes = text.as_bytes().to_vec();
+    let end_of = |from: usize, delims: &[u8]| {
+        text[from..]
+            .bytes()
+            .position(|b| delims.contains(&b))
+            .map_or(text.len(), |n| from + n)
+    };
+    let mut spans = Vec::new();
+    for (i, _) in text.to_ascii_lowercase().match_indices("password=") {
+        let start = i + "password=".len();
+        spans.push((start, end_of(start, b"\"'&# \t\r\n")));
+    }
+    for (i, _) in text.match_indices("://") {
+        let start = i + 3;
+        let end = end_of(start, b"\"'/?#@ \t\r\n");
+        if text.as_bytes().get(end) == Some(&b'@') {
+            if let Some(colon) = text[start..end].find(':') {
+                spans.push((start + colon + 1, end));
+            }
+        }
+    }
+    for (from, to) in spans {
+        bytes[from..to].iter_mut().for_each(|b| *b = b'*');
+    }
+    // Only whole characters were replaced, by ASCII: still UTF-8.
+    String::from_utf8(bytes).unwrap_or_else(|_| text.to_string())
 }
 
 /// Whether `host` is this machine: `localhost` or a loopback address.
@@ -1252,5 +1371,76 @@ mod tests {
             resolve_sqlite_path("postgres://u@h/db", Path::new("/p")),
             "postgres://u@h/db"
         );
+    }
+
+    #[test]
+    fn database_passwords_are_masked_in_userinfo_and_query() {
+        assert_eq!(
+            mask_url("postgres://followup:secret@127.0.0.1/db"),
+            "postgres://followup:***@127.0.0.1/db"
+        );
+        assert_eq!(
+            mask_url("postgres://127.0.0.1/db?user=rep&password=secret&sslmode=require"),
+            "postgres://127.0.0.1/db?user=rep&password=***&sslmode=require"
+        );
+        assert_eq!(
+            mask_url("postgres://u:p@h/db?PASSWORD=x"),
+            "postgres://u:***@h/db?PASSWORD=***"
+        );
+        assert_eq!(mask_url("sqlite://followup.db"), "sqlite://followup.db");
+    }
+
+    #[test]
+    fn config_lines_shown_in_errors_mask_url_passwords() {
+        let text = "database = \"postgres://u:pw1@h/db?password=pw2&x=1\"\nother = 1\n";
+        let masked = mask_url_passwords_in(text);
+        assert_eq!(
+            masked,
+            "database = \"postgres://u:***@h/db?password=***&x=1\"\nother = 1\n"
+        );
+        assert_eq!(masked.len(), text.len());
+        let dir = tempfile::tempdir().unwrap();
+        let e = load(
+            &write(
+                dir.path(),
+                "database = \"postgres://h/db?password=hunter2\" oops\n",
+            ),
+            false,
+        )
+        .unwrap_err();
+        let shown: String = e.items.iter().map(|d| d.to_string()).collect();
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(
+            shown.contains("password=*******"),
+            "the line is shown: {shown}"
+        );
+    }
+
+    #[test]
+    fn limits_default_and_refuse_zero() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = "[mailboxes.sales]\nfrom = \"a@example.com\"\nsmtp = \"file://outbox\"\n";
+        let c = load(&write(dir.path(), base), false).unwrap();
+        assert_eq!(c.limits, Limits::default());
+        let c = load(
+            &write(
+                dir.path(),
+                &format!("[limits]\nmax_file_size = 2048\nmax_field_length = 80\n{base}"),
+            ),
+            false,
+        )
+        .unwrap();
+        assert_eq!(
+            (c.limits.max_file_size, c.limits.max_field_length),
+            (2048, 80)
+        );
+        let e = load(
+            &write(dir.path(), &format!("[limits]\nmax_file_size = 0\n{base}")),
+            false,
+        )
+        .unwrap_err();
+        assert!(e.items[0]
+            .to_string()
+            .contains("max_file_size must be at least 1"));
     }
 }

@@ -15,6 +15,8 @@ use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use serde_json::{Map, Value};
 
+use crate::address::EmailAddress;
+use crate::config::Limits;
 use crate::model::{Contact, NewContact, NewEnrollment};
 use crate::project::Project;
 use crate::schedule::step_due;
@@ -53,44 +55,23 @@ pub struct Parsed {
     pub always_present: BTreeSet<String>,
 }
 
-/// Normalises an address: trimmed, `mailto:` and angle brackets removed, lower-cased
-/// (mailbox providers treat the local part case-insensitively, and duplicates that
-/// differ only in case are the commonest CSV mistake), then validated.
+/// Normalises and validates an address with [`EmailAddress::parse`], for callers that
+/// want the text (the command line, the CSV below).
 pub fn normalise_email(raw: &str) -> Result<String, String> {
-    let s = raw.trim();
-    let s = s.strip_prefix("mailto:").unwrap_or(s);
-    let s = s.trim_start_matches('<').trim_end_matches('>').trim();
-    if s.is_empty() {
-        return Err("empty email".into());
-    }
-    if s.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(format!(
-            "'{}' contains spaces or control characters",
-            raw.trim()
-        ));
-    }
-    let lower = s.to_lowercase();
-    let Some((local, domain)) = lower.rsplit_once('@') else {
-        return Err(format!("'{s}' has no '@'"));
-    };
-    if local.is_empty() {
-        return Err(format!("'{s}' has nothing before '@'"));
-    }
-    if !domain.contains('.')
-        || domain.starts_with('.')
-        || domain.ends_with('.')
-        || domain.contains("..")
-    {
-        return Err(format!("'{s}': '{domain}' is not a mail domain"));
-    }
-    lower
-        .parse::<lettre::Address>()
-        .map_err(|e| format!("'{s}' is not a valid address: {e}"))?;
-    Ok(lower)
+    EmailAddress::parse(raw)
+        .map(EmailAddress::into_string)
+        .map_err(|e| e.to_string())
 }
 
-/// Parses CSV bytes. A UTF-8 BOM and CRLF line ends are accepted.
+/// Parses CSV bytes with the default [`Limits`].
 pub fn parse_csv(bytes: &[u8]) -> Parsed {
+    parse_csv_with(bytes, &Limits::default())
+}
+
+/// Parses CSV bytes. A UTF-8 BOM and CRLF line ends are accepted. A row with a cell
+/// longer than `limits.max_field_length` characters is rejected: fields end up in
+/// headers and bodies, and a megabyte of text in one is a mistake or an attack.
+pub fn parse_csv_with(bytes: &[u8], limits: &Limits) -> Parsed {
     let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
     let mut parsed = Parsed::default();
     let mut rdr = csv::ReaderBuilder::new()
@@ -154,6 +135,21 @@ pub fn parse_csv(bytes: &[u8]) -> Parsed {
                     "{} cells but the header has {} columns",
                     record.len(),
                     headers.len()
+                ),
+            });
+            continue;
+        }
+        if let Some((col, n)) = headers
+            .iter()
+            .zip(record.iter())
+            .map(|(h, c)| (h, c.chars().count()))
+            .find(|(_, n)| *n > limits.max_field_length)
+        {
+            parsed.rejected.push(RowProblem {
+                row,
+                message: format!(
+                    "column '{col}' has {n} characters, more than max_field_length ({})",
+                    limits.max_field_length
                 ),
             });
             continue;
@@ -249,8 +245,8 @@ pub fn parse_csv(bytes: &[u8]) -> Parsed {
 }
 
 /// Reads and parses a CSV file.
-pub fn read_csv(path: &Path) -> std::io::Result<Parsed> {
-    Ok(parse_csv(&std::fs::read(path)?))
+pub fn read_csv(path: &Path, limits: &Limits) -> std::io::Result<Parsed> {
+    Ok(parse_csv_with(&std::fs::read(path)?, limits))
 }
 
 /// The result of enrolling contacts into a sequence.
@@ -313,27 +309,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn normalises_and_validates_addresses() {
-        assert_eq!(
-            normalise_email("  Li.Lei@Example.CN "),
-            Ok("li.lei@example.cn".into())
+    fn strict_addresses_and_long_fields_are_row_errors() {
+        let long = "x".repeat(1001);
+        let csv = format!(
+            "email,company\n\"a@b\"@example.com,A\nc@[192.0.2.1],C\nd@example.com,{long}\nE@Bücher.example,E\n"
+        );
+        let p = parse_csv(csv.as_bytes());
+        let rejected: Vec<String> = p.rejected.iter().map(|r| r.to_string()).collect();
+        assert!(
+            rejected[0].starts_with("row 2: ") && rejected[0].contains("more than one '@'"),
+            "{rejected:?}"
+        );
+        assert!(
+            rejected[1].starts_with("row 3: ") && rejected[1].contains("address literals"),
+            "{rejected:?}"
         );
         assert_eq!(
-            normalise_email("<hans@beispiel.de>"),
-            Ok("hans@beispiel.de".into())
+            rejected[2],
+            "row 4: column 'company' has 1001 characters, more than max_field_length (1000)"
         );
-        assert_eq!(normalise_email("mailto:x@y.com"), Ok("x@y.com".into()));
-        assert_eq!(
-            normalise_email("no-at-sign"),
-            Err("'no-at-sign' has no '@'".into())
-        );
-        assert_eq!(
-            normalise_email("a@localhost"),
-            Err("'a@localhost': 'localhost' is not a mail domain".into())
-        );
-        assert!(normalise_email("a b@c.com").is_err());
-        assert!(normalise_email("a@b.com\r\nBcc: x@y.z").is_err());
-        assert_eq!(normalise_email(""), Err("empty email".into()));
+        assert_eq!(p.contacts.len(), 1);
+        assert_eq!(p.contacts[0].email, "e@xn--bcher-kva.example");
     }
 
     #[test]

@@ -9,6 +9,7 @@
 // cold paths (a bad config line, a held enrollment), where boxing buys nothing.
 #![allow(clippy::result_large_err)]
 
+pub mod address;
 pub mod cli;
 pub mod config;
 pub mod contacts;

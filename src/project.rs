@@ -3,6 +3,7 @@
 //! problem at once and `followup run` refuses to start on the same ones.
 
 use std::collections::BTreeMap;
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use chrono_tz::Tz;
@@ -14,6 +15,78 @@ use crate::model::Contact;
 use crate::schedule::{Holidays, Window};
 use crate::sequence::{self, Known, Sequence};
 use crate::template::Templates;
+
+/// Why a project file was not read.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    /// A symlink (or `..`) leading out of the project folder: a pull request could
+    /// otherwise make `check` in CI print lines of any file the runner can read.
+    #[error("it leads outside the project folder (to {}); only files inside it are read", .0.display())]
+    Outside(PathBuf),
+    #[error("not a regular file")]
+    NotAFile,
+    #[error("larger than {limit} bytes ([limits] max_file_size); refused")]
+    TooLarge { limit: u64 },
+    #[error("not UTF-8 text")]
+    NotUtf8,
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Reads the files of one project folder: only files inside it (symlinks resolved),
+/// only regular files, and at most `max_size` bytes of each, so that a template
+/// symlinked to `/dev/zero` or a huge file is refused at once instead of read whole.
+#[derive(Debug, Clone)]
+pub struct Files {
+    /// The project folder, resolved.
+    root: PathBuf,
+    max_size: u64,
+}
+
+impl Files {
+    pub fn new(root: &Path, max_size: u64) -> Files {
+        Files {
+            root: root.canonicalize().unwrap_or_else(|_| root.to_path_buf()),
+            max_size,
+        }
+    }
+
+    /// `path` resolved, if it stays inside the project folder.
+    pub fn inside(&self, path: &Path) -> Result<PathBuf, FileError> {
+        let real = path.canonicalize()?;
+        if real.starts_with(&self.root) {
+            Ok(real)
+        } else {
+            Err(FileError::Outside(real))
+        }
+    }
+
+    /// The text of a file inside the project.
+    pub fn read(&self, path: &Path) -> Result<String, FileError> {
+        let real = self.inside(path)?;
+        read_bounded(&real, self.max_size)
+    }
+}
+
+/// Reads a regular file of at most `limit` bytes as UTF-8, never more than `limit + 1`.
+pub fn read_bounded(path: &Path, limit: u64) -> Result<String, FileError> {
+    // Looked at before opening: opening a FIFO would block.
+    let meta = std::fs::metadata(path)?;
+    if !meta.is_file() {
+        return Err(FileError::NotAFile);
+    }
+    if meta.len() > limit {
+        return Err(FileError::TooLarge { limit });
+    }
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(limit.saturating_add(1))
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
+        return Err(FileError::TooLarge { limit });
+    }
+    String::from_utf8(bytes).map_err(|_| FileError::NotUtf8)
+}
 
 /// Everything the daemon and the commands need from the files users write.
 #[derive(Debug)]
@@ -39,13 +112,19 @@ impl Project {
                 diags.extend(d);
                 // Templates and sequences are still checked so that every problem shows.
                 let root = config_path.parent().unwrap_or(Path::new(".")).to_path_buf();
-                let (templates, d) = Templates::load_dir(&root.join("templates"));
+                let root = if root.as_os_str().is_empty() {
+                    PathBuf::from(".")
+                } else {
+                    root
+                };
+                let files = Files::new(&root, config::Limits::default().max_file_size);
+                let (templates, d) = Templates::load_dir(&root.join("templates"), &files);
                 diags.extend(d);
                 let known = Known {
                     mailboxes: Default::default(),
                     templates: templates.names(),
                 };
-                let (_, d) = sequence::load_dir(&root.join("sequences"), &known);
+                let (_, d) = sequence::load_dir(&root.join("sequences"), &known, &files);
                 // Without a config, every sender is unknown: those errors would be noise.
                 diags.items.extend(
                     d.items
@@ -55,13 +134,14 @@ impl Project {
                 return Err(diags);
             }
         };
-        let (templates, d) = Templates::load_dir(&config.templates_dir());
+        let files = Files::new(&config.root, config.limits.max_file_size);
+        let (templates, d) = Templates::load_dir(&config.templates_dir(), &files);
         diags.extend(d);
         let known = Known {
             mailboxes: config.mailboxes.keys().cloned().collect(),
             templates: templates.names(),
         };
-        let (seqs, d) = sequence::load_dir(&config.sequences_dir(), &known);
+        let (seqs, d) = sequence::load_dir(&config.sequences_dir(), &known, &files);
         diags.extend(d);
         if seqs.is_empty() && !diags.has_errors() {
             diags.push(Diagnostic::warning(
@@ -81,8 +161,9 @@ impl Project {
             sequences,
             sequence_paths,
         };
-        project.check_contact_fields(&mut diags);
-        project.check_compliance(&mut diags);
+        let csv = project.project_csv(&files, &mut diags);
+        project.check_contact_fields(csv.as_ref(), &mut diags);
+        project.check_compliance(csv.as_ref(), &mut diags);
         // Paths relative to the project read better.
         for d in &mut diags.items {
             d.path = display_path(&project.config.root, &d.path);
@@ -94,21 +175,37 @@ impl Project {
         }
     }
 
-    /// Fields a template uses with no default where the project's contacts CSV lacks
-    /// them: the column is missing, or empty in some rows.
-    fn check_contact_fields(&self, diags: &mut Diagnostics) {
-        let Some(csv_path) = &self.config.contacts else {
-            return;
-        };
-        let parsed = match contacts::read_csv(csv_path) {
-            Ok(p) => p,
+    /// The project's contacts CSV (`contacts =`), read once for the checks below: only
+    /// from inside the project folder, since its rows are echoed in warnings.
+    fn project_csv(&self, files: &Files, diags: &mut Diagnostics) -> Option<contacts::Parsed> {
+        let csv_path = self.config.contacts.as_ref()?;
+        // Not size-bounded: a list may rightly be large. But only a regular file: a
+        // FIFO would block `check`.
+        let read = files
+            .inside(csv_path)
+            .and_then(|p| match std::fs::metadata(&p)?.is_file() {
+                true => Ok(p),
+                false => Err(FileError::NotAFile),
+            })
+            .map_err(|e| e.to_string())
+            .and_then(|p| contacts::read_csv(&p, &self.config.limits).map_err(|e| e.to_string()));
+        match read {
+            Ok(p) => Some(p),
             Err(e) => {
                 diags.push(Diagnostic::error(
                     csv_path,
                     format!("cannot read the contacts CSV: {e}"),
                 ));
-                return;
+                None
             }
+        }
+    }
+
+    /// Fields a template uses with no default where the project's contacts CSV lacks
+    /// them: the column is missing, or empty in some rows.
+    fn check_contact_fields(&self, parsed: Option<&contacts::Parsed>, diags: &mut Diagnostics) {
+        let (Some(csv_path), Some(parsed)) = (&self.config.contacts, parsed) else {
+            return;
         };
         let csv_name = display_path(&self.config.root, csv_path);
         for p in &parsed.rejected {
@@ -158,17 +255,11 @@ impl Project {
     /// Warnings about opting out and bulk-mail rules: a sequence with no way to opt
     /// out, no postal address where many contacts get it (CAN-SPAM), and mailboxes that
     /// may send near the Gmail and Yahoo bulk-sender threshold without one-click.
-    fn check_compliance(&self, diags: &mut Diagnostics) {
+    fn check_compliance(&self, parsed: Option<&contacts::Parsed>, diags: &mut Diagnostics) {
         use crate::sequence::Unsubscribe;
         /// Gmail's and Yahoo's bulk-sender rules apply from 5,000 a day to their users.
         const BULK: u64 = 5_000;
-        let csv_rows = self
-            .config
-            .contacts
-            .as_ref()
-            .and_then(|p| contacts::read_csv(p).ok())
-            .map(|p| p.contacts.len())
-            .unwrap_or(0);
+        let csv_rows = parsed.map(|p| p.contacts.len()).unwrap_or(0);
         for (name, seq) in &self.sequences {
             let Some(path) = self.sequence_paths.get(name) else {
                 continue;

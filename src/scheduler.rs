@@ -1184,7 +1184,7 @@ async fn deliver(
             let (p, b) = &run[*i];
             outcomes[*i] = Some(match outcome {
                 Some(outcome) => {
-                    outcome_of(mailbox, sender, p, b, raw, outcome)
+                    outcome_of(store, mailbox, sender, p, b, raw, outcome)
                         .instrument(spans[*i].clone())
                         .await
                 }
@@ -1249,6 +1249,7 @@ fn compose_one(
 
 /// What SMTP's answer means for the message.
 async fn outcome_of(
+    store: &Store,
     mailbox: &Mailbox,
     sender: &Sender,
     p: &Prepared,
@@ -1284,6 +1285,30 @@ async fn outcome_of(
             message_id: b.message_id.clone(),
             reply,
         },
+        SendOutcome::LoginRefused { reply } => {
+            // The mailbox's problem, not the contact's: the mailbox pauses (the pause
+            // the bounce rate uses; `status` shows why) and the message waits for it,
+            // without the refusal counting as one of its attempts.
+            let reason = format!(
+                "{reply}; fix its login, then `followup resume --mailbox {}`",
+                mailbox.name
+            );
+            match store
+                .pause_mailbox(&mailbox.name, &reason, Utc::now())
+                .await
+            {
+                Ok(true) => warn!(mailbox = %mailbox.name, "mailbox paused: {reason}"),
+                Ok(false) => {}
+                Err(e) => {
+                    warn!(mailbox = %mailbox.name, error = %e, "cannot record the mailbox pause")
+                }
+            }
+            Outcome::Transient {
+                at: Utc::now(),
+                reply,
+                attempts: (b.attempts - 1).max(0),
+            }
+        }
     }
 }
 

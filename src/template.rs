@@ -152,9 +152,10 @@ impl Templates {
         })
     }
 
-    /// Loads every `*.hbs` in `dir` (and its `.html` sibling). Problems are collected,
-    /// and a template with errors is left out.
-    pub fn load_dir(dir: &Path) -> (Templates, Diagnostics) {
+    /// Loads every `*.hbs` in `dir` (and its `.html` sibling), each read through `files`
+    /// (inside the project, size-bounded). Problems are collected, and a template with
+    /// errors is left out; so is one whose partials (`{{> name}}`) include themselves.
+    pub fn load_dir(dir: &Path, reader: &crate::project::Files) -> (Templates, Diagnostics) {
         let mut t = Templates::empty();
         let mut diags = Diagnostics::default();
         let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
@@ -173,7 +174,7 @@ impl Templates {
                 Some("hbs") => {
                     let html_path = path.with_extension("html");
                     let html = if files.contains(&html_path) {
-                        match std::fs::read_to_string(&html_path) {
+                        match reader.read(&html_path) {
                             Ok(h) => Some((html_path, h)),
                             Err(e) => {
                                 diags.push(Diagnostic::error(
@@ -186,7 +187,7 @@ impl Templates {
                     } else {
                         None
                     };
-                    match std::fs::read_to_string(path) {
+                    match reader.read(path) {
                         Ok(text) => diags.extend(t.add(path, &text, html)),
                         Err(e) => diags.push(Diagnostic::error(path, format!("cannot read: {e}"))),
                     }
@@ -200,7 +201,71 @@ impl Templates {
                 _ => {}
             }
         }
+        diags.extend(t.check_partials());
         (t, diags)
+    }
+
+    /// Partials are other templates' parts (`{{> intro.text}}`) or inline ones
+    /// (`{{#*inline "x"}}`). handlebars-rust follows them without a limit, so two that
+    /// include each other overflow the stack at render time: refuse, at the `{{>`, a
+    /// partial that leads back to itself, chains deeper than [`MAX_PARTIAL_DEPTH`],
+    /// names that are computed (they could not be checked) and names that are unknown.
+    /// Templates with such a partial are left out.
+    fn check_partials(&mut self) -> Diagnostics {
+        let mut diags = Diagnostics::default();
+        let mut graph = PartialGraph::default();
+        for (kind, registry) in [
+            (PartialKind::Html, &self.html),
+            (PartialKind::Plain, &self.plain),
+        ] {
+            for (key, tpl) in registry.get_templates() {
+                graph.add(kind, key, tpl);
+            }
+        }
+        let mut bad: BTreeSet<String> = BTreeSet::new();
+        for (node, refs) in &graph.edges {
+            for r in refs {
+                let problem = match &r.target {
+                    None => Some("a partial's name must be written out, not computed".to_string()),
+                    Some(t) if !graph.edges.contains_key(t) => {
+                        Some(format!("unknown partial '{}'", t.1))
+                    }
+                    Some(t) => graph.cycle_or_depth(t, node),
+                };
+                let Some(problem) = problem else { continue };
+                let part_key = node.1.split('#').next().unwrap_or("");
+                let template = part_key
+                    .rsplit_once('.')
+                    .map_or(part_key, |(t, _)| t)
+                    .to_string();
+                if let Some(d) = self.partial_diagnostic(&template, &node.1, r, problem) {
+                    diags.push(d);
+                }
+                bad.insert(template);
+            }
+        }
+        for name in bad {
+            self.by_name.remove(&name);
+        }
+        diags
+    }
+
+    /// The error for a partial reference, at its `{{>` in the template's file.
+    fn partial_diagnostic(
+        &self,
+        template: &str,
+        key: &str,
+        r: &PartialRef,
+        problem: String,
+    ) -> Option<Diagnostic> {
+        let t = self.by_name.get(template)?;
+        let suffix = key.split('#').next()?.rsplit('.').next()?;
+        let part = t.parts.iter().find(|p| p.kind.suffix() == suffix)?;
+        Some(
+            Diagnostic::error(&part.path, problem)
+                .at(part.location(r.line, r.column, 3), &part.source)
+                .with_help("a partial may include others, but never, through them, itself"),
+        )
     }
 
     fn empty() -> Templates {
@@ -238,8 +303,20 @@ impl Templates {
         };
         let mut subject: Option<(String, Location)> = None;
         let mut defaults = BTreeMap::new();
-        match marked_yaml::parse_yaml(0, front.yaml) {
-            Err(e) => {
+        let front_yaml = match crate::sequence::too_deep(front.yaml, crate::sequence::MAX_DEPTH) {
+            None => marked_yaml::parse_yaml(0, front.yaml).map_err(Some),
+            Some((line, column)) => {
+                diags.push(crate::sequence::too_deep_error(
+                    path,
+                    line + front.yaml_first_line - 1,
+                    column,
+                ));
+                Err(None)
+            }
+        };
+        match front_yaml {
+            Err(None) => {}
+            Err(Some(e)) => {
                 let (line, col) = match &e {
                     marked_yaml::LoadError::ScanError(m, _) => (m.line(), m.column()),
                     _ => (1, 1),
@@ -395,6 +472,22 @@ impl Templates {
                 &mut self.plain
             };
             let key = format!("{name}.{}", kind.suffix());
+            if let Some((line, col)) = too_deep_blocks(body, MAX_BLOCK_DEPTH) {
+                // Handlebars compiles and renders blocks by recursion: 2,000 nested
+                // `{{#if}}` overflow the stack. Not registered at all.
+                let part = parts
+                    .iter()
+                    .find(|p| p.kind == *kind)
+                    .expect("part registered above");
+                // Without the line's text, which may be thousands of `{{#if}}`.
+                let mut d = Diagnostic::error(
+                    &part.path,
+                    format!("blocks or ( ) nested more than {MAX_BLOCK_DEPTH} deep"),
+                );
+                d.location = Some(part.location(line, col, 2));
+                diags.push(d);
+                continue;
+            }
             if let Err(e) = registry.register_template_string(&key, body) {
                 let part = parts
                     .iter()
@@ -591,6 +684,197 @@ struct FrontMatter<'a> {
     yaml_first_line: usize,
     body: &'a str,
     body_first_line: usize,
+}
+
+/// Blocks (`{{#if}}`, `{{#each}}`, `{{^x}}`) open one inside the other, and
+/// subexpressions `( )` inside one `{{ }}`, that a template may have.
+pub const MAX_BLOCK_DEPTH: usize = 64;
+
+/// Where block or subexpression nesting in a Handlebars text first passes `max`, as
+/// (line, column) of its `{{`, 1-based. A scan without recursion; comments are skipped.
+fn too_deep_blocks(text: &str, max: usize) -> Option<(usize, usize)> {
+    let mut depth = 0usize;
+    let mut rest = text;
+    let mut offset = 0;
+    while let Some(i) = rest.find("{{") {
+        let at = offset + i;
+        let inner = rest[i + 2..].trim_start_matches(['{', '~']);
+        let (close, skip) = if inner.starts_with("!--") {
+            ("--}}", 4)
+        } else {
+            ("}}", 2)
+        };
+        let end = inner.find(close).map_or(inner.len(), |e| e + skip);
+        let mustache = &inner[..end.min(inner.len())];
+        match mustache.as_bytes().first() {
+            Some(b'#') => depth += 1,
+            Some(b'^') if !mustache[1..].trim_start_matches('~').starts_with('}') => depth += 1,
+            Some(b'/') => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        let mut parens = 0usize;
+        let mut deepest = 0usize;
+        for b in mustache.bytes() {
+            match b {
+                b'(' => {
+                    parens += 1;
+                    deepest = deepest.max(parens);
+                }
+                b')' => parens = parens.saturating_sub(1),
+                _ => {}
+            }
+        }
+        if depth > max || deepest > max {
+            let before = &text[..at];
+            let line = before.matches('\n').count() + 1;
+            let column = before[before.rfind('\n').map_or(0, |n| n + 1)..]
+                .chars()
+                .count()
+                + 1;
+            return Some((line, column));
+        }
+        let consumed = text.len() - inner.len() + end.min(inner.len());
+        offset = consumed.max(at + 2);
+        rest = &text[offset..];
+    }
+    None
+}
+
+/// Partials one render may pass through, one inside the other.
+pub const MAX_PARTIAL_DEPTH: usize = 16;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum PartialKind {
+    Html,
+    Plain,
+}
+
+/// A registered template (or an inline partial, `KEY#NAME`), in its registry.
+type PartialNode = (PartialKind, String);
+
+/// One `{{> name}}`: what it names (None when computed) and where.
+#[derive(Debug)]
+struct PartialRef {
+    target: Option<PartialNode>,
+    line: usize,
+    column: usize,
+}
+
+/// Which template includes which, read from the compiled templates.
+#[derive(Debug, Default)]
+struct PartialGraph {
+    edges: BTreeMap<PartialNode, Vec<PartialRef>>,
+}
+
+impl PartialGraph {
+    fn add(&mut self, kind: PartialKind, key: &str, tpl: &handlebars::template::Template) {
+        let mut inline = BTreeMap::new();
+        collect_inline(tpl, &mut inline);
+        let mut refs = Vec::new();
+        collect_refs(kind, key, tpl, &inline, &mut refs);
+        for (name, body) in &inline {
+            let mut inner = Vec::new();
+            collect_refs(kind, key, body, &inline, &mut inner);
+            self.edges.insert((kind, format!("{key}#{name}")), inner);
+        }
+        self.edges.insert((kind, key.to_string()), refs);
+    }
+
+    /// Whether following `start` leads back to `origin` or deeper than the limit. An
+    /// explicit stack: the walk itself must not be what overflows.
+    fn cycle_or_depth(&self, start: &PartialNode, origin: &PartialNode) -> Option<String> {
+        let mut stack: Vec<(&PartialNode, usize)> = vec![(start, 1)];
+        let mut seen: BTreeSet<&PartialNode> = BTreeSet::new();
+        while let Some((node, depth)) = stack.pop() {
+            if node == origin {
+                return Some(format!(
+                    "partial '{}' includes '{}' again: the render would never end",
+                    start.1, origin.1
+                ));
+            }
+            if depth > MAX_PARTIAL_DEPTH {
+                return Some(format!(
+                    "partials nested more than {MAX_PARTIAL_DEPTH} deep through '{}'",
+                    start.1
+                ));
+            }
+            if !seen.insert(node) {
+                continue;
+            }
+            for r in self.edges.get(node).into_iter().flatten() {
+                if let Some(t) = &r.target {
+                    stack.push((t, depth + 1));
+                }
+            }
+        }
+        None
+    }
+}
+
+/// `{{#*inline "name"}}...{{/inline}}` blocks of a template, by name.
+fn collect_inline(
+    tpl: &handlebars::template::Template,
+    out: &mut BTreeMap<String, handlebars::template::Template>,
+) {
+    use handlebars::template::{Parameter, TemplateElement};
+    for el in &tpl.elements {
+        if let TemplateElement::DecoratorBlock(d) = el {
+            if d.name.as_name() == Some("inline") {
+                if let (Some(Parameter::Literal(serde_json::Value::String(n))), Some(body)) =
+                    (d.params.first(), &d.template)
+                {
+                    out.insert(n.clone(), body.clone());
+                }
+            }
+        }
+        for inner in nested(el) {
+            collect_inline(inner, out);
+        }
+    }
+}
+
+/// The `{{> name}}` of a template, in its blocks too.
+fn collect_refs(
+    kind: PartialKind,
+    key: &str,
+    tpl: &handlebars::template::Template,
+    inline: &BTreeMap<String, handlebars::template::Template>,
+    out: &mut Vec<PartialRef>,
+) {
+    use handlebars::template::TemplateElement;
+    for (i, el) in tpl.elements.iter().enumerate() {
+        if let TemplateElement::PartialExpression(d) | TemplateElement::PartialBlock(d) = el {
+            let (line, column) = tpl.mapping.get(i).map_or((1, 1), |m| (m.0, m.1));
+            let target = d.name.as_name().map(|n| match inline.contains_key(n) {
+                // An inline partial shadows a template of the same name.
+                true => (kind, format!("{key}#{n}")),
+                false => (kind, n.to_string()),
+            });
+            out.push(PartialRef {
+                target,
+                line,
+                column,
+            });
+        }
+        for inner in nested(el) {
+            collect_refs(kind, key, inner, inline, out);
+        }
+    }
+}
+
+/// The templates inside a block element.
+fn nested(
+    el: &handlebars::template::TemplateElement,
+) -> impl Iterator<Item = &handlebars::template::Template> {
+    use handlebars::template::TemplateElement;
+    let (a, b) = match el {
+        TemplateElement::HelperBlock(h) => (h.template.as_ref(), h.inverse.as_ref()),
+        TemplateElement::DecoratorBlock(d) | TemplateElement::PartialBlock(d) => {
+            (d.template.as_ref(), None)
+        }
+        _ => (None, None),
+    };
+    a.into_iter().chain(b)
 }
 
 /// `---\n<yaml>\n---\n<body>`: a BOM and CRLF line ends are fine.
@@ -940,6 +1224,22 @@ mod tests {
             text_to_html("您好 <王>,\r\nzweite Zeile\r\n\r\n\r\nGrüße & bye\r\n"),
             "<!DOCTYPE html>\n<html><body>\n<p>您好 &lt;王&gt;,<br>\nzweite Zeile</p>\n\
              <p>Grüße &amp; bye</p>\n</body></html>\n"
+        );
+    }
+
+    #[test]
+    fn deep_blocks_are_refused_at_their_place() {
+        assert_eq!(too_deep_blocks("{{#if a}}x{{/if}}{{! {{#if}} }}", 1), None);
+        let deep = format!("Hi\n  {}{}", "{{#if x}}".repeat(65), "{{/if}}".repeat(65));
+        assert_eq!(too_deep_blocks(&deep, 64), Some((2, 3 + 64 * 9)));
+        let parens = format!("{{{{x {}{}}}}}", "(y ".repeat(65), ")".repeat(65));
+        assert_eq!(too_deep_blocks(&parens, 64), Some((1, 1)));
+        // Siblings are not nesting.
+        assert_eq!(too_deep_blocks(&"{{#if x}}a{{/if}}".repeat(1000), 64), None);
+        let (_, d) = templates(&format!("---\nsubject: Hi\n---\n{deep}\n"), None);
+        assert_eq!(
+            d.items[0].to_string().lines().next(),
+            Some("templates/intro.hbs:5:579: error: blocks or ( ) nested more than 64 deep")
         );
     }
 

@@ -4,9 +4,17 @@
 //!
 //! Every header goes through lettre's typed API, which encodes (RFC 2047) and folds:
 //! nothing a contact's fields hold — CR, LF, quotes, non-ASCII — can add a header.
+//! The two headers that carry contact data, Subject and To, are encoded here with the
+//! same encoder and two rules more: a word that looks like an encoded-word (`=?…?=`)
+//! is encoded again, so that a field cannot make a mail client show text it decoded
+//! from something else, and a word too long to fold is encoded too, which splits it,
+//! so that no header line passes 998 octets (RFC 5322 §2.1.1).
 
+use std::fmt::Write as _;
 use std::time::SystemTime;
 
+use email_encoding::headers::writer::EmailWriter;
+use lettre::address::Envelope;
 use lettre::message::{header, Mailbox, MultiPart, SinglePart};
 use lettre::{Address, Message};
 use sha2::{Digest, Sha256};
@@ -77,6 +85,140 @@ impl header::Header for ListUnsubscribePost {
     }
 }
 
+/// Longest word written as it is; longer ones are RFC 2047-encoded, which splits them
+/// over lines. RFC 2047 §2 keeps encoded-words to 75 characters likewise.
+const MAX_PLAIN_WORD: usize = 76;
+
+/// Subject and To, encoded by [`encode_text`] and [`encode_mailbox`].
+#[derive(Debug, Clone)]
+struct Encoded {
+    raw: String,
+    encoded: String,
+}
+
+impl Encoded {
+    fn subject(text: &str) -> Encoded {
+        Encoded {
+            raw: text.to_string(),
+            encoded: encode_text("Subject", text),
+        }
+    }
+
+    fn to(name: Option<&str>, address: &Address) -> Encoded {
+        Encoded {
+            raw: match name {
+                Some(n) => format!("{n} <{address}>"),
+                None => address.to_string(),
+            },
+            encoded: encode_mailbox("To", name, address),
+        }
+    }
+}
+
+/// A header type per name: lettre keys headers by type.
+macro_rules! encoded_header {
+    ($ty:ident, $name:literal) => {
+        #[derive(Debug, Clone)]
+        struct $ty(Encoded);
+
+        impl header::Header for $ty {
+            fn name() -> header::HeaderName {
+                header::HeaderName::new_from_ascii_str($name)
+            }
+            fn parse(s: &str) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+                Ok($ty(Encoded {
+                    raw: s.to_string(),
+                    encoded: encode_text($name, s),
+                }))
+            }
+            fn display(&self) -> header::HeaderValue {
+                // Encoded and folded by `encode_text` / `encode_mailbox`: printable
+                // ASCII only, and every line break is a fold.
+                header::HeaderValue::dangerous_new_pre_encoded(
+                    Self::name(),
+                    self.0.raw.clone(),
+                    self.0.encoded.clone(),
+                )
+            }
+        }
+    };
+}
+encoded_header!(SubjectHeader, "Subject");
+encoded_header!(ToHeader, "To");
+
+/// Whether a word may be written as it is: printable ASCII, short enough to fold
+/// around, and not something a reader would decode as an encoded-word.
+fn plain_word(w: &str) -> bool {
+    let w = w.trim_end_matches(' ');
+    w.len() <= MAX_PLAIN_WORD && w.bytes().all(|b| (0x21..0x7f).contains(&b)) && !w.contains("=?")
+}
+
+/// An unstructured header value (RFC 5322 §3.2.5): plain words as they are, folded at
+/// spaces; runs of other words RFC 2047-encoded. Control characters never get here
+/// (subjects are one line) but would be encoded, not written.
+fn encode_text(name: &str, value: &str) -> String {
+    encode_with(name, |w| {
+        let mut pending = String::new();
+        for word in value.split_inclusive(' ') {
+            if plain_word(word) {
+                flush_encoded(w, &mut pending)?;
+                w.folding().write_str(word)?;
+            } else {
+                pending.push_str(word);
+            }
+        }
+        flush_encoded(w, &mut pending)
+    })
+}
+
+/// Writes the words gathered in `pending` as encoded-words, keeping trailing spaces.
+fn flush_encoded(w: &mut EmailWriter<'_>, pending: &mut String) -> std::fmt::Result {
+    if pending.is_empty() {
+        return Ok(());
+    }
+    let text = pending.trim_end_matches(' ');
+    email_encoding::headers::rfc2047::encode(text, w)?;
+    for _ in 0..pending.len() - text.len() {
+        w.space();
+    }
+    pending.clear();
+    Ok(())
+}
+
+/// `Name <address>`. A short name of plain words is written (quoted if need be) as
+/// lettre would; any other, encoded.
+fn encode_mailbox(header: &str, name: Option<&str>, address: &Address) -> String {
+    encode_with(header, |w| {
+        if let Some(name) = name {
+            if name.len() <= MAX_PLAIN_WORD && name.split(' ').all(plain_word) {
+                email_encoding::headers::quoted_string::encode(name, w)?;
+            } else {
+                email_encoding::headers::rfc2047::encode(name, w)?;
+            }
+            w.space();
+            w.folding().write_char('<')?;
+            w.write_str(address.as_ref())?;
+            w.write_char('>')
+        } else {
+            w.folding().write_str(address.as_ref())
+        }
+    })
+}
+
+/// A header value written by `write` after `NAME: `.
+fn encode_with(
+    header: &str,
+    write: impl FnOnce(&mut EmailWriter<'_>) -> std::fmt::Result,
+) -> String {
+    let mut out = String::new();
+    {
+        let mut w = EmailWriter::new(&mut out, header.len() + 2, 0, false);
+        // Writing to a String cannot fail; the encoders' Result is for other writers.
+        let _ = write(&mut w);
+    }
+    out
+}
+
 /// A fresh Message-ID at `domain`: time plus 64 random bits, so two daemons never
 /// collide and nothing about the contact leaks into it.
 pub fn new_message_id(domain: &str) -> String {
@@ -133,11 +275,17 @@ pub fn compose(d: &Draft<'_>) -> Result<Message, Error> {
         .map_err(|e: lettre::address::AddressError| {
             Error::Address(d.to_email.to_string(), e.to_string())
         })?;
-    let to = Mailbox::new(d.to_name.and_then(clean_name), to_addr);
+    let to_name = d.to_name.and_then(clean_name);
+    let envelope = Envelope::new(Some(d.from.email.clone()), vec![to_addr.clone()])
+        .map_err(|e| Error::Build(e.to_string()))?;
     let mut b = Message::builder()
         .from(d.from.clone())
-        .to(to)
-        .subject(subject_for(&d.rendered.subject, d.thread))
+        .header(ToHeader(Encoded::to(to_name.as_deref(), &to_addr)))
+        .envelope(envelope)
+        .header(SubjectHeader(Encoded::subject(&subject_for(
+            &d.rendered.subject,
+            d.thread,
+        ))))
         .message_id(Some(d.message_id.to_string()))
         .date(d.date);
     if let Some(t) = d.thread {
@@ -308,6 +456,38 @@ mod tests {
             list_unsubscribe: None,
         })
         .is_err());
+    }
+
+    #[test]
+    fn contact_fields_cannot_smuggle_encoded_words_or_overlong_lines() {
+        let from: Mailbox = "iris@example.com".parse().unwrap();
+        // "=?utf-8?b?UGF5IG5vdw==?=" decodes to "Pay now".
+        let smuggled = "=?utf-8?b?UGF5IG5vdw==?=";
+        let r = rendered(&format!("Hello {smuggled} {}", "x".repeat(3000)));
+        let name = format!("{smuggled} {}", "名".repeat(1000));
+        let raw = raw(&Draft {
+            from: &from,
+            to_email: "li@example.cn",
+            to_name: Some(&name),
+            message_id: "<6@example.com>",
+            date: SystemTime::UNIX_EPOCH,
+            rendered: &r,
+            thread: None,
+            list_unsubscribe: None,
+        });
+        let head = raw.split("\r\n\r\n").next().unwrap();
+        assert!(!head.contains(smuggled), "passed raw:\n{head}");
+        for line in head.split("\r\n") {
+            assert!(line.len() <= 998, "{} octets: {}", line.len(), &line[..80]);
+        }
+        // What a reader decodes is the text the field held, encoded-word and all.
+        let parsed = mail_parser::MessageParser::default()
+            .parse(raw.as_bytes())
+            .unwrap();
+        assert_eq!(parsed.subject(), Some(r.subject.as_str()));
+        let to = parsed.to().and_then(|a| a.first()).unwrap();
+        assert_eq!(to.name(), Some(name.as_str()));
+        assert_eq!(to.address(), Some("li@example.cn"));
     }
 
     #[test]

@@ -42,6 +42,11 @@ pub enum SendOutcome {
     InDoubt {
         reply: String,
     },
+    /// The server refused the mailbox's login: nothing is wrong with the message, and
+    /// no message of this mailbox goes until its login is fixed.
+    LoginRefused {
+        reply: String,
+    },
 }
 
 /// One message for [`Sender::send_all`]. `message_id` names the outbox file.
@@ -301,6 +306,8 @@ fn classify(e: &smtp::Error) -> SendOutcome {
     let reply = e.to_string();
     if matches!(e, smtp::Error::InDoubt(_)) {
         SendOutcome::InDoubt { reply }
+    } else if let smtp::Error::Login(_) = e {
+        SendOutcome::LoginRefused { reply }
     } else if e.is_permanent() {
         SendOutcome::Permanent { reply }
     } else {
@@ -326,8 +333,20 @@ async fn write_outbox(dir: &Path, raw: &[u8], message_id: &str) -> SendOutcome {
     let path = dir.join(format!("{ts}-{safe}.eml"));
     let tmp = dir.join(format!(".{safe}.tmp"));
     let result = async {
-        tokio::fs::create_dir_all(dir).await?;
-        tokio::fs::write(&tmp, raw).await?;
+        // Mode 0700 and 0600 whatever the umask: each file is a whole mail to a contact.
+        let mut mkdir = tokio::fs::DirBuilder::new();
+        mkdir.recursive(true);
+        #[cfg(unix)]
+        mkdir.mode(0o700);
+        mkdir.create(dir).await?;
+        let mut open = tokio::fs::OpenOptions::new();
+        open.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        open.mode(0o600);
+        let mut f = open.open(&tmp).await?;
+        tokio::io::AsyncWriteExt::write_all(&mut f, raw).await?;
+        tokio::io::AsyncWriteExt::flush(&mut f).await?;
+        drop(f);
         tokio::fs::rename(&tmp, &path).await
     }
     .await;

@@ -95,6 +95,10 @@ pub enum Error {
     /// not sent (see [`Connection::send_all`]).
     #[error("not sent: {0}")]
     NotLeaving(String),
+    /// The server refused the mailbox's login (535 and kin, or no mechanism in common):
+    /// a problem of the mailbox, its password or account, never of the messages.
+    #[error("login refused: {0}")]
+    Login(String),
 }
 
 impl Error {
@@ -331,7 +335,11 @@ impl Connection {
         }
         if let Some(login) = login {
             if conn.extensions.auth_any {
-                conn.auth(&login).await?;
+                conn.auth(&login).await.map_err(|e| match e {
+                    Error::Refused { reply } => Error::Login(reply.to_string()),
+                    Error::Unsupported(why) => Error::Login(why),
+                    e => e,
+                })?;
             }
         }
         Ok(conn)

@@ -47,8 +47,114 @@ const IF_KEYS: &[&str] = &["opened", "not_opened", "clicked", "not_clicked", "st
 const IF_WORDS: &[&str] = &["opened", "not_opened", "clicked", "not_clicked"];
 const UNSUBSCRIBE_MODES: &[&str] = &["one-click", "link", "reply"];
 
-/// Loads every `*.yaml` / `*.yml` in `dir`, sorted by file name.
-pub fn load_dir(dir: &Path, known: &Known) -> (Vec<(PathBuf, Sequence)>, Diagnostics) {
+/// Block collections a YAML file may nest. The parser under marked-yaml (yaml-rust2)
+/// recurses once per level of block collection, so 50,000 nested `- ` overflow the
+/// stack; a sequence needs fewer than ten.
+pub const MAX_DEPTH: usize = 64;
+
+/// Where the block nesting of `text` first passes `max` levels, as (line, column),
+/// 1-based. A line-based scan, cheap and without recursion: each deeper indentation and
+/// each `- ` (or `? `) that opens a nested entry on the same line is one level;
+/// the content of block scalars (`|`, `>`) is skipped. Flow collections (`[`, `{`) are
+/// left to marked-yaml, which limits their nesting itself.
+pub fn too_deep(text: &str, max: usize) -> Option<(usize, usize)> {
+    let mut levels: Vec<usize> = Vec::new();
+    // Inside a block scalar: lines indented more than this are its text.
+    let mut scalar_parent: Option<usize> = None;
+    for (n, line) in text.lines().enumerate() {
+        let indent = line.len() - line.trim_start_matches(' ').len();
+        let rest = &line[indent..];
+        if rest.trim().is_empty() || rest.starts_with('#') {
+            continue;
+        }
+        if let Some(p) = scalar_parent {
+            if indent > p {
+                continue;
+            }
+            scalar_parent = None;
+        }
+        if line.starts_with("---") || line.starts_with("...") {
+            levels.clear();
+            continue;
+        }
+        while levels.last().is_some_and(|l| *l >= indent) {
+            levels.pop();
+        }
+        levels.push(indent);
+        if levels.len() > max {
+            return Some((n + 1, indent + 1));
+        }
+        let mut col = indent;
+        let mut rest = rest;
+        while let Some(after) = rest
+            .strip_prefix('-')
+            .or_else(|| rest.strip_prefix('?'))
+            .filter(|a| a.is_empty() || a.starts_with(' '))
+        {
+            let spaces = after.len() - after.trim_start_matches(' ').len();
+            col += 1 + spaces;
+            rest = &after[spaces..];
+            if rest.is_empty() {
+                break;
+            }
+            levels.push(col);
+            if levels.len() > max {
+                return Some((n + 1, col + 1));
+            }
+        }
+        // `key: |`, `- >-`, `key: |2 # comment`: the lines after are text.
+        let value = rest.split(" #").next().unwrap_or("").trim_end();
+        let value = value
+            .rsplit_once(": ")
+            .map_or(value, |(_, v)| v.trim_start());
+        if value.starts_with(['|', '>'])
+            && value[1..]
+                .chars()
+                .all(|c| c.is_ascii_digit() || c == '+' || c == '-')
+        {
+            scalar_parent = levels.last().copied();
+        }
+    }
+    None
+}
+
+/// Parses YAML with marked-yaml once its nesting is known to be bounded.
+pub(crate) fn parse_bounded(
+    text: &str,
+    options: marked_yaml::LoaderOptions,
+) -> Result<Node, BoundedError> {
+    if let Some((line, column)) = too_deep(text, MAX_DEPTH) {
+        return Err(BoundedError::TooDeep(line, column));
+    }
+    marked_yaml::parse_yaml_with_options(0, text, options).map_err(BoundedError::Load)
+}
+
+/// Why [`parse_bounded`] gave no tree.
+pub(crate) enum BoundedError {
+    /// Nested past [`MAX_DEPTH`] at (line, column).
+    TooDeep(usize, usize),
+    Load(LoadError),
+}
+
+/// The error for YAML nested past [`MAX_DEPTH`] at `line`:`column`, without the line's
+/// text, which may be 100 KB of dashes.
+pub fn too_deep_error(path: &Path, line: usize, column: usize) -> Diagnostic {
+    let mut d = Diagnostic::error(
+        path,
+        format!("YAML nested more than {MAX_DEPTH} levels deep"),
+    )
+    .with_help("sequences and front matter need a few levels; this file is not one");
+    d.location = Some(Location::new(line, column, 1));
+    d
+}
+
+/// Loads every `*.yaml` / `*.yml` in `dir`, sorted by file name, each read through
+/// `files` (inside the project, size-bounded).
+pub fn load_dir(
+    dir: &Path,
+    known: &Known,
+    reader: &crate::project::Files,
+) -> (Vec<(PathBuf, Sequence)>, Diagnostics) {
     let mut diags = Diagnostics::default();
     let mut out = Vec::new();
     let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
@@ -69,7 +175,7 @@ pub fn load_dir(dir: &Path, known: &Known) -> (Vec<(PathBuf, Sequence)>, Diagnos
     // `enroll:` targets, checked once every sequence is known.
     let mut refs: Vec<(PathBuf, Arc<str>, Location, String, String)> = Vec::new();
     for path in files {
-        let text = match std::fs::read_to_string(&path) {
+        let text = match reader.read(&path) {
             Ok(t) => t,
             Err(e) => {
                 diags.push(Diagnostic::error(&path, format!("cannot read: {e}")));
@@ -139,14 +245,17 @@ fn load_one(path: &Path, text: &str, known: &Known) -> (Option<Sequence>, Diagno
         known,
         enrolls: Vec::new(),
     };
-    let root = match marked_yaml::parse_yaml_with_options(
-        0,
+    let root = match parse_bounded(
         text,
         marked_yaml::LoaderOptions::default().error_on_duplicate_keys(true),
     ) {
         Ok(n) => n,
-        Err(e) => {
+        Err(BoundedError::Load(e)) => {
             cx.load_error(e);
+            return (None, cx.diags, Vec::new());
+        }
+        Err(BoundedError::TooDeep(line, column)) => {
+            cx.diags.push(too_deep_error(path, line, column));
             return (None, cx.diags, Vec::new());
         }
     };
@@ -1075,7 +1184,8 @@ steps:\n  - id: a\n    variants:\n      - { id: x, template: intro, weight: 70 }
             GOOD.replace("name: intro", "name: demo"),
         )
         .unwrap();
-        let (_, d) = load_dir(dir.path(), &known());
+        let files = crate::project::Files::new(dir.path(), 1 << 20);
+        let (_, d) = load_dir(dir.path(), &known(), &files);
         let e: Vec<String> = d.items.iter().map(|d| d.to_string()).collect();
         assert_eq!(e.len(), 1, "{e:#?}");
         assert!(
@@ -1084,5 +1194,107 @@ steps:\n  - id: a\n    variants:\n      - { id: x, template: intro, weight: 70 }
             e[0]
         );
         assert!(e[0].ends_with("did you mean 'demo'?"), "{}", e[0]);
+    }
+
+    #[test]
+    fn nesting_is_measured_without_recursion() {
+        assert_eq!(too_deep(GOOD, MAX_DEPTH), None);
+        assert_eq!(too_deep(&"- ".repeat(50_000), 64), Some((1, 129)));
+        let stairs: String = (0..100).map(|i| format!("{}-\n", " ".repeat(i))).collect();
+        assert_eq!(too_deep(&stairs, 64), Some((65, 65)));
+        // Deep indentation inside a block scalar is text, not nesting.
+        let text: String = (0..100)
+            .map(|i| format!("   {}line\n", " ".repeat(i)))
+            .collect();
+        let doc = format!("name: x\ndescription: |\n{text}steps: []\n");
+        assert_eq!(too_deep(&doc, 64), None);
+        let (_, d) = load_str(Path::new("x.yaml"), &"- ".repeat(50_000), &known());
+        assert_eq!(
+            d.items[0].to_string().lines().next(),
+            Some("x.yaml:1:129: error: YAML nested more than 64 levels deep")
+        );
+    }
+
+    /// A bounded property test: random edits of a good sequence, with now and then a
+    /// piece repeated thousands of times, never panic the loader or overflow its stack.
+    /// Fixed seeds, so that a failure is reproducible.
+    #[test]
+    fn mutated_yaml_never_panics() {
+        const PIECES: &[&str] = &[
+            "- ",
+            "  ",
+            "\n",
+            ":",
+            ": ",
+            " ",
+            "[",
+            "]",
+            "{",
+            "}",
+            "\"",
+            "'",
+            "#",
+            "|",
+            ">-",
+            "&a ",
+            "*a",
+            "!t ",
+            "? ",
+            ",",
+            "x",
+            "steps",
+            "id",
+            "template",
+            "wait",
+            "if",
+            "variants",
+            "---\n",
+            "\t",
+            "é",
+            "\u{202E}",
+            "- - - - ",
+            "{{",
+            "0x1",
+            "~",
+            "\r",
+            "on_click",
+            "enroll",
+            "weight: -1",
+            "9999999999999999999d",
+        ];
+        let known = known();
+        for seed in 0..1500u64 {
+            let mut rng = fastrand::Rng::with_seed(seed);
+            let mut text: Vec<char> = GOOD.chars().collect();
+            for _ in 0..rng.usize(1..8) {
+                let at = rng.usize(..=text.len());
+                match rng.u8(..10) {
+                    0..=5 => {
+                        let piece = PIECES[rng.usize(..PIECES.len())];
+                        text.splice(at..at, piece.chars());
+                    }
+                    6..=7 if !text.is_empty() => {
+                        let end = (at + rng.usize(1..20)).min(text.len());
+                        text.drain(at.min(end)..end);
+                    }
+                    8 => {
+                        let piece = PIECES[rng.usize(..PIECES.len())];
+                        let many: String = piece.repeat(rng.usize(100..5000));
+                        text.splice(at..at, many.chars());
+                    }
+                    _ => {
+                        let line = rng.usize(..12);
+                        let copy: String = GOOD.lines().nth(line).unwrap_or("").to_string() + "\n";
+                        text.splice(at..at, copy.chars());
+                    }
+                }
+            }
+            let text: String = text.into_iter().collect();
+            let (_, d) = load_str(Path::new("x.yaml"), &text, &known);
+            for item in &d.items {
+                // Rendering reads the line the diagnostic points at: never out of range.
+                let _ = item.to_string();
+            }
+        }
     }
 }

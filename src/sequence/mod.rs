@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 
 use crate::schedule::Window;
 
-pub use load::{load_dir, load_str, Known};
+pub use load::{load_dir, load_str, too_deep, too_deep_error, Known, MAX_DEPTH};
 
 /// A validated sequence.
 #[derive(Debug, Clone)]

@@ -288,6 +288,11 @@ impl Store {
                 .pragma("cache_size", "-16384")
                 // Two processes on one file take turns; a writer waits rather than fails.
                 .busy_timeout(StdDuration::from_secs(30));
+            let file = opts.get_filename().to_path_buf();
+            let memory = url.contains(":memory:") || url.contains("mode=memory");
+            if !memory {
+                create_private(&file).map_err(|e| connect_err(sqlx::Error::Io(e)))?;
+            }
             // The writer first: it creates the file and switches it to WAL. It leaves
             // checkpoints to `checkpoint_wal`, but for a backstop far above what that
             // task lets pile up (10,000 pages, 40 MB), should it ever stall.
@@ -307,6 +312,16 @@ impl Store {
                 .connect_with(opts.create_if_missing(false).read_only(true))
                 .await
                 .map_err(connect_err)?;
+            if !memory {
+                // SQLite gives the WAL and shared-memory files the database file's mode;
+                // set it again in case they were left behind by an older version.
+                for suffix in ["-wal", "-shm"] {
+                    let mut side = file.clone().into_os_string();
+                    side.push(suffix);
+                    set_private(std::path::Path::new(&side))
+                        .map_err(|e| connect_err(sqlx::Error::Io(e)))?;
+                }
+            }
             let stop = tokio_util::sync::CancellationToken::new();
             tokio::spawn(checkpoint_wal(checkpointer.clone(), stop.clone()));
             Ok(Store {
@@ -381,18 +396,40 @@ impl Store {
     }
 }
 
+/// Creates the SQLite file with mode 0600 if it does not exist yet, before SQLite
+/// would create it with 0644 under the usual umask: it holds every contact and every
+/// mail sent. The mode is set where the file is made rather than through a process-wide
+/// umask, which would also apply to the project files `init` writes for a team to share.
+fn create_private(file: &std::path::Path) -> std::io::Result<()> {
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
+    match o.open(file) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Mode 0600 on `file` if it exists.
+fn set_private(file: &std::path::Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        match std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = file;
+    Ok(())
+}
+
 /// A database URL without its password, for messages and logs.
 pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let userinfo = &url[s + 3..at];
-            match userinfo.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
-                None => url.to_string(),
-            }
-        }
-        _ => url.to_string(),
-    }
+    crate::config::mask_url(url)
 }
 
 // ---------------------------------------------------------------------------------------

@@ -354,3 +354,171 @@ fn check_warns_about_opt_out_postal_address_and_bulk_volume() {
     assert_eq!(out.status.code(), Some(0), "{e}");
     assert!(!e.contains("warning"), "{e}");
 }
+
+/// `check`'s output: stdout and stderr together, and its exit code (a crash from a
+/// stack overflow has none).
+fn check_output(p: &Project) -> (Option<i32>, String) {
+    let out = p.run(&["check"]);
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
+    (out.status.code(), text)
+}
+
+#[test]
+fn deeply_nested_yaml_is_an_error_at_its_place_not_a_crash() {
+    let p = Project::new(Db::Sqlite, &Options::default());
+    // 50,000 nested block sequences on one line (100 KB) ...
+    p.write(
+        "sequences/deep.yaml",
+        &format!("{}x\n", "- ".repeat(50_000)),
+    );
+    // ... and 300 on lines indented deeper and deeper.
+    let lines: String = (0..300).map(|i| format!("{}-\n", " ".repeat(i))).collect();
+    p.write("sequences/stairs.yaml", &lines);
+    // And in a template's front matter.
+    p.write(
+        "templates/deep.hbs",
+        &format!(
+            "---\nsubject: Hi\ndefaults:\n  {}x\n---\nHello\n",
+            "- ".repeat(50_000)
+        ),
+    );
+    // And Handlebars blocks: 2,000 nested `{{#if}}` overflowed the stack as well.
+    p.write(
+        "templates/blocks.hbs",
+        &format!(
+            "---\nsubject: Hi\n---\n{}x{}\n",
+            "{{#if x}}".repeat(2_000),
+            "{{/if}}".repeat(2_000)
+        ),
+    );
+    let (code, text) = check_output(&p);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("templates/blocks.hbs:4:577: error: blocks or ( ) nested more than 64 deep"),
+        "{text}"
+    );
+    // The offending line (100 KB of dashes) is not printed.
+    assert!(!text.contains("- - - - - - - -"), "{}", text.len());
+    for expected in [
+        "sequences/deep.yaml:1:129: error: YAML nested more than 64 levels deep",
+        "sequences/stairs.yaml:65:65: error: YAML nested more than 64 levels deep",
+        "templates/deep.hbs:4:129: error: YAML nested more than 64 levels deep",
+    ] {
+        assert!(text.contains(expected), "expected\n{expected}\nin\n{text}");
+    }
+    // The good sequence still loads: its own checks ran, and found only warnings.
+    assert!(!text.contains("sequences/intro.yaml:2:9: error"), "{text}");
+    assert!(text.contains("sequences/intro.yaml:2:9: warning"), "{text}");
+}
+
+#[test]
+fn partials_that_include_each_other_are_an_error_at_the_include() {
+    let p = Project::new(Db::Sqlite, &Options::default());
+    p.write(
+        "templates/a.hbs",
+        "---\nsubject: A\n---\nHello {{> b.text}}\n",
+    );
+    p.write(
+        "templates/b.hbs",
+        "---\nsubject: B\n---\nSee\n  {{> a.text}}\n",
+    );
+    p.write(
+        "templates/c.hbs",
+        "---\nsubject: C\n---\n{{#*inline \"loop\"}}{{> loop}}{{/inline}}{{> loop}}\n",
+    );
+    let (code, text) = check_output(&p);
+    assert_eq!(code, Some(1), "{text}");
+    for expected in [
+        "templates/a.hbs:4:7: error: partial 'b.text' includes 'a.text' again: the render would never end",
+        "templates/b.hbs:5:3: error: partial 'a.text' includes 'b.text' again",
+        "templates/c.hbs:4:",
+    ] {
+        assert!(text.contains(expected), "expected\n{expected}\nin\n{text}");
+    }
+    // A partial that does not loop is fine.
+    p.write("templates/a.hbs", "---\nsubject: A\n---\nHello\n");
+    p.write(
+        "templates/b.hbs",
+        "---\nsubject: B\n---\nSee {{> a.text}}\n",
+    );
+    std::fs::remove_file(p.path("templates/c.hbs")).unwrap();
+    p.ok(&["check"]);
+}
+
+#[test]
+fn oversized_files_and_files_outside_the_project_are_refused_unread() {
+    let p = Project::new(Db::Sqlite, &Options::default());
+    let outside = tempfile::tempdir().unwrap();
+    let secret = outside.path().join("secret.txt");
+    std::fs::write(&secret, "---\nsubject: {{\n---\nTOP-SECRET-LINE {{\n").unwrap();
+    std::fs::write(outside.path().join("leads.csv"), "email\nTOP-SECRET-ROW\n").unwrap();
+    std::os::unix::fs::symlink(&secret, p.path("templates/leak.hbs")).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", p.path("templates/zero.hbs")).unwrap();
+    std::os::unix::fs::symlink(&secret, p.path("sequences/leak.yaml")).unwrap();
+    p.write(
+        "templates/big.hbs",
+        &format!("---\nsubject: Big\n---\n{}\n", "x".repeat(1024 * 1024)),
+    );
+    let cfg = std::fs::read_to_string(&p.config).unwrap().replace(
+        "window = \"always\"",
+        &format!(
+            "window = \"always\"\ncontacts = \"{}\"",
+            outside.path().join("leads.csv").display()
+        ),
+    );
+    std::fs::write(&p.config, cfg).unwrap();
+    let (code, text) = check_output(&p);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(!text.contains("TOP-SECRET"), "file content echoed:\n{text}");
+    for expected in [
+        "templates/leak.hbs: error: cannot read: it leads outside the project folder",
+        "templates/zero.hbs: error: cannot read: it leads outside the project folder (to /dev/zero)",
+        "sequences/leak.yaml: error: cannot read: it leads outside the project folder",
+        "templates/big.hbs: error: cannot read: larger than 1048576 bytes ([limits] max_file_size); refused",
+        "error: cannot read the contacts CSV: it leads outside the project folder",
+    ] {
+        assert!(text.contains(expected), "expected\n{expected}\nin\n{text}");
+    }
+
+    // The limit is the project's to set; a device inside the project is not a file.
+    let _ = std::fs::remove_file(p.path("templates/zero.hbs"));
+    let _ = std::fs::remove_file(p.path("templates/leak.hbs"));
+    let _ = std::fs::remove_file(p.path("templates/big.hbs"));
+    let _ = std::fs::remove_file(p.path("sequences/leak.yaml"));
+    let cfg = std::fs::read_to_string(&p.config).unwrap();
+    let cfg = cfg
+        .lines()
+        .filter(|l| !l.starts_with("contacts ="))
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(
+        &p.config,
+        format!("{cfg}\n\n[limits]\nmax_file_size = 100\n"),
+    )
+    .unwrap();
+    let (code, text) = check_output(&p);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("templates/first.hbs: error: cannot read: larger than 100 bytes"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_database_password_in_the_url_query_is_masked() {
+    let p = Project::new(Db::Sqlite, &Options::default());
+    let cfg = std::fs::read_to_string(&p.config).unwrap();
+    let (_, rest) = cfg.split_once('\n').unwrap();
+    std::fs::write(
+        &p.config,
+        format!(
+            "database = \"postgres://127.0.0.1:1/db?user=rep&password=hunter2-secret\"\n{rest}"
+        ),
+    )
+    .unwrap();
+    let out = p.run(&["status"]);
+    assert!(!out.status.success());
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
+    assert!(!text.contains("hunter2-secret"), "{text}");
+    assert!(text.contains("password=***"), "{text}");
+}

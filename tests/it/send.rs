@@ -6,6 +6,31 @@ use std::time::Duration;
 
 use crate::support::{Db, Options, Project, Smtp};
 
+/// A project sending to a fresh SMTP server that accepts everything.
+fn accepting_project() -> (tempfile::TempDir, Smtp, Project) {
+    let tmp = tempfile::tempdir().unwrap();
+    let smtp = Smtp::start(&tmp.path().join("smtp"), "accept");
+    let p = Project::new(
+        Db::Sqlite,
+        &Options {
+            smtp_port: smtp.port,
+            ..Options::default()
+        },
+    );
+    (tmp, smtp, p)
+}
+
+/// `contacts import` of the project's file `rel` into `intro`.
+fn import(p: &Project, rel: &str) -> std::process::Output {
+    p.run(&[
+        "contacts",
+        "import",
+        p.path(rel).to_str().unwrap(),
+        "--sequence",
+        "intro",
+    ])
+}
+
 fn three_steps_to_several_contacts(db: Db) {
     let tmp = tempfile::tempdir().unwrap();
     let smtp = Smtp::start(&tmp.path().join("smtp"), "accept");
@@ -210,27 +235,13 @@ fn permanent_failure_stops_with_the_reply() {
 
 #[test]
 fn header_injection_through_contact_fields_is_impossible() {
-    let tmp = tempfile::tempdir().unwrap();
-    let smtp = Smtp::start(&tmp.path().join("smtp"), "accept");
-    let p = Project::new(
-        Db::Sqlite,
-        &Options {
-            smtp_port: smtp.port,
-            ..Options::default()
-        },
-    );
+    let (_tmp, smtp, p) = accepting_project();
     // A quoted CSV cell may hold line breaks: a name and a company that try to add a Bcc.
     p.write(
         "evil.csv",
         "email,name,first_name,company\r\nli@prospect.example,\"Li\r\nBcc: victim@elsewhere.example\",Li,\"Acme\r\nBcc: victim@elsewhere.example\"\r\n",
     );
-    p.ok(&[
-        "contacts",
-        "import",
-        p.path("evil.csv").to_str().unwrap(),
-        "--sequence",
-        "intro",
-    ]);
+    assert!(import(&p, "evil.csv").status.success());
     p.ok(&["run", "--once"]);
     let got = smtp.received();
     assert_eq!(got.len(), 1);
@@ -246,26 +257,12 @@ fn header_injection_through_contact_fields_is_impossible() {
 
 #[test]
 fn chinese_and_german_names_round_trip() {
-    let tmp = tempfile::tempdir().unwrap();
-    let smtp = Smtp::start(&tmp.path().join("smtp"), "accept");
-    let p = Project::new(
-        Db::Sqlite,
-        &Options {
-            smtp_port: smtp.port,
-            ..Options::default()
-        },
-    );
+    let (_tmp, smtp, p) = accepting_project();
     p.write(
         "intl.csv",
         "\u{feff}email,name,first_name,company,timezone\r\nli.lei@prospect.example,李雷,雷,深圳远航贸易,Asia/Shanghai\r\njuergen@prospect.example,Jürgen Müller,Jürgen,Müller GmbH,Europe/Berlin\r\n",
     );
-    p.ok(&[
-        "contacts",
-        "import",
-        p.path("intl.csv").to_str().unwrap(),
-        "--sequence",
-        "intro",
-    ]);
+    assert!(import(&p, "intl.csv").status.success());
     p.ok(&["run", "--once"]);
     let got = smtp.received();
     assert_eq!(got.len(), 2);
@@ -413,4 +410,157 @@ fn old_node_rows_are_pruned_sqlite() {
 #[test]
 fn old_node_rows_are_pruned_postgres() {
     old_node_rows_are_pruned(Db::Postgres);
+}
+
+/// Addresses are parsed strictly at import: each bad one is refused with its row
+/// number (not accepted and failed at send), an international domain is stored as
+/// A-labels, an overlong field rejects its row, and the contacts already stored stay.
+#[test]
+fn import_refuses_bad_addresses_and_long_fields_by_row() {
+    let (_tmp, smtp, p) = accepting_project();
+    p.import_contacts(2);
+    let long = "x".repeat(1001);
+    p.write(
+        "more.csv",
+        &format!(
+            "email,first_name,company\n\
+             \"\"\"a@b\"\"@prospect.example\",A,Acme\n\
+             c@[192.0.2.1],C,Cee\n\
+             moc.elgoog\u{202E}@prospect.example,D,Dee\n\
+             e@prospect.example,E,{long}\n\
+             Kim@Bücher.Example,Kim,Bücher AG\n"
+        ),
+    );
+    let out = import(&p, "more.csv");
+    assert_eq!(out.status.code(), Some(1), "rows were rejected");
+    let err = String::from_utf8_lossy(&out.stderr);
+    for expected in [
+        "more.csv: row 2: '\"a@b\"@prospect.example' has more than one '@'",
+        "more.csv: row 3: 'c@[192.0.2.1]': address literals such as [192.0.2.1] are not accepted",
+        "more.csv: row 4: 'moc.elgoog\\u{202e}@prospect.example' contains spaces, control or invisible formatting characters",
+        "more.csv: row 5: column 'company' has 1001 characters, more than max_field_length (1000)",
+    ] {
+        assert!(err.contains(expected), "expected\n{expected}\nin\n{err}");
+    }
+    assert!(
+        !err.contains('\u{202E}'),
+        "the override is never echoed raw"
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("imported 1 contact(s): 1 new"), "{stdout}");
+    p.ok(&["run", "--once"]);
+    let mut to: Vec<String> = smtp.received().iter().map(|r| r.to_addr()).collect();
+    to.sort();
+    assert_eq!(
+        to,
+        [
+            "c0000@prospect.example",
+            "c0001@prospect.example",
+            "kim@xn--bcher-kva.example"
+        ]
+    );
+    assert_eq!(p.counts()["first"]["sent"], 3);
+}
+
+/// Contact fields that look like RFC 2047 encoded-words are encoded again (a mail
+/// client shows the text as written, not what it would decode to), and a long field
+/// is folded so that no header line passes 998 octets.
+#[test]
+fn encoded_words_and_long_fields_in_headers_are_encoded_and_folded() {
+    let (_tmp, smtp, p) = accepting_project();
+    // "=?utf-8?b?UGF5IG5vdw==?=" decodes to "Pay now".
+    let smuggled = "=?utf-8?b?UGF5IG5vdw==?=";
+    let company = format!("{smuggled}{}", "y".repeat(970));
+    p.write(
+        "c.csv",
+        &format!("email,name,company\nli@prospect.example,{smuggled} Li,{company}\n"),
+    );
+    assert!(import(&p, "c.csv").status.success());
+    p.ok(&["run", "--once"]);
+    let got = smtp.received();
+    assert_eq!(got.len(), 1);
+    let head = got[0].raw.split("\r\n\r\n").next().unwrap();
+    assert!(!head.contains(smuggled), "passed raw:\n{head}");
+    for line in head.split("\r\n") {
+        assert!(line.len() <= 998, "a {}-octet header line", line.len());
+    }
+    let parsed = mail_parser::MessageParser::default()
+        .parse(got[0].raw.as_bytes())
+        .unwrap();
+    assert_eq!(
+        parsed.subject(),
+        Some(format!("Samples for {company}").as_str())
+    );
+    let to = parsed.to().and_then(|a| a.first()).unwrap();
+    assert_eq!(to.name(), Some(format!("{smuggled} Li").as_str()));
+}
+
+/// The database, its WAL and shared-memory files and the outbox hold every contact
+/// and mail: private to the user whatever the umask (here none at all).
+#[cfg(unix)]
+#[test]
+fn database_and_outbox_are_private_whatever_the_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    let p = Project::new(Db::Sqlite, &Options::default());
+    let config = std::fs::read_to_string(&p.config).unwrap();
+    let (head, rest) = config.split_once("smtp = \"smtp://").unwrap();
+    let rest = rest.split_once('\n').unwrap().1;
+    std::fs::write(&p.config, format!("{head}smtp = \"file://outbox\"\n{rest}")).unwrap();
+    let under_umask_0 = |args: &[&str]| {
+        let mut c = std::process::Command::new("sh");
+        c.arg("-c")
+            .arg("umask 000 && exec \"$0\" \"$@\"")
+            .arg(crate::support::BIN)
+            .arg("--config")
+            .arg(&p.config)
+            .args(args)
+            .env_remove("FOLLOWUP_CONFIG")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        c
+    };
+    p.write("c.csv", "email,company\nli@prospect.example,Acme\n");
+    let csv = p.path("c.csv");
+    let import = [
+        "contacts",
+        "import",
+        csv.to_str().unwrap(),
+        "--sequence",
+        "intro",
+    ];
+    assert!(under_umask_0(&import).status().unwrap().success());
+    let mode = |rel: &str| {
+        std::fs::metadata(p.path(rel))
+            .map(|m| m.permissions().mode() & 0o777)
+            .ok()
+    };
+    // The daemon keeps the WAL and shared-memory files while it runs: look at them then.
+    let mut daemon = under_umask_0(&["run"]).spawn().unwrap();
+    let mut sent = false;
+    for _ in 0..100 {
+        sent = std::fs::read_dir(p.path("outbox")).is_ok_and(|d| d.count() > 0);
+        if sent && mode("followup.db-wal").is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let modes = [
+        mode("followup.db"),
+        mode("followup.db-wal"),
+        mode("followup.db-shm"),
+    ];
+    daemon.kill().unwrap();
+    daemon.wait().unwrap();
+    assert!(sent, "the daemon wrote the first step to the outbox");
+    assert_eq!(modes, [Some(0o600); 3], "database, WAL, shared memory");
+    assert_eq!(mode("outbox"), Some(0o700));
+    let emls: Vec<_> = std::fs::read_dir(p.path("outbox"))
+        .unwrap()
+        .flatten()
+        .collect();
+    assert_eq!(emls.len(), 1);
+    assert_eq!(
+        emls[0].metadata().unwrap().permissions().mode() & 0o777,
+        0o600
+    );
 }

@@ -171,3 +171,56 @@ fn check_points_at_a_bad_ca_file() {
         "shows the line: {text}"
     );
 }
+
+/// A refused login (535) is the mailbox's problem, not the contacts': the mailbox
+/// pauses with the server's answer in `status`, the steps wait (deferred, not failed),
+/// and once the password is fixed and the mailbox resumed they go out.
+#[test]
+fn a_refused_login_pauses_the_mailbox_and_stops_no_contact() {
+    let tmp = tempfile::tempdir().unwrap();
+    let smtp = Smtp::start_with(
+        &tmp.path().join("smtp"),
+        "accept",
+        &["--auth", "rep:s3cret-pw"],
+    );
+    let mut p = project(&format!("smtp://127.0.0.1:{}", smtp.port), "");
+    p.env = vec![("TLS_TEST_PASSWORD".into(), "wrong-pw".into())];
+    let stderr = send_first_steps(&p);
+    assert!(stderr.contains("mailbox paused"), "{stderr}");
+    assert!(smtp.received().is_empty());
+    let first = &p.counts()["first"];
+    assert_eq!(first.get("failed").copied().unwrap_or(0), 0, "{first:?}");
+    assert_eq!(first["deferred"], 2, "{first:?}");
+    let status = p.ok(&["status"]);
+    assert!(
+        status.contains("mailbox sales PAUSED: login refused: 535"),
+        "status says why: {status}"
+    );
+    assert!(status.contains("active x2"), "{status}");
+    // While paused, another run sends nothing and refuses nothing.
+    p.ok(&["run", "--once"]);
+    assert!(smtp.log().is_empty());
+
+    p.env = vec![("TLS_TEST_PASSWORD".into(), "s3cret-pw".into())];
+    assert!(p.ok(&["resume", "--mailbox", "sales"]).contains("resumed"));
+    // The retry is due a second later (retry_base = 1s); wait for it, not for a time.
+    for _ in 0..50 {
+        p.ok(&["run", "--once"]);
+        if smtp.received().len() == 2 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert_all_over_login(&smtp, 2);
+    assert_eq!(p.counts()["first"]["sent"], 2);
+}
+
+/// Every transaction the server logged was accepted after the rep's login.
+fn assert_all_over_login(smtp: &Smtp, n: usize) {
+    let log = smtp.log();
+    assert_eq!(log.len(), n, "{log:?}");
+    for entry in &log {
+        assert_eq!(entry["result"], "250", "{entry}");
+        assert_eq!(entry["auth"], "rep", "{entry}");
+    }
+}
