@@ -8,6 +8,7 @@ pub mod links;
 pub mod machine;
 pub mod pages;
 pub mod record;
+pub mod serve;
 pub mod token;
 
 use crate::config::Http;
