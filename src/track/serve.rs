@@ -16,7 +16,8 @@
 //!   closes.
 //!
 //! At most `max_connections` are open at once: over the cap a new connection is closed
-//! as soon as it is accepted, so it costs a descriptor for an instant only. If
+//! as soon as it is accepted, so it costs a descriptor for an instant only, and idle
+//! keep-alive connections are closed to make room for the next ones. If
 //! `accept` fails for want of descriptors (EMFILE, ENFILE) the loop closes its idle
 //! keep-alive connections and backs off (10 ms doubling to 1 s) instead of spinning or
 //! ending; the daemon goes on. On shutdown the listener closes, idle connections close
@@ -403,6 +404,7 @@ pub async fn serve(
         shed: shed_rx,
     };
     let mut backoff = Duration::from_millis(10);
+    let mut last_shed = Instant::now();
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -433,6 +435,13 @@ pub async fn serve(
         let Ok(permit) = permits.clone().try_acquire_owned() else {
             stats.refused.fetch_add(1, Ordering::Relaxed);
             drop(stream);
+            // Make room for the next ones: keep-alive connections waiting for a
+            // request are the cheapest to give up (their clients reconnect). At most
+            // every 100 ms, since each shed wakes every connection.
+            if last_shed.elapsed() >= Duration::from_millis(100) {
+                last_shed = Instant::now();
+                shed_tx.send_modify(|n| *n += 1);
+            }
             continue;
         };
         // Answers are one small write; don't let Nagle hold them for the client's ACK.
