@@ -307,7 +307,8 @@ struct Shared {
     graceful: CancellationToken,
     /// Drop the connection now.
     hard: CancellationToken,
-    /// Bumped when descriptors ran out: idle keep-alive connections close.
+    /// Bumped when descriptors ran out or the cap was reached: idle keep-alive
+    /// connections close.
     shed: watch::Receiver<u64>,
 }
 
