@@ -3,7 +3,8 @@
 //! binary's `/healthz` and with a bare axum hello-world, all in the same run.
 //!
 //! Set-up: a project in a tempdir (SQLite file, one mailbox writing `.eml` files, a
-//! one-step sequence whose HTML part has one link, `[http]` on a free loopback port);
+//! one-step sequence whose HTML part has one link, `[http]` on a free loopback port,
+//! its admin listener with `/healthz` and `/metrics` on another);
 //! C contacts imported and enrolled with `followup contacts import`, sent with
 //! `followup run --once`; the open pixel and the "pricing" click URL of each message
 //! taken from the decoded HTML part of its `.eml` (mail-parser).
@@ -91,15 +92,16 @@ fn check_wrk() {
     }
 }
 
-/// The project: followup.toml with `[http]` on `port`, sequence `intro` of one step,
-/// its template with an HTML part holding one link, and `n` contacts in contacts.csv.
-fn write_project(dir: &Path, port: u16, n: usize) -> PathBuf {
+/// The project: followup.toml with `[http]` on `port` (admin pages on `admin`), sequence
+/// `intro` of one step, its template with an HTML part holding one link, and `n`
+/// contacts in contacts.csv.
+fn write_project(dir: &Path, port: u16, admin: u16, n: usize) -> PathBuf {
     let write = |rel: &str, text: &str| common::write_file(dir, rel, text);
     write(
         "followup.toml",
         &format!(
             "database = \"sqlite://{db}\"\ntimezone = \"UTC\"\nwindow = \"always\"\n\n\
-             [http]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"http://127.0.0.1:{port}\"\n\
+             [http]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin}\"\npublic_url = \"http://127.0.0.1:{port}\"\n\
              secret_env = \"{SECRET_ENV}\"\n\n\
              [mailboxes.sales]\nfrom = \"Iris <iris@sender.example>\"\nsmtp = \"file://{outbox}\"\n",
             db = dir.join("followup.db").display(),
@@ -221,7 +223,8 @@ struct Daemon {
 }
 
 impl Daemon {
-    fn start(dir: &Path, config: &Path, base: &str) -> Daemon {
+    /// Waits for `/healthz` on the admin listener at `admin`.
+    fn start(dir: &Path, config: &Path, admin: &str) -> Daemon {
         let log = dir.join("daemon.log");
         let child = clean_env(Command::new(BIN))
             .current_dir(dir)
@@ -246,7 +249,7 @@ impl Daemon {
                     d.log_text()
                 );
             }
-            if get(&format!("{base}/healthz")).is_some_and(|(s, b)| s == 200 && b == "ok\n") {
+            if get(&format!("{admin}/healthz")).is_some_and(|(s, b)| s == 200 && b == "ok\n") {
                 return d;
             }
             assert!(
@@ -297,6 +300,9 @@ fn get(url: &str) -> Option<(u16, String)> {
     thread_local! {
         static CLIENT: reqwest::blocking::Client = reqwest::blocking::Client::builder()
             .timeout(Duration::from_secs(5))
+            // Holds no idle connection: wrk's -c64 against /healthz must not find the
+            // admin listener's 64 taken by one of ours.
+            .pool_max_idle_per_host(0)
             .user_agent(USER_AGENT)
             .redirect(reqwest::redirect::Policy::none())
             .build()
@@ -633,7 +639,10 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
-    let config = write_project(dir.path(), port, contacts);
+    // /healthz and /metrics are not on the public listener.
+    let admin_port = free_port();
+    let admin = format!("http://127.0.0.1:{admin_port}");
+    let config = write_project(dir.path(), port, admin_port, contacts);
     followup(
         dir.path(),
         &config,
@@ -658,7 +667,7 @@ fn main() {
     );
 
     // The daemon.
-    let mut daemon = Daemon::start(dir.path(), &config, &base);
+    let mut daemon = Daemon::start(dir.path(), &config, &admin);
     match get(&format!("{base}{}", pixels[0])) {
         Some((200, _)) => {}
         other => panic!("the pixel does not answer 200: {other:?}"),
@@ -676,18 +685,18 @@ fn main() {
         &s,
         dir.path(),
         "/healthz",
-        &base,
+        &admin,
         &["/healthz".to_string()],
         Some(daemon.pid),
     );
     print_run(&healthz);
     runs.push(healthz.clone());
 
-    let before = Opens::read(&base);
+    let before = Opens::read(&admin);
     let stop_watch = Arc::new(AtomicBool::new(false));
     let peak = Arc::new(AtomicU64::new(0));
     let watcher = {
-        let (b, st, pk) = (base.clone(), stop_watch.clone(), peak.clone());
+        let (b, st, pk) = (admin.clone(), stop_watch.clone(), peak.clone());
         std::thread::spawn(move || watch_queue(b, st, pk))
     };
     let pixel = wrk(
@@ -700,7 +709,7 @@ fn main() {
     );
     stop_watch.store(true, Ordering::Relaxed);
     watcher.join().unwrap();
-    let at_end = Opens::read(&base);
+    let at_end = Opens::read(&admin);
     print_run(&pixel);
     runs.push(pixel.clone());
     // Let the recorder catch up before the next route, and time it.
@@ -708,7 +717,7 @@ fn main() {
     let mut after = at_end;
     while after.queue > 0 && drain.elapsed() < Duration::from_secs(60) {
         std::thread::sleep(Duration::from_millis(20));
-        after = Opens::read(&base);
+        after = Opens::read(&admin);
     }
     let drained_in = drain.elapsed();
     let served = after.served - before.served;
@@ -753,7 +762,7 @@ fn main() {
         runs.push(r.clone());
         click_run = Some(r);
     }
-    let final_metrics = Opens::read(&base);
+    let final_metrics = Opens::read(&admin);
 
     let (status, stopped_in) = daemon.stop();
     let log = daemon.log_text();

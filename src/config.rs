@@ -265,6 +265,19 @@ pub struct Http {
     pub queue: usize,
     /// How often queued events are written at the latest.
     pub flush: Duration,
+    /// Where `/healthz` and `/metrics` are served; None: nowhere.
+    pub admin_listen: Option<std::net::SocketAddr>,
+    /// From a request's first byte to the end of its head.
+    pub header_timeout: std::time::Duration,
+    /// How long a keep-alive connection may wait for its next request.
+    pub idle_timeout: std::time::Duration,
+    /// How long a request's whole body may take to arrive.
+    pub body_timeout: std::time::Duration,
+    /// Open connections at most on the public listener (lowered at start to fit the
+    /// open-file limit).
+    pub max_connections: usize,
+    /// Peers whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 /// The validated configuration.
@@ -384,6 +397,13 @@ struct RawHttp {
     secret: Option<Spanned<String>>,
     queue: Option<usize>,
     flush: Option<Spanned<String>>,
+    admin_listen: Option<Spanned<String>>,
+    header_timeout: Option<Spanned<String>>,
+    idle_timeout: Option<Spanned<String>>,
+    body_timeout: Option<Spanned<String>>,
+    max_connections: Option<Spanned<i64>>,
+    #[serde(default)]
+    trusted_proxies: Vec<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -1099,10 +1119,102 @@ fn parse_http(
         }),
         None => Duration::seconds(1),
     };
+    let admin_listen = match env("FOLLOWUP_HTTP_ADMIN_LISTEN")
+        .or_else(|| h.admin_listen.as_ref().map(|l| l.get_ref().clone()))
+    {
+        None => None,
+        Some(text) => match text.parse::<std::net::SocketAddr>() {
+            Ok(a) if Some(a) == listen => {
+                diags.push(
+                    map.error(
+                        span(&h.admin_listen),
+                        format!("admin_listen '{text}' is the public listen address"),
+                    )
+                    .with_help(
+                        "the admin pages need an address of their own, e.g. \"127.0.0.1:9187\"",
+                    ),
+                );
+                ok = false;
+                None
+            }
+            Ok(a) => Some(a),
+            Err(_) => {
+                diags.push(
+                    map.error(
+                        span(&h.admin_listen),
+                        format!("bad admin_listen address '{text}'"),
+                    )
+                    .with_help("an IP address and a port, e.g. \"127.0.0.1:9187\""),
+                );
+                ok = false;
+                None
+            }
+        },
+    };
+    let mut timeout = |key: &str, value: &Option<Spanned<String>>, default: u64| {
+        let Some(v) = value else {
+            return std::time::Duration::from_secs(default);
+        };
+        match parse_wait(v.get_ref()).map(|d| d.to_std()) {
+            Ok(Ok(d)) if !d.is_zero() => d,
+            Ok(_) => {
+                diags.push(
+                    map.error(v.span(), format!("{key} must be at least 1s"))
+                        .with_help("e.g. \"10s\""),
+                );
+                std::time::Duration::from_secs(default)
+            }
+            Err(e) => {
+                diags.push(map.error(v.span(), e.to_string()));
+                std::time::Duration::from_secs(default)
+            }
+        }
+    };
+    let header_timeout = timeout("header_timeout", &h.header_timeout, 10);
+    let idle_timeout = timeout("idle_timeout", &h.idle_timeout, 60);
+    let body_timeout = timeout("body_timeout", &h.body_timeout, 10);
+    let max_connections = match &h.max_connections {
+        None => 512,
+        Some(n) => match usize::try_from(*n.get_ref()) {
+            Ok(v) if v >= 1 => v,
+            _ => {
+                diags.push(
+                    map.error(
+                        n.span(),
+                        format!("max_connections must be at least 1, not {}", n.get_ref()),
+                    )
+                    .with_help("the default is 512"),
+                );
+                512
+            }
+        },
+    };
+    let mut trusted_proxies = Vec::new();
+    for p in &h.trusted_proxies {
+        let text = p.get_ref().trim();
+        let net = text.parse::<ipnet::IpNet>().ok().or_else(|| {
+            text.parse::<std::net::IpAddr>()
+                .ok()
+                .map(ipnet::IpNet::from)
+        });
+        match net {
+            Some(n) => trusted_proxies.push(n.trunc()),
+            None => diags.push(
+                map.error(p.span(), format!("bad trusted proxy '{text}'"))
+                    .with_help("an IP address or a network, e.g. \"127.0.0.1\" or \"10.0.0.0/8\""),
+            ),
+        }
+    }
     if !ok {
         return None;
     }
     Some(Http {
+        admin_listen,
+        header_timeout,
+        idle_timeout,
+        body_timeout,
+        max_connections,
+        trusted_proxies,
         listen: listen?,
         public_url,
         signer,
@@ -1213,6 +1325,60 @@ mod tests {
             .contains("unknown scheme"));
     }
 
+    /// What `check` says about a config file, one diagnostic a line.
+    fn errors(p: &Path) -> String {
+        let diags = load(p, false).unwrap_err();
+        let text: Vec<String> = diags.items.iter().map(|d| d.to_string()).collect();
+        text.join("\n")
+    }
+
+    #[test]
+    fn http_limits_and_proxies() {
+        let dir = tempfile::tempdir().unwrap();
+        let head = "[http]\nlisten = \"127.0.0.1:8080\"\npublic_url = \"https://t.example.com\"\n";
+        let mailbox =
+            "[mailboxes.sales]\nfrom = \"Iris <iris@example.com>\"\nsmtp = \"file://outbox\"\n";
+        let p = write(dir.path(), &format!("{head}{mailbox}"));
+        let h = load(&p, false).unwrap().http.unwrap();
+        assert_eq!(h.header_timeout, std::time::Duration::from_secs(10));
+        assert_eq!(h.idle_timeout, std::time::Duration::from_secs(60));
+        assert_eq!(h.body_timeout, std::time::Duration::from_secs(10));
+        assert_eq!(h.max_connections, 512);
+        assert!(h.trusted_proxies.is_empty() && h.admin_listen.is_none());
+        let p = write(
+            dir.path(),
+            &format!(
+                "{head}admin_listen = \"127.0.0.1:9187\"\nheader_timeout = \"2s\"\nidle_timeout = \"1m\"\n\
+                 body_timeout = \"3s\"\nmax_connections = 100\ntrusted_proxies = [\"127.0.0.1\", \"10.1.2.3/8\", \"::1\"]\n{mailbox}"
+            ),
+        );
+        let h = load(&p, false).unwrap().http.unwrap();
+        assert_eq!(h.admin_listen, Some("127.0.0.1:9187".parse().unwrap()));
+        assert_eq!(h.header_timeout, std::time::Duration::from_secs(2));
+        assert_eq!(h.idle_timeout, std::time::Duration::from_secs(60));
+        assert_eq!(h.body_timeout, std::time::Duration::from_secs(3));
+        assert_eq!(h.max_connections, 100);
+        let nets: Vec<String> = h.trusted_proxies.iter().map(|n| n.to_string()).collect();
+        assert_eq!(nets, ["127.0.0.1/32", "10.0.0.0/8", "::1/128"]);
+        let p = write(
+            dir.path(),
+            &format!(
+                "{head}admin_listen = \"127.0.0.1:8080\"\nheader_timeout = \"0\"\nidle_timeout = \"soon\"\n\
+                 max_connections = 0\ntrusted_proxies = [\"10.0.0.0/8\", \"proxy.example\"]\n{mailbox}"
+            ),
+        );
+        let text = errors(&p);
+        for want in [
+            ":4:16: error: admin_listen '127.0.0.1:8080' is the public listen address",
+            ":5:18: error: header_timeout must be at least 1s",
+            ":6:16: error: ",
+            ":7:19: error: max_connections must be at least 1, not 0",
+            ":8:34: error: bad trusted proxy 'proxy.example'",
+        ] {
+            assert!(text.contains(want), "{want} in {text}");
+        }
+    }
+
     #[test]
     fn reports_errors_with_position() {
         let dir = tempfile::tempdir().unwrap();
@@ -1252,13 +1418,7 @@ mod tests {
             &mailbox("smtp://relay.example.com:25", "imap://imap.example.com", ""),
         );
         // `check` (no secrets needed) says it too.
-        let text: Vec<String> = load(&p, false)
-            .unwrap_err()
-            .items
-            .iter()
-            .map(|d| d.to_string())
-            .collect();
-        let text = text.join("\n");
+        let text = errors(&p);
         assert!(
             text.contains(":3:8: error: mailbox 'sales': smtp://relay.example.com has no TLS, so the password would cross the network unencrypted"),
             "{text}"

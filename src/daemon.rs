@@ -11,13 +11,14 @@ use std::time::Duration;
 use anyhow::Context as _;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::inbound::Folder;
 use crate::mail::watch::Watcher;
 use crate::project::Project;
 use crate::scheduler::Scheduler;
 use crate::store::Store;
+use crate::track::serve;
 
 /// Runs until `shutdown` is cancelled.
 pub async fn run(
@@ -59,24 +60,77 @@ pub async fn run(
         let listener = tokio::net::TcpListener::bind(http.listen)
             .await
             .with_context(|| format!("cannot listen on {} ([http] listen)", http.listen))?;
+        let admin_listener = match http.admin_listen {
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen on {addr} ([http] admin_listen)"))?,
+            ),
+            None => None,
+        };
         let (hits_tx, hits_rx) = tokio::sync::mpsc::channel(http.queue);
-        let metrics = std::sync::Arc::new(crate::track::http::Metrics::default());
-        let router = crate::track::http::router(
+        let metrics = Arc::new(crate::track::http::Metrics::default());
+        let routers = crate::track::http::routers(
             project.clone(),
             store.clone(),
             signer,
             hits_tx,
             metrics.clone(),
+            http.trusted_proxies.clone(),
         );
-        info!(listen = %http.listen, public_url = %http.public_url, "tracking endpoint listening");
-        let recorder = crate::track::record::Recorder::new(project.clone(), store.clone(), metrics);
+        // HTTP clients may never take the descriptors the database, SMTP and IMAP need:
+        // the public cap leaves a reserve below the open-file limit.
+        let soft_limit = serve::raise_nofile_limit();
+        let reserve = serve::RESERVE_BASE
+            + serve::ADMIN_CONNECTIONS as u64
+            + project
+                .config
+                .mailboxes
+                .values()
+                .map(|m| m.connections as u64 + 2)
+                .sum::<u64>();
+        let cap = serve::connection_cap(http.max_connections, soft_limit, reserve);
+        if cap < http.max_connections {
+            warn!(
+                max_connections = http.max_connections,
+                cap,
+                open_files = soft_limit.unwrap_or_default(),
+                reserve,
+                "tracking endpoint: fewer connections than max_connections fit under the open-file limit; raise LimitNOFILE"
+            );
+        }
+        let limits = serve::Limits {
+            header: http.header_timeout,
+            idle: http.idle_timeout,
+            body: http.body_timeout,
+            max_connections: cap,
+            drain: serve::DRAIN,
+            body_limit: crate::track::http::BODY_LIMIT,
+        };
+        info!(listen = %http.listen, public_url = %http.public_url, max_connections = cap, "tracking endpoint listening");
+        let recorder =
+            crate::track::record::Recorder::new(project.clone(), store.clone(), metrics.clone());
         tracker.spawn(recorder.run(hits_rx));
-        let token = shutdown.child_token();
-        tracker.spawn(async move {
-            if let Err(e) = crate::track::http::serve(listener, router, token).await {
-                error!("tracking endpoint stopped: {e}");
-            }
-        });
+        tracker.spawn(serve::serve(
+            listener,
+            routers.public,
+            limits,
+            metrics.public_connections.clone(),
+            shutdown.child_token(),
+        ));
+        if let (Some(admin), Some(addr)) = (admin_listener, http.admin_listen) {
+            info!(listen = %addr, "admin pages (/healthz, /metrics) listening");
+            tracker.spawn(serve::serve(
+                admin,
+                routers.admin,
+                serve::Limits {
+                    max_connections: serve::ADMIN_CONNECTIONS,
+                    ..limits
+                },
+                metrics.admin_connections.clone(),
+                shutdown.child_token(),
+            ));
+        }
     }
     let token = shutdown.child_token();
     let sched = tracker.spawn(async move { scheduler.run(token).await });

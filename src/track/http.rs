@@ -1,6 +1,9 @@
 //! The tracking endpoint (axum): `/o/{token}` answers the open pixel, `/c/{token}`
 //! redirects to a link's stored URL, `/u/{token}` shows the unsubscribe page and takes
-//! its POST (also RFC 8058 one-click), `/healthz` and `/metrics`.
+//! its POST (also RFC 8058 one-click). `/healthz` and `/metrics` are on the admin
+//! router, served on a listener of their own (`admin_listen`), never on the public one:
+//! anyone on the internet could otherwise read the send queue and message counts.
+//! [`super::serve`] serves both with timeouts and a connection cap.
 //!
 //! It faces the internet, so every handler starts by checking the token's signature,
 //! which costs no database access: a tampered, truncated or foreign token gets the same
@@ -24,11 +27,13 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use chrono::{DateTime, Utc};
+use ipnet::IpNet;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use super::machine::HitKind;
 use super::pages::{self, Lang};
+use super::serve::ConnStats;
 use super::token::{Kind, Signer};
 use super::{key_hex, HONEYPOT};
 use crate::project::Project;
@@ -78,6 +83,9 @@ pub struct Metrics {
     pub unsubscribed: AtomicU64,
     /// Hits whose key matched no message (a database restored from an older backup).
     pub unknown: AtomicU64,
+    /// Connections of the public and the admin listener.
+    pub public_connections: Arc<ConnStats>,
+    pub admin_connections: Arc<ConnStats>,
 }
 
 impl Metrics {
@@ -97,18 +105,27 @@ struct AppState {
     hits: mpsc::Sender<RawHit>,
     queue: usize,
     metrics: Arc<Metrics>,
+    /// Peers whose X-Forwarded-For is believed.
+    trusted_proxies: Vec<IpNet>,
 }
 
 type Shared = State<Arc<AppState>>;
 
-/// The endpoint's router.
-pub fn router(
+/// The public endpoint and the admin pages, sharing one state.
+pub struct Routers {
+    pub public: Router,
+    pub admin: Router,
+}
+
+/// The endpoint's routers.
+pub fn routers(
     project: Arc<Project>,
     store: Store,
     signer: Signer,
     hits: mpsc::Sender<RawHit>,
     metrics: Arc<Metrics>,
-) -> Router {
+    trusted_proxies: Vec<IpNet>,
+) -> Routers {
     let queue = hits.max_capacity();
     let state = Arc::new(AppState {
         signer,
@@ -117,36 +134,30 @@ pub fn router(
         hits,
         queue,
         metrics: metrics.clone(),
+        trusted_proxies,
     });
-    Router::new()
+    let count = || axum::middleware::from_fn_with_state(metrics.clone(), count_requests);
+    let public = Router::new()
         .route("/o/{token}", get(open))
         .route("/c/{token}", get(click))
         .route("/u/{token}", get(unsubscribe_page).post(unsubscribe))
+        .fallback(fallback)
+        // The one-click body is 26 bytes; nothing here needs more than a little.
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(count())
+        .with_state(state.clone());
+    let admin = Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_page))
         .fallback(fallback)
-        // The one-click body is 26 bytes; nothing here needs more than a little.
-        .layer(DefaultBodyLimit::max(4096))
-        .layer(axum::middleware::from_fn_with_state(
-            metrics,
-            count_requests,
-        ))
-        .with_state(state)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(count())
+        .with_state(state);
+    Routers { public, admin }
 }
 
-/// Serves until `shutdown`; then stops accepting and lets requests in progress finish.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    router: Router,
-    shutdown: tokio_util::sync::CancellationToken,
-) -> std::io::Result<()> {
-    axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move { shutdown.cancelled().await })
-    .await
-}
+/// The largest request body either listener reads.
+pub const BODY_LIMIT: usize = 4096;
 
 fn not_found() -> Response {
     (
@@ -157,23 +168,56 @@ fn not_found() -> Response {
         .into_response()
 }
 
-/// The client's address: the peer, or, behind a reverse proxy on the same host, the
-/// first address of X-Forwarded-For (which only a local proxy is trusted to set).
-fn client_ip(peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
-    if peer.ip().is_loopback() {
-        if let Some(ip) = headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(',').next())
-            .and_then(|v| v.trim().parse::<IpAddr>().ok())
-        {
+/// The client's address: the peer, unless the peer is a trusted proxy; then the
+/// right-most address of X-Forwarded-For that is not a trusted proxy. Each proxy appends
+/// the address it got the request from, so the entries right of the first untrusted one
+/// were written by our own proxies, and everything left of it by whoever the client
+/// is, who can write anything there. An entry that is not an address ends the walk at
+/// the peer: the chain cannot be believed past it. When every entry is a trusted
+/// proxy, the left-most is the farthest hop known.
+pub fn client_ip<'a>(
+    peer: IpAddr,
+    forwarded_for: impl DoubleEndedIterator<Item = &'a str>,
+    trusted: &[IpNet],
+) -> IpAddr {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
+    if !is_trusted(&peer) {
+        return peer;
+    }
+    let mut farthest = peer;
+    for entry in forwarded_for.rev() {
+        let entry = entry.trim();
+        let Some(ip) = entry
+            .parse::<IpAddr>()
+            .ok()
+            .or_else(|| entry.parse::<SocketAddr>().ok().map(|a| a.ip()))
+        else {
+            return peer;
+        };
+        if !is_trusted(&ip) {
             return ip;
         }
+        farthest = ip;
     }
-    peer.ip()
+    farthest
+}
+
+fn request_ip(peer: SocketAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+    if trusted.is_empty() {
+        return peer.ip();
+    }
+    // Several X-Forwarded-For fields are one list, in order (RFC 9110 §5.3).
+    let entries: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .collect();
+    client_ip(peer.ip(), entries.into_iter(), trusted)
 }
 
 fn raw_hit(
+    s: &AppState,
     kind: HitKind,
     key: [u8; 8],
     link: u16,
@@ -191,7 +235,7 @@ fn raw_hit(
             .get(header::USER_AGENT)
             .and_then(|v| v.to_str().ok())
             .map(|s| s.chars().take(512).collect()),
-        ip: Some(client_ip(peer, headers)),
+        ip: Some(request_ip(peer, headers, &s.trusted_proxies)),
     }
 }
 
@@ -212,7 +256,15 @@ async fn open(
 ) -> Response {
     match s.signer.verify(&token) {
         Some(t) if t.kind == Kind::Open => {
-            s.enqueue(raw_hit(HitKind::Open, t.key, 0, &method, &headers, peer));
+            s.enqueue(raw_hit(
+                &s,
+                HitKind::Open,
+                t.key,
+                0,
+                &method,
+                &headers,
+                peer,
+            ));
             (
                 StatusCode::OK,
                 [
@@ -255,6 +307,7 @@ async fn click_inner(
     if t.link == HONEYPOT {
         // No person can see this link: record who followed it, show nothing.
         s.enqueue(raw_hit(
+            s,
             HitKind::Click,
             t.key,
             t.link,
@@ -281,6 +334,7 @@ async fn click_inner(
         return not_found();
     };
     s.enqueue(raw_hit(
+        s,
         HitKind::Click,
         t.key,
         t.link,
@@ -506,6 +560,44 @@ async fn metrics_page(State(s): Shared) -> Response {
         "# HELP followup_event_queue_depth Hits waiting to be written.\n# TYPE followup_event_queue_depth gauge\nfollowup_event_queue_depth {}",
         s.queue.saturating_sub(s.hits.capacity())
     );
+    out.push_str("# HELP followup_http_connections Open connections by listener.\n# TYPE followup_http_connections gauge\n");
+    let listeners = [
+        ("public", &m.public_connections),
+        ("admin", &m.admin_connections),
+    ];
+    for (l, c) in listeners {
+        let _ = writeln!(
+            out,
+            "followup_http_connections{{listener=\"{l}\"}} {}",
+            c.open.load(Ordering::Relaxed)
+        );
+    }
+    for (name, help, get) in [
+        (
+            "followup_http_connections_refused_total",
+            "Connections closed at once because max_connections were open.",
+            (|c: &ConnStats| &c.refused) as fn(&ConnStats) -> &AtomicU64,
+        ),
+        (
+            "followup_http_connections_timed_out_total",
+            "Connections closed by the header, idle or body timeout.",
+            |c| &c.timed_out,
+        ),
+        (
+            "followup_http_accept_errors_total",
+            "Failed accepts, mostly for want of file descriptors.",
+            |c| &c.accept_errors,
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        for (l, c) in listeners {
+            let _ = writeln!(
+                out,
+                "{name}{{listener=\"{l}\"}} {}",
+                get(c).load(Ordering::Relaxed)
+            );
+        }
+    }
     let status = match s.store.gauges(Utc::now()).await {
         Ok((by_status, due)) => {
             out.push_str(
@@ -532,4 +624,65 @@ async fn metrics_page(State(s): Shared) -> Response {
         out,
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn nets(list: &[&str]) -> Vec<IpNet> {
+        list.iter().map(|n| n.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn forwarded_for_only_from_trusted_proxies() {
+        let trusted = nets(&["127.0.0.1/32", "10.0.0.0/8"]);
+        let xff = |v: &'static str| v.split(',');
+        // No trusted proxies (the default): the header is never read.
+        assert_eq!(
+            client_ip(ip("127.0.0.1"), xff("203.0.113.9"), &[]),
+            ip("127.0.0.1")
+        );
+        // An untrusted peer cannot choose its address.
+        assert_eq!(
+            client_ip(ip("198.51.100.7"), xff("203.0.113.9"), &trusted),
+            ip("198.51.100.7")
+        );
+        // Behind our proxies: the right-most address that is not one of them, whatever
+        // the client wrote further left.
+        assert_eq!(
+            client_ip(
+                ip("127.0.0.1"),
+                xff("1.1.1.1, 203.0.113.9, 10.0.0.5"),
+                &trusted
+            ),
+            ip("203.0.113.9")
+        );
+        assert_eq!(
+            client_ip(ip("10.2.3.4"), xff(" 203.0.113.9 "), &trusted),
+            ip("203.0.113.9")
+        );
+        // A port or IPv6 brackets are tolerated; garbage ends the walk at the peer.
+        assert_eq!(
+            client_ip(ip("127.0.0.1"), xff("[2001:db8::1]:443"), &trusted),
+            ip("2001:db8::1")
+        );
+        assert_eq!(
+            client_ip(ip("127.0.0.1"), xff("1.1.1.1, unknown"), &trusted),
+            ip("127.0.0.1")
+        );
+        // Only proxies in the chain: the farthest of them; no header: the peer.
+        assert_eq!(
+            client_ip(ip("127.0.0.1"), xff("10.9.9.9, 10.0.0.5"), &trusted),
+            ip("10.9.9.9")
+        );
+        assert_eq!(
+            client_ip(ip("127.0.0.1"), std::iter::empty(), &trusted),
+            ip("127.0.0.1")
+        );
+    }
 }

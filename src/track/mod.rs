@@ -1,13 +1,15 @@
 //! Open and click tracking and unsubscribe links. `token` signs and checks the tokens
 //! that tracking and unsubscribe URLs carry; `links` rewrites HTML parts; `machine`
 //! tells image proxies and link scanners from people; `pages` renders the unsubscribe
-//! pages; the HTTP endpoint that serves them builds on these.
+//! pages; `http` is the endpoint that serves them (and the admin pages), on `serve`'s
+//! listeners with their timeouts and connection caps.
 
 pub mod http;
 pub mod links;
 pub mod machine;
 pub mod pages;
 pub mod record;
+pub mod serve;
 pub mod token;
 
 use crate::config::Http;

@@ -6,6 +6,7 @@ mod support;
 
 mod check;
 mod crash;
+mod http_limits;
 mod mailworld;
 mod replies;
 mod send;

@@ -16,6 +16,8 @@ struct Tracked {
     p: Project,
     smtp: Smtp,
     base: String,
+    /// The admin listener: /healthz and /metrics.
+    admin: String,
     _tmp: tempfile::TempDir,
 }
 
@@ -33,11 +35,13 @@ fn project(db: Db, sequence_extra: &str, waits: (&str, &str)) -> Tracked {
     );
     let port = Smtp::free_port();
     let base = format!("http://127.0.0.1:{port}");
+    let admin_port = Smtp::free_port();
+    let admin = format!("http://127.0.0.1:{admin_port}");
     let config = std::fs::read_to_string(&p.config).unwrap();
     p.write(
         "followup.toml",
         &format!(
-            "postal_address = \"1 Test Road, Shenzhen\"\n{config}\n[http]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"{base}\"\nsecret_env = \"TEST_TRACK_SECRET\"\n"
+            "postal_address = \"1 Test Road, Shenzhen\"\n{config}\n[http]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:{admin_port}\"\npublic_url = \"{base}\"\nsecret_env = \"TEST_TRACK_SECRET\"\n"
         ),
     );
     p.env.push(("TEST_TRACK_SECRET".into(), SECRET.into()));
@@ -63,6 +67,7 @@ fn project(db: Db, sequence_extra: &str, waits: (&str, &str)) -> Tracked {
         p,
         smtp,
         base,
+        admin,
         _tmp: tmp,
     }
 }
@@ -99,10 +104,11 @@ fn client() -> reqwest::blocking::Client {
         .unwrap()
 }
 
-fn wait_http(base: &str, d: &Daemon) {
+/// Waits for the admin listener's /healthz (the public listener has no /healthz).
+fn wait_http(admin: &str, d: &Daemon) {
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(20) {
-        if let Ok(r) = client().get(format!("{base}/healthz")).send() {
+        if let Ok(r) = client().get(format!("{admin}/healthz")).send() {
             if r.status() == 200 {
                 return;
             }
@@ -110,6 +116,13 @@ fn wait_http(base: &str, d: &Daemon) {
         std::thread::sleep(Duration::from_millis(50));
     }
     panic!("endpoint did not come up; log:\n{}", d.log_text());
+}
+
+/// Browsers must not sniff a type into our answers nor leak the token URL onward.
+fn hardened(r: &reqwest::blocking::Response) {
+    let h = r.headers();
+    assert_eq!(h["x-content-type-options"], "nosniff", "{h:?}");
+    assert_eq!(h["referrer-policy"], "no-referrer", "{h:?}");
 }
 
 /// Polls until `f` holds (hits are written in batches, a moment after the answer).
@@ -155,7 +168,7 @@ fn endpoint(db: Db) {
     );
     let emails = t.p.import_contacts(3);
     let daemon = t.p.daemon();
-    wait_http(&t.base, &daemon);
+    wait_http(&t.admin, &daemon);
     let got = t.smtp.wait_for(3, Duration::from_secs(30));
     assert_eq!(got.len(), 3);
     age_messages(&t.p);
@@ -213,6 +226,7 @@ fn endpoint(db: Db) {
     // The pixel: a GIF that is never cached.
     let r = c.get(pixel.as_str()).send().unwrap();
     assert_eq!(r.status(), 200);
+    hardened(&r);
     assert_eq!(r.headers()["content-type"], "image/gif");
     assert!(r.headers()["cache-control"]
         .to_str()
@@ -245,6 +259,7 @@ fn endpoint(db: Db) {
     // A click goes to the stored URL, whatever the request adds.
     let r = c.get(click[0].as_str()).send().unwrap();
     assert_eq!(r.status(), 302);
+    hardened(&r);
     assert_eq!(
         r.headers()["location"],
         "https://example.com/pricing?plan=pro&x=1"
@@ -299,6 +314,7 @@ fn endpoint(db: Db) {
     ] {
         let r = c.get(&bad).send().unwrap();
         assert_eq!(r.status(), 404, "{bad}");
+        hardened(&r);
         assert!(r.headers().get("location").is_none(), "{bad}");
     }
     std::thread::sleep(Duration::from_millis(300));
@@ -325,6 +341,7 @@ fn endpoint(db: Db) {
     // Unsubscribe: GET shows a page and changes nothing (link scanners follow GETs).
     let r = c.get(unsub.as_str()).send().unwrap();
     assert_eq!(r.status(), 200);
+    hardened(&r);
     let page = r.text().unwrap();
     assert!(page.contains("method=\"post\""), "{page}");
     // The form posts back to the page's own URL (relative, so a public_url with a path
@@ -356,6 +373,7 @@ fn endpoint(db: Db) {
             .send()
             .unwrap();
         assert_eq!(r.status(), 200);
+        hardened(&r);
     }
     assert_eq!(suppressed(), 1);
     assert_eq!(
@@ -376,10 +394,16 @@ fn endpoint(db: Db) {
     assert_eq!(r.status().as_u16(), 405);
     let r = c.get(format!("{}/nowhere", t.base)).send().unwrap();
     assert_eq!(r.status().as_u16(), 404);
+    hardened(&r);
+    // The admin pages are not on the public listener.
+    for page in ["metrics", "healthz"] {
+        let r = c.get(format!("{}/{page}", t.base)).send().unwrap();
+        assert_eq!(r.status().as_u16(), 404, "/{page} on the public listener");
+    }
 
-    // /metrics in Prometheus text.
+    // /metrics in Prometheus text, on the admin listener.
     let m = c
-        .get(format!("{}/metrics", t.base))
+        .get(format!("{}/metrics", t.admin))
         .send()
         .unwrap()
         .text()
@@ -490,7 +514,7 @@ fn branch_after_click(db: Db) {
     );
     let emails = t.p.import_contacts(2);
     let daemon = t.p.daemon();
-    wait_http(&t.base, &daemon);
+    wait_http(&t.admin, &daemon);
     let got = t.smtp.wait_for(2, Duration::from_secs(30));
     age_messages(&t.p);
     let mail = got.iter().find(|r| r.to_addr() == emails[0]).unwrap();
@@ -602,7 +626,7 @@ fn full_queue_still_answers_and_counts_drops() {
     t.p.write("followup.toml", &format!("{config}queue = 16\n"));
     t.p.import_contacts(1);
     let daemon = t.p.daemon();
-    wait_http(&t.base, &daemon);
+    wait_http(&t.admin, &daemon);
     let got = t.smtp.wait_for(1, Duration::from_secs(30));
     let html = html_of(&got[0]);
     assert!(!html.contains("/c/"), "clicks not tracked: {html}");
@@ -642,7 +666,7 @@ fn full_queue_still_answers_and_counts_drops() {
         "answered without waiting for the database"
     );
     let metrics = c
-        .get(format!("{}/metrics", t.base))
+        .get(format!("{}/metrics", t.admin))
         .send()
         .unwrap()
         .text()
