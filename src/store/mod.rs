@@ -70,6 +70,9 @@ struct SqlitePools {
     _stop_on_drop: std::sync::Arc<tokio_util::sync::DropGuard>,
 }
 
+/// How long opening a PostgreSQL database may take before `followup` gives up.
+const CONNECT_TIMEOUT: StdDuration = StdDuration::from_secs(5);
+
 /// How often the WAL is copied back into the database file.
 const CHECKPOINT_EVERY: StdDuration = StdDuration::from_millis(200);
 
@@ -335,12 +338,24 @@ impl Store {
             })
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             let opts = PgConnectOptions::from_str(url).map_err(connect_err)?;
-            let pool = PgPoolOptions::new()
-                .max_connections(8)
-                .acquire_timeout(StdDuration::from_secs(30))
-                .connect_with(opts)
-                .await
-                .map_err(connect_err)?;
+            // The first connection within CONNECT_TIMEOUT: a server that does not
+            // answer (a firewall dropping packets, a wrong port that accepts and
+            // stays silent) is reported at once, not after the pool's 30 s.
+            let pool = tokio::time::timeout(
+                CONNECT_TIMEOUT,
+                PgPoolOptions::new()
+                    .max_connections(8)
+                    .acquire_timeout(StdDuration::from_secs(30))
+                    .connect_with(opts),
+            )
+            .await
+            .map_err(|_| {
+                connect_err(sqlx::Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no answer within {} s", CONNECT_TIMEOUT.as_secs()),
+                )))
+            })?
+            .map_err(connect_err)?;
             Ok(Store {
                 pool: Pool::Postgres(pool),
             })

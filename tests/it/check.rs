@@ -522,3 +522,40 @@ fn a_database_password_in_the_url_query_is_masked() {
     assert!(!text.contains("hunter2-secret"), "{text}");
     assert!(text.contains("password=***"), "{text}");
 }
+
+/// A PostgreSQL address where something accepts connections and never answers (a wrong
+/// port, a half-dead server): a one-line error naming the database, without its
+/// password, and exit code 2 within seconds, not after the pool's 30 s wait.
+#[test]
+fn a_silent_database_is_reported_within_seconds() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    // Accepts and holds every connection, saying nothing.
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for s in listener.incoming().flatten() {
+            held.push(s);
+        }
+    });
+    let p = Project::new(Db::Sqlite, &Options::default());
+    let cfg = std::fs::read_to_string(&p.config).unwrap();
+    let (_, rest) = cfg.split_once('\n').unwrap();
+    std::fs::write(
+        &p.config,
+        format!("database = \"postgres://rep:hunter2-secret@127.0.0.1:{port}/db\"\n{rest}"),
+    )
+    .unwrap();
+    let start = std::time::Instant::now();
+    let out = p.run(&["status"]);
+    let took = start.elapsed();
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    let last = err.lines().last().unwrap_or_default();
+    assert!(
+        last.contains(&format!("127.0.0.1:{port}/db")) && last.contains("no answer within 5 s"),
+        "{err}"
+    );
+    assert!(!err.contains("hunter2-secret"), "{err}");
+    // Loose for a busy machine; what it guards against is the 30 s it took before.
+    assert!(took < std::time::Duration::from_secs(20), "took {took:?}");
+}
