@@ -18,6 +18,14 @@ const HEAD: &str = "From: Iris Zhang <iris@example.com>\r\n\
     Message-ID: <hostile@example.com>\r\n\
     MIME-Version: 1.0\r\n";
 
+/// The header of a reply to our "Intro", with room for `more` bytes after it.
+fn reply_head(more: usize) -> String {
+    let mut s = String::with_capacity(more + 1024);
+    s.push_str(HEAD);
+    s.push_str("To: bob@sales.example\r\nSubject: Re: Intro\r\n");
+    s
+}
+
 /// A plain reply from a person: the baseline every case is compared with.
 pub fn small_reply() -> Vec<u8> {
     format!(
@@ -91,9 +99,7 @@ pub fn dsn_many_recipients(n: usize) -> Vec<u8> {
 /// A reply whose first part is its text and whose second part opens `n` nested
 /// multiparts (5,000: 250 KB).
 pub fn nested_multiparts(n: usize) -> Vec<u8> {
-    let mut s = String::with_capacity(n * 60 + 1024);
-    s.push_str(HEAD);
-    s.push_str("To: bob@sales.example\r\nSubject: Re: Intro\r\n");
+    let mut s = reply_head(n * 60);
     s.push_str("Content-Type: multipart/mixed; boundary=\"top\"\r\n\r\n");
     s.push_str("--top\r\nContent-Type: text/plain\r\n\r\nPlease remove me from your list.\r\n");
     s.push_str("--top\r\n");
@@ -113,9 +119,7 @@ pub fn nested_multiparts(n: usize) -> Vec<u8> {
 
 /// `n` sibling parts in one multipart (each a small text part).
 pub fn many_parts(n: usize) -> Vec<u8> {
-    let mut s = String::with_capacity(n * 40 + 1024);
-    s.push_str(HEAD);
-    s.push_str("To: bob@sales.example\r\nSubject: Re: Intro\r\n");
+    let mut s = reply_head(n * 40);
     s.push_str("Content-Type: multipart/mixed; boundary=\"top\"\r\n\r\n");
     s.push_str("--top\r\nContent-Type: text/plain\r\n\r\nNot interested, thanks.\r\n");
     for i in 0..n {
@@ -145,9 +149,7 @@ pub fn nested_rfc822(n: usize) -> Vec<u8> {
 
 /// A reply whose text body is `bytes` long, the request on its first line.
 pub fn huge_body(bytes: usize) -> Vec<u8> {
-    let mut s = String::with_capacity(bytes + 1024);
-    s.push_str(HEAD);
-    s.push_str("To: bob@sales.example\r\nSubject: Re: Intro\r\n");
+    let mut s = reply_head(bytes);
     s.push_str("Content-Type: text/plain\r\n\r\nPlease remove me from your list.\r\n");
     let line = "lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod 1/2\r\n";
     while s.len() < bytes {
@@ -158,9 +160,7 @@ pub fn huge_body(bytes: usize) -> Vec<u8> {
 
 /// An HTML reply with `n` unclosed nested blockquotes and `n` lines inside them.
 pub fn deep_blockquotes(n: usize) -> Vec<u8> {
-    let mut s = String::with_capacity(n * 20 + 1024);
-    s.push_str(HEAD);
-    s.push_str("To: bob@sales.example\r\nSubject: Re: Intro\r\n");
+    let mut s = reply_head(n * 20);
     s.push_str("Content-Type: text/html\r\n\r\n<p>Not interested, thanks.</p>");
     for _ in 0..n {
         s.push_str("<blockquote>");

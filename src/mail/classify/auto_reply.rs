@@ -54,11 +54,7 @@ pub(super) fn auto_reply_header(head: &Head) -> Option<String> {
         // RFC 3834 §5: "no" means a person; anything else is automatic. Only
         // "auto-replied" (§5.2) is a response; "auto-generated" and others are handled
         // after the list check, since list software uses them too.
-        let keyword = v
-            .split([';', '(', ' '])
-            .next()
-            .unwrap_or("")
-            .to_ascii_lowercase();
+        let keyword = auto_submitted_keyword(v);
         if keyword == "auto-replied" {
             return Some(format!("Auto-Submitted: {}", shorten(v, 60)));
         }
@@ -72,14 +68,18 @@ pub(super) fn auto_reply_header(head: &Head) -> Option<String> {
     None
 }
 
+/// The keyword of an Auto-Submitted value (RFC 3834 §5), lower-cased.
+fn auto_submitted_keyword(v: &str) -> String {
+    v.split([';', '(', ' '])
+        .next()
+        .unwrap_or("")
+        .to_ascii_lowercase()
+}
+
 /// Auto-reply signs that come after the list check.
 pub(super) fn auto_reply_weak_header(msg: &Message<'_>, head: &Head) -> Option<String> {
     if let Some(v) = head.auto_submitted.as_deref() {
-        let keyword = v
-            .split([';', '(', ' '])
-            .next()
-            .unwrap_or("")
-            .to_ascii_lowercase();
+        let keyword = auto_submitted_keyword(v);
         if !keyword.is_empty() && keyword != "no" {
             return Some(format!("Auto-Submitted: {} (RFC 3834 §5)", shorten(v, 60)));
         }

@@ -1,7 +1,7 @@
 //! Bounces in vendors' own words: no delivery-status part, a mail-system sender or
 //! a bounce subject, and text that says delivery failed.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use mail_parser::Message;
 
@@ -142,8 +142,14 @@ pub(super) fn looks_like_bounce(
             offset += line.len();
         }
     } else {
+        // Where the text names each: one scan of the text, not one search per
+        // recipient (a header can list a thousand).
+        let mut named_at: HashMap<String, usize> = HashMap::new();
+        for (pos, a) in addresses_in(region) {
+            named_at.entry(a).or_insert(pos);
+        }
         for a in head.failed_recipients.iter() {
-            let pos = region.find(a.as_str()).unwrap_or(usize::MAX);
+            let pos = named_at.get(a.as_str()).copied().unwrap_or(usize::MAX);
             found.push((pos, a.clone()));
         }
     }
