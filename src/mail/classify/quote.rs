@@ -6,7 +6,7 @@ use mail_parser::{Message, PartType};
 
 use super::limits::{MAX_BODY_BYTES, MAX_PARTS};
 use super::scan::{cap, char_floor, lower};
-use crate::mail::text::html_to_text;
+use crate::mail::text::{html_to_text, Style};
 
 /// The message's main text: its text/plain body parts, else its HTML made text; at most
 /// [`MAX_BODY_BYTES`] of it, from at most [`MAX_PARTS`] parts.
@@ -25,9 +25,10 @@ pub(super) fn main_text(msg: &Message<'_>, stop_at_quote: bool) -> String {
             };
             let text = match &part.body {
                 PartType::Text(t) => Cow::Borrowed(cap(t, room)),
-                PartType::Html(h) => {
-                    Cow::Owned(html_to_text(cap(h, MAX_BODY_BYTES), stop_at_quote))
-                }
+                PartType::Html(h) => Cow::Owned(html_to_text(
+                    cap(h, MAX_BODY_BYTES),
+                    Style::Classify { stop_at_quote },
+                )),
                 _ => continue,
             };
             if !out.is_empty() {
@@ -279,7 +280,7 @@ pub(super) fn snippet(fresh: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mail::text::html_to_text;
+    use crate::mail::text::{html_to_text, Style};
 
     #[test]
     fn new_text_strips_quotes_in_many_clients() {
@@ -355,9 +356,22 @@ mod tests {
     #[test]
     fn html_quotes_are_dropped() {
         let html = "<div dir=\"ltr\">Tuesday works.<br>Bob</div><br><div class=\"gmail_quote\"><div class=\"gmail_attr\">On Mon wrote:</div><blockquote>unsubscribe</blockquote></div>";
-        assert_eq!(new_text(&html_to_text(html, true)), "Tuesday works.\nBob");
+        assert_eq!(
+            new_text(&html_to_text(
+                html,
+                Style::Classify {
+                    stop_at_quote: true
+                }
+            )),
+            "Tuesday works.\nBob"
+        );
         let apple = "<html><body>Yes&nbsp;please<div><blockquote type=\"cite\">Hi &amp; unsubscribe</blockquote></div></body></html>";
-        let text = html_to_text(apple, false);
+        let text = html_to_text(
+            apple,
+            Style::Classify {
+                stop_at_quote: false,
+            },
+        );
         assert!(text.contains("> Hi & unsubscribe"), "{text}");
         assert_eq!(new_text(&text), "Yes please");
     }
