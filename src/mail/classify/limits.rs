@@ -9,12 +9,13 @@
 //! four or five MIME levels) and low enough that any message classifies in a few
 //! milliseconds; `cargo bench --bench classify` times the crafted worst cases.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 
 /// Bytes of the raw message handed to the MIME parser. Headers and the first
 /// megabytes of text are all classification needs; what follows (attachments, a
 /// returned original's body) is not parsed at all.
-pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+pub const MAX_MESSAGE_BYTES: usize = 2 * 1024 * 1024;
 
 /// MIME parts (multipart children and enclosed messages) parsed. The input is cut
 /// before the part past this one.
@@ -116,7 +117,64 @@ impl Unique {
 /// multiparts, and the `message/rfc822` parts whose header section comes next. It
 /// errs on the side of cutting: a `Content-Type:` line counts wherever a header
 /// section may be, and an unclosed multipart stays open to the end.
-pub(super) fn bounded_input(raw: &[u8]) -> &[u8] {
+pub(super) fn bounded_input(raw: &[u8]) -> Cow<'_, [u8]> {
+    // Header fields first, so that a 3 MB To field does not push the body out.
+    match trim_top_header(raw) {
+        Cow::Borrowed(b) => Cow::Borrowed(cut_structure(b)),
+        Cow::Owned(mut v) => {
+            let keep = cut_structure(&v).len();
+            v.truncate(keep);
+            Cow::Owned(v)
+        }
+    }
+}
+
+/// The top-level header section with at most [`MAX_HEADERS`] fields of at most
+/// [`MAX_HEADER_BYTES`] each: the parser would otherwise build 200,000 addresses from
+/// one To field. Copies only when something is cut.
+fn trim_top_header(raw: &[u8]) -> Cow<'_, [u8]> {
+    let mut out: Option<Vec<u8>> = None;
+    let (mut fields, mut field_len) = (0usize, 0usize);
+    let mut pos = 0;
+    while pos < raw.len() {
+        let end = memchr::memchr(b'\n', &raw[pos..]).map_or(raw.len(), |i| pos + i + 1);
+        let line = &raw[pos..end];
+        if trim_eol(line).is_empty() {
+            break;
+        }
+        if !matches!(line[0], b' ' | b'\t') {
+            fields += 1;
+            field_len = 0;
+        }
+        let room = if fields > MAX_HEADERS {
+            0
+        } else {
+            MAX_HEADER_BYTES.saturating_sub(field_len)
+        };
+        field_len += line.len();
+        if line.len() > room {
+            let out = out.get_or_insert_with(|| raw[..pos].to_vec());
+            if room > 0 {
+                out.extend_from_slice(&line[..room]);
+                out.extend_from_slice(b"\r\n");
+            }
+        } else if let Some(out) = out.as_mut() {
+            out.extend_from_slice(line);
+        }
+        pos = end;
+    }
+    match out {
+        Some(mut out) => {
+            out.extend_from_slice(&raw[pos..]);
+            Cow::Owned(out)
+        }
+        None => Cow::Borrowed(raw),
+    }
+}
+
+/// `raw` cut at [`MAX_MESSAGE_BYTES`] and before the part past [`MAX_PARTS`] or the
+/// container past [`MAX_DEPTH`].
+fn cut_structure(raw: &[u8]) -> &[u8] {
     let raw = &raw[..raw.len().min(MAX_MESSAGE_BYTES)];
     // The open containers: Some(boundary) for a multipart, None for an enclosed message
     // (which ends with its parent's next delimiter).

@@ -237,7 +237,8 @@ pub fn classify_at(raw: &[u8], received: NaiveDate) -> Classification {
 }
 
 fn classify_inner(raw: &[u8], received: Option<NaiveDate>) -> Classification {
-    let parsed = MessageParser::new().parse(bounded_input(raw));
+    let input = bounded_input(raw);
+    let parsed = MessageParser::new().parse(input.as_ref());
     let Some(msg) = parsed.filter(|m| !m.parts.is_empty()) else {
         return Classification::new(Kind::Unrelated, "no header section: not a mail message");
     };
