@@ -57,18 +57,20 @@ pub(super) fn find_report<'m>(msg: &'m Message<'m>) -> Option<Report<'m>> {
 /// unfolded. Blank lines separate groups (RFC 3464 §2.1); a group boundary is
 /// reported as ("", "").
 pub(super) fn fields(text: &str) -> Vec<(String, String)> {
-    fields_in(text, false)
+    fields_in(text, usize::MAX)
 }
 
-/// [`fields`], or with `first_group` only those before the first group boundary.
-fn fields_in(text: &str, first_group: bool) -> Vec<(String, String)> {
+/// [`fields`] of the first `groups + 1` groups only (the rest is not read).
+fn fields_in(text: &str, groups: usize) -> Vec<(String, String)> {
+    let mut boundaries = 0;
     let mut out: Vec<(String, String)> = Vec::new();
     for line in text.lines() {
         if line.trim().is_empty() {
             if out.last().is_some_and(|(n, _)| !n.is_empty()) {
-                if first_group {
+                if boundaries == groups {
                     break;
                 }
+                boundaries += 1;
                 out.push((String::new(), String::new()));
             }
             continue;
@@ -95,7 +97,7 @@ fn fields_in(text: &str, first_group: bool) -> Vec<(String, String)> {
 /// The header fields of an enclosed message, up to the first blank line after them
 /// (the rest of the text is not read).
 fn header_block(text: &str) -> Vec<(String, String)> {
-    fields_in(text.trim_start_matches(['\r', '\n']), true)
+    fields_in(text.trim_start_matches(['\r', '\n']), 0)
 }
 
 /// The returned original, as attached (message/rfc822 or text/rfc822-headers, RFC 6522)
@@ -281,10 +283,12 @@ pub(super) fn dsn_bounce(msg: &Message<'_>, report: &str, c: &mut Classification
     if original.message_id.is_none() {
         // Gmail names the original in its per-message fields even when it returns
         // no copy of it.
-        original.message_id = fields(report)
-            .into_iter()
-            .find(|(n, _)| n == "x-original-message-id")
-            .and_then(|(_, v)| bracket_id(&v));
+        original.message_id = report.lines().find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.trim()
+                .eq_ignore_ascii_case("x-original-message-id")
+                .then(|| bracket_id(value))?
+        });
     }
     finish_bounce(c, original, failures, "RFC 3464 report");
     true
@@ -335,7 +339,7 @@ pub(super) fn dsn_records(report: &str) -> Vec<DsnRecord> {
     }
     let mut out = Vec::new();
     let mut acc = Acc::default();
-    for (name, value) in fields(report) {
+    for (name, value) in fields_in(report, MAX_RECIPIENTS + 1) {
         if out.len() >= MAX_RECIPIENTS {
             // The first recipients of a hostile report are enough to name it.
             return out;

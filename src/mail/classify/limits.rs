@@ -37,6 +37,10 @@ pub const MAX_HEADER_BYTES: usize = 64 * 1024;
 /// Bytes of body text (all text parts together, HTML made text) considered.
 pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 
+/// Bytes of a reply's new text (the quoted original removed) read for its intent,
+/// out-of-office phrases and return date.
+pub const MAX_NEW_TEXT_BYTES: usize = 64 * 1024;
+
 /// Addresses kept from one list (To/Cc/Delivered-To of our side, the returned
 /// original's To and senders, a complaint's recipients).
 pub const MAX_ADDRESSES: usize = 1_000;

@@ -4,7 +4,7 @@ use std::borrow::Cow;
 
 use mail_parser::{Message, PartType};
 
-use super::limits::{MAX_BODY_BYTES, MAX_PARTS};
+use super::limits::{MAX_BODY_BYTES, MAX_NEW_TEXT_BYTES, MAX_PARTS};
 use super::scan::{cap, char_floor, lower};
 use crate::mail::text::{html_to_text, Style};
 
@@ -57,11 +57,16 @@ pub(super) fn main_text(msg: &Message<'_>, stop_at_quote: bool) -> String {
 ///   "------------------ 原始邮件 ------------------", Outlook's underscore rule;
 /// - a header block: "From:"/"Von:"/"De :"/"Da:"/"Van:"/"发件人:"/"寄件者:"/"差出人:"
 ///   followed within four lines by "Sent:"/"Date:"/"To:"/"Subject:" (or theirs);
-/// - the signature delimiter "-- " (RFC 3676 §4.3).
+/// - the signature delimiter "-- " (RFC 3676 §4.3);
+/// - [`MAX_NEW_TEXT_BYTES`] of new text.
 pub fn new_text(body: &str) -> String {
     let lines: Vec<&str> = body.lines().collect();
     let mut out = String::with_capacity(body.len().min(4096));
     for (i, line) in lines.iter().enumerate() {
+        if out.len() >= MAX_NEW_TEXT_BYTES {
+            // What a person asks for is said at the start; the rest is not read.
+            break;
+        }
         let t = line.trim();
         if t.starts_with('>') {
             continue;
