@@ -25,6 +25,7 @@ use handlebars::{Handlebars, RenderErrorReason};
 use serde_json::{Map, Value};
 
 use crate::diagnostic::{Diagnostic, Diagnostics, Location};
+use crate::mail::text::{html_to_text, Style};
 
 /// A template as written: where each part starts in its file, for diagnostics.
 #[derive(Debug, Clone)]
@@ -580,7 +581,7 @@ impl Templates {
             }
         }
         if out.text.trim().is_empty() {
-            out.text = html_to_text(&out.html);
+            out.text = html_to_text(&out.html, Style::Readable);
         }
         if out.html.is_empty() {
             out.html = text_to_html(&out.text);
@@ -964,101 +965,6 @@ pub(crate) fn escape_html_into(out: &mut String, s: &str) {
     out.push_str(&s[start..]);
 }
 
-/// A readable text part made from HTML: tags dropped, block elements and `<br>` become
-/// line breaks, links keep their address as `text (url)`, entities decoded.
-pub fn html_to_text(html: &str) -> String {
-    let mut out = String::new();
-    let mut rest = html;
-    let mut skip_depth = 0usize; // inside <style>/<script>/<head>
-    let mut pending_href: Vec<Option<String>> = Vec::new();
-    while let Some(lt) = rest.find('<') {
-        if skip_depth == 0 {
-            push_text(&mut out, &rest[..lt]);
-        }
-        let Some(gt) = rest[lt..].find('>') else {
-            rest = "";
-            break;
-        };
-        let tag = &rest[lt + 1..lt + gt];
-        rest = &rest[lt + gt + 1..];
-        let closing = tag.starts_with('/');
-        let name: String = tag
-            .trim_start_matches('/')
-            .chars()
-            .take_while(|c| c.is_ascii_alphanumeric())
-            .collect::<String>()
-            .to_ascii_lowercase();
-        match name.as_str() {
-            "style" | "script" | "head" | "title" => {
-                if closing {
-                    skip_depth = skip_depth.saturating_sub(1);
-                } else {
-                    skip_depth += 1;
-                }
-            }
-            "br" => out.push('\n'),
-            "p" | "div" | "tr" | "h1" | "h2" | "h3" | "h4" | "h5" | "h6" | "ul" | "ol"
-            | "table" | "blockquote"
-                if !out.ends_with("\n\n") && !out.is_empty() =>
-            {
-                out.push_str(if out.ends_with('\n') { "\n" } else { "\n\n" });
-            }
-            "li" if !closing => {
-                if !out.ends_with('\n') && !out.is_empty() {
-                    out.push('\n');
-                }
-                out.push_str("- ");
-            }
-            "a" if !closing => pending_href.push(attr(tag, "href")),
-            "a" => {
-                if let Some(Some(href)) = pending_href.pop() {
-                    if href.starts_with("http") && !out.ends_with(&href) {
-                        out.push_str(&format!(" ({href})"));
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
-    if skip_depth == 0 {
-        push_text(&mut out, rest);
-    }
-    let lines: Vec<&str> = out.lines().map(str::trim_end).collect();
-    let mut text = lines.join("\n");
-    while text.contains("\n\n\n") {
-        text = text.replace("\n\n\n", "\n\n");
-    }
-    text.trim().to_string() + "\n"
-}
-
-fn push_text(out: &mut String, raw: &str) {
-    let decoded = decode_entities(raw);
-    let mut last_space = out.ends_with([' ', '\n']) || out.is_empty();
-    for c in decoded.chars() {
-        if c.is_whitespace() {
-            if !last_space {
-                out.push(' ');
-                last_space = true;
-            }
-        } else {
-            out.push(c);
-            last_space = false;
-        }
-    }
-}
-
-fn attr(tag: &str, name: &str) -> Option<String> {
-    let lower = tag.to_ascii_lowercase();
-    let i = lower.find(&format!("{name}="))?;
-    let v = &tag[i + name.len() + 1..];
-    let (q, v) = match v.chars().next()? {
-        c @ ('"' | '\'') => (c, &v[1..]),
-        _ => (' ', v),
-    };
-    let end = v.find(q).unwrap_or(v.len());
-    Some(decode_entities(&v[..end]))
-}
-
 /// Decodes the character references HTML text and attributes commonly carry; anything
 /// else is kept as written.
 pub(crate) fn decode_entities(s: &str) -> String {
@@ -1114,7 +1020,10 @@ mod tests {
     fn a_bare_ampersand_before_chinese_text_is_kept() {
         // Used to slice 12 bytes after the '&', inside the fourth character: a panic at
         // send time for an HTML template like this one.
-        assert_eq!(html_to_text("<p>售后&服务保障</p>").trim(), "售后&服务保障");
+        assert_eq!(
+            html_to_text("<p>售后&服务保障</p>", Style::Readable).trim(),
+            "售后&服务保障"
+        );
         assert_eq!(decode_entities("&李雷雷雷"), "&李雷雷雷");
     }
     use serde_json::json;

@@ -5,5 +5,6 @@ pub mod classify;
 pub mod compose;
 pub mod send;
 pub mod smtp;
+pub mod text;
 pub mod tls;
 pub mod watch;
