@@ -1354,11 +1354,16 @@ mod tests {
         assert!(results[1].is_none(), "b was taken back");
         assert!(results[2].as_ref().is_some_and(|r| r.is_ok()));
         assert!(results[3].is_none(), "d was taken back");
-        assert_eq!(
-            *asked.lock().unwrap(),
-            [0, 1, 2, 3],
-            "each asked about once"
-        );
+        // Each asked about in turn; once, unless the server took longer than
+        // ASK_AGAIN_AFTER over the message before (a loaded machine), when a message
+        // whose commands ran ahead is asked again before its content.
+        let asked = asked.lock().unwrap().clone();
+        let mut first_asks = asked.clone();
+        first_asks.dedup();
+        assert_eq!(first_asks, [0, 1, 2, 3], "{asked:?}");
+        for i in 0..4 {
+            assert!(asked.iter().filter(|&&j| j == i).count() <= 2, "{asked:?}");
+        }
         c.quit().await;
         let seen = server.await.unwrap();
         for gone in ["RCPT TO:<b@buyer.example>", "RCPT TO:<d@buyer.example>"] {
