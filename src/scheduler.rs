@@ -1330,6 +1330,12 @@ struct WireRequest {
 impl WireMarks {
     fn start(store: Store, owner: String) -> WireMarks {
         let (tx, mut rx) = mpsc::unbounded_channel::<WireRequest>();
+        // On SQLite, a journal file (see `store::WireJournal`); on PostgreSQL, the
+        // database. Without its journal no end of data goes out.
+        let mut journal = match store.wire_journal(&owner) {
+            Ok(j) => j.map(Ok),
+            Err(e) => Some(Err(e)),
+        };
         tokio::spawn(async move {
             while let Some(first) = rx.recv().await {
                 let mut requests = vec![first];
@@ -1340,7 +1346,21 @@ impl WireMarks {
                     .iter()
                     .flat_map(|r| r.marks.iter().copied())
                     .collect();
-                let left = match store.mark_wire(&marks, &owner, Utc::now()).await {
+                let marked = match journal.as_mut() {
+                    Some(Ok(j)) => j.append(&marks).map_err(|e| e.to_string()).map(|()| {
+                        marks
+                            .iter()
+                            .filter(|(_, w)| *w == Wire::Left)
+                            .map(|(id, _)| *id)
+                            .collect()
+                    }),
+                    Some(Err(e)) => Err(e.to_string()),
+                    None => store
+                        .mark_wire(&marks, &owner, Utc::now())
+                        .await
+                        .map_err(|e| e.to_string()),
+                };
+                let left: std::collections::HashSet<i64> = match marked {
                     Ok(left) => left,
                     Err(e) => {
                         // Nothing marked: no end of data goes out (its message is tried

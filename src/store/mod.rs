@@ -787,7 +787,7 @@ mod status;
 mod track;
 
 pub use inbound::{Checkpoint, InboundRecord, SetAside, WatchState};
-pub use liveness::Liveness;
+pub use liveness::{Liveness, WireJournal};
 pub use send::{
     Begin, Begun, ClaimCursor, Claimed, Finish, InDoubt, MessageUpdate, Recovered, Wire,
 };

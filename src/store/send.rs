@@ -276,7 +276,7 @@ pub enum Wire {
 }
 
 impl Wire {
-    fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Wire::Left => "left",
             Wire::Accepted => "accepted",
@@ -654,6 +654,8 @@ impl Store {
     /// be counted as sent; one that never left is simply due again (same Message-ID).
     /// Their claims go, so that what they had claimed is due again.
     pub async fn take_over(&self, dead: &[String], now: DateTime<Utc>) -> Result<Recovered> {
+        // On SQLite the dead daemons' marks are in their journals: into the column first.
+        let journaled = self.dead_journals(dead);
         let (found, accepted, unsent) = with_pool!(self, p => {
         // Which `sending` rows are abandoned: past their lease, or a dead daemon's.
             let abandoned = |qb: &mut QueryBuilder<'_, _>| {
@@ -670,21 +672,40 @@ impl Store {
                 qb.push(")");
             };
             let mut tx = p.begin_write().await?;
-            // Never left: due again, its attempt not counted (it made none).
-            let mut qb = QueryBuilder::new(
-                "UPDATE messages SET status = 'deferred', attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END, locked_until = NULL, \
-                 smtp_reply = 'not sent: its daemon stopped before its end of data', updated_at = ",
-            );
-            qb.push_bind(ms(now));
-            abandoned(&mut qb);
-            qb.push(" AND wire IS NULL RETURNING enrollment_id");
-            let unsent: Vec<i64> = qb
-                .build()
-                .fetch_all(&mut *tx)
-                .await?
-                .iter()
-                .map(|r| r.try_get("enrollment_id"))
-                .collect::<std::result::Result<_, _>>()?;
+            for chunk in journaled.chunks(CHUNK) {
+                let mut qb = QueryBuilder::new(
+                    "UPDATE messages SET wire = CASE v.column2 WHEN 'refused' THEN NULL ELSE v.column2 END FROM (",
+                );
+                qb.push_values(chunk.iter(), |mut b, (id, w)| {
+                    b.push_bind(*id).push_bind(w.as_str());
+                });
+                qb.push(") AS v WHERE messages.id = v.column1 AND messages.status = 'sending'");
+                qb.build().execute(&mut *tx).await?;
+            }
+            // A dead daemon's message that never left: due again, its attempt not
+            // counted (it made none). Only a dead daemon's: one whose lease ran out
+            // may belong to a daemon that lives and is about to send it.
+            let mut unsent: Vec<i64> = Vec::new();
+            if !dead.is_empty() {
+                let mut qb = QueryBuilder::new(
+                    "UPDATE messages SET status = 'deferred', attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END, locked_until = NULL, \
+                     smtp_reply = 'not sent: its daemon stopped before its end of data', updated_at = ",
+                );
+                qb.push_bind(ms(now));
+                qb.push(" WHERE status = 'sending' AND wire IS NULL AND enrollment_id IN (SELECT enrollment_id FROM claims WHERE owner IN (");
+                let mut sep = qb.separated(", ");
+                for owner in dead {
+                    sep.push_bind(owner.clone());
+                }
+                qb.push(")) RETURNING enrollment_id");
+                unsent = qb
+                    .build()
+                    .fetch_all(&mut *tx)
+                    .await?
+                    .iter()
+                    .map(|r| r.try_get("enrollment_id"))
+                    .collect::<std::result::Result<_, _>>()?;
+            }
             for ids in unsent.chunks(CHUNK) {
                 let mut qb = QueryBuilder::new("DELETE FROM claims WHERE enrollment_id IN (");
                 let mut sep = qb.separated(", ");
@@ -748,6 +769,7 @@ impl Store {
             tx.commit().await?;
             (found, accepted, unsent)
         });
+        self.remove_journals(dead);
         let mut recovered = Recovered {
             unsent: unsent.len(),
             ..Recovered::default()
