@@ -564,3 +564,19 @@ fn database_and_outbox_are_private_whatever_the_umask() {
         0o600
     );
 }
+
+/// A 100,000-row import with `--sequence` stores and enrolls every row (it used to
+/// store the contacts, then fail with "too many SQL variables" and enroll none).
+#[test]
+fn a_hundred_thousand_rows_are_imported_and_enrolled() {
+    let p = Project::new(Db::Sqlite, &Options::default());
+    let emails = p.import_contacts(100_000);
+    assert_eq!(emails.len(), 100_000);
+    assert_eq!(p.sql_count("SELECT count(*) FROM contacts"), 100_000);
+    assert_eq!(
+        p.sql_count(
+            "SELECT count(*) FROM enrollments WHERE sequence = 'intro' AND state = 'active'"
+        ),
+        100_000
+    );
+}
