@@ -86,11 +86,11 @@ impl Round {
     }
 }
 
-/// Cheap to clone (shared handles), so that a mailbox's stages can run as tasks of
-/// their own.
 /// How often a running daemon looks for dead daemons whose claims to take over.
 const TAKEOVER_CHECK: Duration = Duration::milliseconds(500);
 
+/// Cheap to clone (shared handles), so that a mailbox's stages can run as tasks of
+/// their own.
 #[derive(Clone)]
 pub struct Scheduler {
     project: Arc<Project>,
@@ -269,7 +269,7 @@ impl Scheduler {
         for d in r.in_doubt {
             warn!(
                 message_id = %d.message_id, contact = %d.email, sequence = %d.sequence, step = %d.step_id,
-                "message in doubt: its daemon stopped after writing its end of data and before recording the reply; \
+                "message in doubt: its daemon stopped before recording the server's reply, and it may have reached the server; \
                  enrollment held (see `followup in-doubt`)"
             );
         }
