@@ -26,6 +26,15 @@ use crate::schedule::step_due;
 use crate::scheduler::Scheduler;
 use crate::store::Store;
 
+/// `println!` that returns a write error instead of panicking on it, so that a closed
+/// pipe (`followup status | head`) ends the command quietly (see `main`).
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        writeln!(std::io::stdout(), $($arg)*)?
+    }};
+}
+
 #[derive(Parser, Debug)]
 #[command(
     name = "followup",
@@ -243,9 +252,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let project = Arc::new(p);
             if once {
                 let r = Scheduler::new(project, store.clone()).run_once().await?;
-                println!(
+                out!(
                     "sent {}, deferred {}, failed {}, held {}",
-                    r.sent, r.deferred, r.failed, r.held
+                    r.sent,
+                    r.deferred,
+                    r.failed,
+                    r.held
                 );
                 store.close().await;
                 return Ok(ExitCode::SUCCESS);
@@ -261,7 +273,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let store = open_store(&p).await?;
             store.close().await;
-            println!("database is up to date");
+            out!("database is up to date");
             Ok(ExitCode::SUCCESS)
         }
         Command::Contacts(ContactsCommand::Import {
@@ -301,7 +313,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let store = open_store(&p).await?;
             let lifted = store.resume_mailbox(&m).await?;
             store.close().await;
-            println!("{m}: {}", if lifted { "resumed" } else { "was not paused" });
+            out!("{m}: {}", if lifted { "resumed" } else { "was not paused" });
             Ok(ExitCode::SUCCESS)
         }
         Command::Resume {
@@ -323,7 +335,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 .suppress(&pattern, "suppressed by operator", Utc::now())
                 .await?;
             store.close().await;
-            println!("{pattern}: suppressed; {stopped} enrollment(s) stopped");
+            out!("{pattern}: suppressed; {stopped} enrollment(s) stopped");
             Ok(ExitCode::SUCCESS)
         }
         Command::Unsuppress { target } => {
@@ -335,7 +347,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let removed = store.unsuppress(&pattern).await?;
             store.close().await;
             if removed {
-                println!("{pattern}: no longer suppressed (stopped enrollments stay stopped; enroll again if meant)");
+                out!("{pattern}: no longer suppressed (stopped enrollments stay stopped; enroll again if meant)");
                 Ok(ExitCode::SUCCESS)
             } else {
                 eprintln!("{pattern}: was not suppressed");
@@ -347,26 +359,26 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
             let c = crate::mail::classify::classify(&raw);
             if json {
-                println!("{}", serde_json::to_string_pretty(&c)?);
+                out!("{}", serde_json::to_string_pretty(&c)?);
             } else {
-                println!("{}: {}", crate::inbound::kind_name(&c.kind), c.reason);
+                out!("{}: {}", crate::inbound::kind_name(&c.kind), c.reason);
                 if let Some(i) = &c.intent {
-                    println!(
+                    out!(
                         "intent: {}",
                         serde_json::to_value(i)?.as_str().unwrap_or("")
                     );
                 }
                 if !c.recipients.is_empty() {
-                    println!("recipients: {}", c.recipients.join(", "));
+                    out!("recipients: {}", c.recipients.join(", "));
                 }
                 if let Some(p) = c.permanent {
-                    println!("permanent: {p}");
+                    out!("permanent: {p}");
                 }
                 if let Some(d) = c.return_date {
-                    println!("back on: {d}");
+                    out!("back on: {d}");
                 }
                 if !c.references.is_empty() {
-                    println!("refers to: {}", c.references.join(" "));
+                    out!("refers to: {}", c.references.join(" "));
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -405,7 +417,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 async fn cmd_init(dir: &Path, force: bool) -> anyhow::Result<ExitCode> {
     let written = crate::init::write(dir, force)?;
     for w in &written {
-        println!("wrote {}", w.display());
+        out!("wrote {}", w.display());
     }
     // Enroll the sample contacts, so that `followup run` sends at once.
     let config_path = dir.join(config::DEFAULT_FILE);
@@ -418,7 +430,7 @@ async fn cmd_init(dir: &Path, force: bool) -> anyhow::Result<ExitCode> {
     } else {
         format!(" --config {}", config_path.display())
     };
-    println!(
+    out!(
         "\nnext: followup{cfg} run     (mails appear in {} as .eml files)",
         dir.join("outbox").display()
     );
@@ -445,7 +457,9 @@ fn cmd_check(config_path: &Path, json: bool) -> ExitCode {
                 })
             })
             .collect();
-        println!(
+        // A closed pipe ends it quietly: the exit code says the rest.
+        let _ = writeln!(
+            std::io::stdout(),
             "{}",
             serde_json::to_string_pretty(&json!({ "ok": ok, "problems": items }))
                 .unwrap_or_default()
@@ -453,7 +467,7 @@ fn cmd_check(config_path: &Path, json: bool) -> ExitCode {
     } else {
         print_diagnostics(&diags);
         if ok {
-            println!("ok: {} warning(s)", diags.items.len());
+            let _ = writeln!(std::io::stdout(), "ok: {} warning(s)", diags.items.len());
         } else {
             eprintln!("{} error(s)", diags.error_count());
         }
@@ -501,7 +515,7 @@ async fn cmd_import(
                 new += 1;
             }
         }
-        println!(
+        out!(
             "dry run: {} contact(s) would be imported ({} new, {} updated), {} row(s) rejected{}",
             parsed.contacts.len(),
             new,
@@ -526,7 +540,7 @@ async fn cmd_import(
         .map(|u| u.id)
         .collect();
     let retried = store.retry_held_for_fields(&changed, now).await?;
-    println!(
+    out!(
         "imported {} contact(s): {} new, {} updated, {} unchanged; {} row(s) rejected",
         upserted.len(),
         created,
@@ -535,15 +549,17 @@ async fn cmd_import(
         parsed.rejected.len()
     );
     if retried > 0 {
-        println!("{retried} held enrollment(s) will be tried again with the new fields");
+        out!("{retried} held enrollment(s) will be tried again with the new fields");
     }
     if let Some(seq) = seq {
         let emails: Vec<String> = upserted.iter().map(|u| u.email.clone()).collect();
         let stored = store.contacts_by_email(&emails).await?;
         let r = contacts::enroll(p, &store, seq, &stored, now).await?;
-        println!(
+        out!(
             "enrolled {} in '{}' ({} already in it)",
-            r.enrolled, seq.name, r.already
+            r.enrolled,
+            seq.name,
+            r.already
         );
         for s in &r.suppressed {
             eprintln!("{s}: suppressed, not enrolled");
@@ -615,9 +631,11 @@ async fn with_contacts(
             }
         }
         let r = contacts::enroll(&p, &store, seq, &found, now).await?;
-        println!(
+        out!(
             "enrolled {} in '{}' ({} already in it)",
-            r.enrolled, seq.name, r.already
+            r.enrolled,
+            seq.name,
+            r.already
         );
         for s in &r.suppressed {
             eprintln!("{s}: suppressed, not enrolled");
@@ -634,7 +652,7 @@ async fn with_contacts(
             };
             match change(&p, seq, &store, &e, action, now).await? {
                 Ok((u, ev)) => {
-                    println!("{email}: {} -> {}", e.state, u.state);
+                    out!("{email}: {} -> {}", e.state, u.state);
                     updates.push(u);
                     events.push(ev);
                 }
@@ -860,17 +878,18 @@ async fn cmd_simulate(
     let c = sample_contact(p, contact).await?;
     let (window, tz, holidays) = p.contact_schedule(seq, &c);
     let now = Utc::now();
-    println!(
+    out!(
         "{} ({}), enrolled now; times in the contact's zone and UTC",
-        c.email, tz
+        c.email,
+        tz
     );
-    println!("{:<16} {:<26} UTC", "step", "local");
+    out!("{:<16} {:<26} UTC", "step", "local");
     let mut at = now;
     for (i, step) in seq.steps.iter().enumerate() {
         let base = if i == 0 { now } else { at };
         match step_due(base, step.wait, &window, tz, &holidays) {
             Some(t) => {
-                println!(
+                out!(
                     "{:<16} {:<26} {}",
                     step.id,
                     t.with_timezone(&tz).format("%a %Y-%m-%d %H:%M %Z"),
@@ -879,12 +898,12 @@ async fn cmd_simulate(
                 at = t;
             }
             None => {
-                println!("{:<16} never: the window never opens", step.id);
+                out!("{:<16} never: the window never opens", step.id);
                 break;
             }
         }
     }
-    println!("(a mailbox's daily limit and spacing can move sends later)");
+    out!("(a mailbox's daily limit and spacing can move sends later)");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -1224,7 +1243,7 @@ async fn cmd_show(p: &Project, email: &str) -> anyhow::Result<ExitCode> {
         eprintln!("{email}: no such contact");
         return Ok(ExitCode::from(1));
     };
-    println!(
+    out!(
         "{}{}",
         c.email,
         c.name
@@ -1232,18 +1251,18 @@ async fn cmd_show(p: &Project, email: &str) -> anyhow::Result<ExitCode> {
             .map(|n| format!(" ({n})"))
             .unwrap_or_default()
     );
-    println!(
+    out!(
         "  stage: {}  owner: {}",
         c.stage,
         c.owner_mailbox.as_deref().unwrap_or("-")
     );
     if let Some(r) = &c.suppressed_reason {
-        println!("  suppressed: {r}");
+        out!("  suppressed: {r}");
     }
     for (k, v) in &c.fields {
-        println!("  {k}: {}", v.as_str().unwrap_or(&v.to_string()));
+        out!("  {k}: {}", v.as_str().unwrap_or(&v.to_string()));
     }
-    println!("timeline:");
+    out!("timeline:");
     for (at, kind, data) in store.timeline(c.id).await? {
         let tz: Tz = c
             .timezone
@@ -1278,7 +1297,7 @@ async fn cmd_show(p: &Project, email: &str) -> anyhow::Result<ExitCode> {
             }
             _ => data.to_string(),
         };
-        println!("  {when}  {kind:<12} {what}");
+        out!("  {when}  {kind:<12} {what}");
     }
     store.close().await;
     Ok(ExitCode::SUCCESS)
@@ -1290,10 +1309,10 @@ async fn cmd_in_doubt(p: &Project, c: InDoubtCommand) -> anyhow::Result<ExitCode
     let code = match c {
         InDoubtCommand::List => {
             if list.is_empty() {
-                println!("no messages in doubt");
+                out!("no messages in doubt");
             }
             for d in &list {
-                println!(
+                out!(
                     "{}  {}  {}/{}  via {}  since {}",
                     d.message_id,
                     d.email,
@@ -1317,7 +1336,7 @@ async fn cmd_in_doubt(p: &Project, c: InDoubtCommand) -> anyhow::Result<ExitCode
                 .find(|d| d.message_id == message_id)
                 .context("listed above")?;
             crate::doubt::release(&store, d, "operator", Utc::now()).await?;
-            println!("{message_id}: will be sent again (same Message-ID)");
+            out!("{message_id}: will be sent again (same Message-ID)");
             ExitCode::SUCCESS
         }
         InDoubtCommand::Drop { message_id } => {
@@ -1327,7 +1346,7 @@ async fn cmd_in_doubt(p: &Project, c: InDoubtCommand) -> anyhow::Result<ExitCode
                 .context("listed above")?;
             crate::doubt::settle_as_sent(p, &store, d, "counted as sent by operator", Utc::now())
                 .await?;
-            println!("{message_id}: counted as sent; the next step is scheduled");
+            out!("{message_id}: counted as sent; the next step is scheduled");
             ExitCode::SUCCESS
         }
     };

@@ -559,3 +559,30 @@ fn a_silent_database_is_reported_within_seconds() {
     // Loose for a busy machine; what it guards against is the 30 s it took before.
     assert!(took < std::time::Duration::from_secs(20), "took {took:?}");
 }
+
+/// Output into a pipe that is already closed (`followup preview … | head -0`): the
+/// command ends quietly, with no panic and exit code 0, whichever command prints.
+#[test]
+fn a_closed_pipe_ends_quietly() {
+    let p = Project::new(Db::Sqlite, &Options::default());
+    let emails = p.import_contacts(1);
+    for args in [
+        vec!["preview", "intro", "--contact", emails[0].as_str()],
+        vec!["simulate", "intro", "--contact", emails[0].as_str()],
+        vec!["status"],
+    ] {
+        let mut child = p
+            .cmd(&args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Closed before the command writes a byte.
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert!(!err.contains("Broken pipe"), "{args:?}: {err}");
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {err}");
+    }
+}
