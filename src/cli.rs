@@ -840,6 +840,7 @@ async fn cmd_preview(
         Some(Thread {
             root_message_id: format!("<first-step@{}>", mailbox.domain()),
             root_subject: root.subject,
+            earlier: Vec::new(),
         })
     } else {
         None

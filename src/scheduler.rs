@@ -635,6 +635,24 @@ impl Scheduler {
             } else {
                 self.store.engagement(&conditional).await?
             };
+            // The messages already in each thread, for threaded follow-ups; one query.
+            let threaded: Vec<i64> = claimed
+                .iter()
+                .filter(|c| {
+                    c.enrollment.thread_message_id.is_some()
+                        && self
+                            .project
+                            .sequence(&c.enrollment.sequence)
+                            .and_then(|s| s.step(&c.enrollment.step_id))
+                            .is_some_and(|(_, st)| st.thread)
+                })
+                .map(|c| c.enrollment.id)
+                .collect();
+            let threads = if threaded.is_empty() {
+                HashMap::new()
+            } else {
+                self.store.sent_message_ids(&threaded).await?
+            };
             for (i, c) in claimed.into_iter().enumerate() {
                 // Rendering is CPU work: now and then let the runtime's other tasks
                 // (SMTP, the commits) run, which matters when it has one thread.
@@ -645,7 +663,8 @@ impl Scheduler {
                     .get(&c.enrollment.id)
                     .cloned()
                     .unwrap_or_default();
-                match self.prepare(mailbox, c, now, &eng, keys) {
+                let earlier = threads.get(&c.enrollment.id).cloned().unwrap_or_default();
+                match self.prepare(mailbox, c, now, &eng, earlier, keys) {
                     Ok(p) => {
                         // Here rather than in `commit`, which the whole pipeline waits for.
                         batch.begins.push(Begin {
@@ -907,6 +926,7 @@ impl Scheduler {
         c: Claimed,
         now: DateTime<Utc>,
         engagement: &crate::sequence::Engagement,
+        earlier: Vec<String>,
         keys: &KeyClock,
     ) -> Result<Prepared, (NotSent, Skip, Option<crate::sequence::Rule>)> {
         let e = &c.enrollment;
@@ -1020,6 +1040,7 @@ impl Scheduler {
             (true, Some(id), Some(subject)) => Some(Thread {
                 root_message_id: id.clone(),
                 root_subject: subject.clone(),
+                earlier,
             }),
             _ => None,
         };

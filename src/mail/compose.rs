@@ -35,6 +35,36 @@ pub enum Error {
 pub struct Thread {
     pub root_message_id: String,
     pub root_subject: String,
+    /// Every message of the thread sent so far, oldest first (the root among them);
+    /// empty when only the root is known.
+    pub earlier: Vec<String>,
+}
+
+/// The most Message-IDs a `References` field lists: the root and the latest ones, as
+/// RFC 5322 §3.6.4 allows trimming, so that the field stays far below 998 octets.
+const MAX_REFERENCES: usize = 10;
+
+impl Thread {
+    /// `In-Reply-To`: the latest message of the thread.
+    pub fn in_reply_to(&self) -> &str {
+        self.earlier
+            .last()
+            .map_or(self.root_message_id.as_str(), String::as_str)
+    }
+
+    /// `References`: the root, then the latest messages, oldest first.
+    pub fn references(&self) -> String {
+        let mut ids: Vec<&str> = vec![self.root_message_id.as_str()];
+        let rest: Vec<&str> = self
+            .earlier
+            .iter()
+            .map(String::as_str)
+            .filter(|id| *id != self.root_message_id)
+            .collect();
+        let skip = rest.len().saturating_sub(MAX_REFERENCES - 1);
+        ids.extend(&rest[skip..]);
+        ids.join(" ")
+    }
 }
 
 /// What one outbound mail is made of.
@@ -290,8 +320,8 @@ pub fn compose(d: &Draft<'_>) -> Result<Message, Error> {
         .date(d.date);
     if let Some(t) = d.thread {
         b = b
-            .in_reply_to(t.root_message_id.clone())
-            .references(t.root_message_id.clone());
+            .in_reply_to(t.in_reply_to().to_string())
+            .references(t.references());
     }
     if let Some(v) = d.list_unsubscribe {
         // Defence in depth: the value is ours, but a header line never carries CR/LF.
@@ -351,6 +381,7 @@ mod tests {
         let t = |root: &str| Thread {
             root_message_id: "<a@b>".into(),
             root_subject: root.into(),
+            earlier: Vec::new(),
         };
         assert_eq!(subject_for("x", Some(&t("Привет"))), "Re: Привет");
         assert_eq!(subject_for("x", Some(&t("ÄÖÜ"))), "Re: ÄÖÜ");
@@ -401,6 +432,7 @@ mod tests {
         let t = Thread {
             root_message_id: "<root@example.com>".into(),
             root_subject: "Quick question".into(),
+            earlier: Vec::new(),
         };
         let raw = raw(&Draft {
             from: &from,
@@ -421,11 +453,51 @@ mod tests {
                 "x",
                 Some(&Thread {
                     root_message_id: String::new(),
-                    root_subject: "RE: hi".into()
+                    root_subject: "RE: hi".into(),
+                    earlier: Vec::new(),
                 })
             ),
             "RE: hi"
         );
+    }
+
+    #[test]
+    fn a_later_step_refers_to_every_earlier_message_and_replies_to_the_latest() {
+        let from: Mailbox = "iris@example.com".parse().unwrap();
+        let r = rendered("ignored for threads");
+        let t = Thread {
+            root_message_id: "<1@example.com>".into(),
+            root_subject: "Quick question".into(),
+            earlier: vec!["<1@example.com>".into(), "<2@example.com>".into()],
+        };
+        let raw = raw(&Draft {
+            from: &from,
+            to_email: "li@example.cn",
+            to_name: None,
+            message_id: "<3@example.com>",
+            date: SystemTime::UNIX_EPOCH,
+            rendered: &r,
+            thread: Some(&t),
+            list_unsubscribe: None,
+        });
+        let h = headers(&raw);
+        assert!(h.contains(&"In-Reply-To: <2@example.com>"), "{raw}");
+        assert!(
+            h.contains(&"References: <1@example.com> <2@example.com>"),
+            "{raw}"
+        );
+        // A long thread keeps the root and the latest nine.
+        let long = Thread {
+            earlier: (1..=30).map(|i| format!("<{i}@example.com>")).collect(),
+            ..t
+        };
+        let refs = long.references();
+        let ids: Vec<&str> = refs.split(' ').collect();
+        assert_eq!(ids.len(), MAX_REFERENCES);
+        assert_eq!(ids[0], "<1@example.com>");
+        assert_eq!(ids[1], "<22@example.com>");
+        assert_eq!(ids[9], "<30@example.com>");
+        assert_eq!(long.in_reply_to(), "<30@example.com>");
     }
 
     #[test]

@@ -248,6 +248,33 @@ impl Store {
         })
     }
 
+    /// The Message-IDs each enrollment has sent, oldest first: a threaded step's
+    /// `References` lists them (RFC 5322 §3.6.4) and its `In-Reply-To` names the last.
+    pub async fn sent_message_ids(
+        &self,
+        enrollment_ids: &[i64],
+    ) -> Result<HashMap<i64, Vec<String>>> {
+        let mut out: HashMap<i64, Vec<String>> = HashMap::new();
+        for chunk in enrollment_ids.chunks(CHUNK) {
+            with_read_pool!(self, p => {
+                let mut qb = QueryBuilder::new(
+                    "SELECT enrollment_id, message_id FROM messages WHERE status = 'sent' AND enrollment_id IN (",
+                );
+                let mut sep = qb.separated(", ");
+                for id in chunk {
+                    sep.push_bind(*id);
+                }
+                qb.push(") ORDER BY enrollment_id, step_index, id");
+                for r in qb.build().fetch_all(p).await? {
+                    out.entry(r.try_get("enrollment_id")?)
+                        .or_default()
+                        .push(r.try_get("message_id")?);
+                }
+            });
+        }
+        Ok(out)
+    }
+
     /// What each enrollment's contact did with its mails, people only: the steps
     /// opened and the (step, URL) clicked.
     pub async fn engagement(&self, enrollment_ids: &[i64]) -> Result<HashMap<i64, Engagement>> {

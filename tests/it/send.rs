@@ -103,14 +103,25 @@ fn three_steps_to_several_contacts(db: Db) {
                 .contains(&format!("<p>Hi Name{i} at Company {i}</p>")),
             "HTML part rendered"
         );
-        for follow_up in &msgs[1..] {
+        // Each follow-up replies to the latest message of the thread and refers to
+        // every earlier one (RFC 5322 §3.6.4).
+        let bump_id = msgs[1].header("Message-ID").unwrap();
+        for (k, follow_up) in msgs[1..].iter().enumerate() {
             assert_eq!(
                 follow_up.header("Subject").unwrap(),
                 format!("Re: Samples for Company {i}")
             );
-            assert_eq!(follow_up.header("In-Reply-To"), Some(root_id));
-            assert_eq!(follow_up.header("References"), Some(root_id));
             assert_ne!(follow_up.header("Message-ID"), Some(root_id));
+            if k == 0 {
+                assert_eq!(follow_up.header("In-Reply-To"), Some(root_id));
+                assert_eq!(follow_up.header("References"), Some(root_id));
+            } else {
+                assert_eq!(follow_up.header("In-Reply-To"), Some(bump_id));
+                assert_eq!(
+                    follow_up.header("References"),
+                    Some(format!("{root_id} {bump_id}").as_str())
+                );
+            }
         }
         // Spacing: each follow-up waits its step's wait after the previous send.
         let t: Vec<f64> = msgs
