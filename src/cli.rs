@@ -53,6 +53,7 @@ pub struct Cli {
 pub enum Command {
     /// Write a starter project (config, a three-step sequence, templates, sample contacts)
     Init {
+        /// The folder to write it into (created if missing)
         #[arg(default_value = ".")]
         dir: PathBuf,
         /// Overwrite existing starter files
@@ -61,6 +62,7 @@ pub enum Command {
     },
     /// Validate config, sequences and templates; print every problem; exit 1 if any
     Check {
+        /// Print the problems as JSON (file, line, column, severity, message)
         #[arg(long)]
         json: bool,
     },
@@ -77,58 +79,81 @@ pub enum Command {
     Contacts(ContactsCommand),
     /// Put contacts into a sequence
     Enroll {
+        /// The sequence's name (its `name:` in sequences/)
         sequence: String,
+        /// Contacts' email addresses, as imported
         #[arg(required = true)]
         emails: Vec<String>,
     },
     /// Take contacts out of a sequence for good
     Unenroll {
+        /// The sequence's name (its `name:` in sequences/)
         sequence: String,
+        /// Contacts' email addresses, as imported
         #[arg(required = true)]
         emails: Vec<String>,
     },
     /// Pause contacts in a sequence
     Pause {
+        /// The sequence's name (its `name:` in sequences/)
         sequence: String,
+        /// Contacts' email addresses, as imported
         #[arg(required = true)]
         emails: Vec<String>,
     },
     /// Resume paused or held contacts, or a mailbox paused for bouncing too much
     Resume {
+        /// The sequence's name
         #[arg(required_unless_present = "mailbox")]
         sequence: Option<String>,
+        /// Contacts' email addresses
         emails: Vec<String>,
         /// Lift a mailbox's pause
         #[arg(long, conflicts_with_all = ["sequence", "emails"])]
         mailbox: Option<String>,
     },
     /// Never mail an address (or @domain) again
-    Suppress { target: String },
+    Suppress {
+        /// An email address, or @domain for every address there
+        target: String,
+    },
     /// Take an address (or @domain) off the suppression list
-    Unsuppress { target: String },
+    Unsuppress {
+        /// An email address, or @domain
+        target: String,
+    },
     /// Show what the reply watcher would decide for a message
     Classify {
+        /// A message as a file (.eml, RFC 5322)
         file: PathBuf,
+        /// Print the classification as JSON
         #[arg(long)]
         json: bool,
     },
     /// Print the exact message a step would send
     Preview {
+        /// The sequence's name
         sequence: String,
+        /// The step's id (default: the first step)
         #[arg(long)]
         step: Option<String>,
+        /// Render for this contact (from the database or the contacts CSV; default: the CSV's first)
         #[arg(long)]
         contact: Option<String>,
     },
     /// Print when each step would be sent
     Simulate {
+        /// The sequence's name
         sequence: String,
+        /// Simulate for this contact's time zone and fields (default: the CSV's first)
         #[arg(long)]
         contact: Option<String>,
     },
     /// Per-step counts
     Status {
+        /// Only this sequence
         sequence: Option<String>,
+        /// Print the same report as JSON
         #[arg(long)]
         json: bool,
     },
@@ -141,6 +166,7 @@ pub enum Command {
 pub enum ContactsCommand {
     /// Import a CSV (header row, an `email` column)
     Import {
+        /// The CSV file
         file: PathBuf,
         /// Also enroll the imported contacts in this sequence
         #[arg(long)]
@@ -150,7 +176,10 @@ pub enum ContactsCommand {
         dry_run: bool,
     },
     /// One contact's fields and timeline
-    Show { email: String },
+    Show {
+        /// The contact's email address
+        email: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -158,9 +187,15 @@ pub enum InDoubtCommand {
     /// List them
     List,
     /// Send it again (same Message-ID, so a client that got the first copy can tell)
-    Release { message_id: String },
+    Release {
+        /// Its Message-ID, as `in-doubt list` prints it (with the angle brackets)
+        message_id: String,
+    },
     /// Count it as delivered and move on to the next step
-    Drop { message_id: String },
+    Drop {
+        /// Its Message-ID, as `in-doubt list` prints it
+        message_id: String,
+    },
 }
 
 /// Entry point: runs the command, prints errors as `followup: ...`, maps exit codes.

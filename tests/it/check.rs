@@ -586,3 +586,56 @@ fn a_closed_pipe_ends_quietly() {
         assert_eq!(out.status.code(), Some(0), "{args:?}: {err}");
     }
 }
+
+/// Every argument of every command says what it is in `--help`.
+#[test]
+fn every_argument_in_help_says_what_it_is() {
+    let p = Project::new(Db::Sqlite, &Options::default());
+    let commands: &[&[&str]] = &[
+        &[],
+        &["init"],
+        &["check"],
+        &["run"],
+        &["migrate"],
+        &["contacts"],
+        &["contacts", "import"],
+        &["contacts", "show"],
+        &["enroll"],
+        &["unenroll"],
+        &["pause"],
+        &["resume"],
+        &["suppress"],
+        &["unsuppress"],
+        &["classify"],
+        &["preview"],
+        &["simulate"],
+        &["status"],
+        &["in-doubt"],
+        &["in-doubt", "release"],
+        &["in-doubt", "drop"],
+    ];
+    for c in commands {
+        let mut args = c.to_vec();
+        args.push("--help");
+        let out = p.run(&args);
+        assert!(out.status.success(), "{args:?}");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        for line in text.lines() {
+            // An argument or option line: two spaces, then its name; its text follows.
+            let Some(rest) = line.strip_prefix("  ") else {
+                continue;
+            };
+            if rest.starts_with(' ') || rest.is_empty() {
+                continue;
+            }
+            let name_only = rest.split_whitespace().all(|w| {
+                w.starts_with('-') || w.starts_with('<') || w.starts_with('[') || w.ends_with(',')
+            });
+            assert!(
+                !name_only,
+                "{args:?}: no description for `{}`\n{text}",
+                line.trim()
+            );
+        }
+    }
+}
