@@ -159,17 +159,33 @@ impl Scheduler {
     /// Runs until `shutdown`, then finishes the batch in hand and returns.
     pub async fn run(&self, shutdown: CancellationToken) -> Result<(), store::Error> {
         let _alive = self.store.hold_liveness(&self.owner).await?;
+        self.take_over_dead(Utc::now()).await?;
+        // Dead daemons are looked for in a task of their own, so that a long round on a
+        // slow server does not hold their claims up; it stops when this function
+        // returns, however it returns.
+        let stop_takeovers = shutdown.child_token();
+        let _stop_takeovers = stop_takeovers.clone().drop_guard();
+        {
+            let me = self.clone();
+            let stop = stop_takeovers;
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tokio::time::sleep(TAKEOVER_CHECK.to_std().unwrap_or_default()) => {}
+                    }
+                    if let Err(e) = me.take_over_dead(Utc::now()).await {
+                        warn!(error = %e, "cannot look for dead daemons' work; trying again");
+                    }
+                }
+            });
+        }
         let mut last_doubt_check = DateTime::<Utc>::MIN_UTC;
-        let mut last_takeover = DateTime::<Utc>::MIN_UTC;
         loop {
             if shutdown.is_cancelled() {
                 break;
             }
             let now = Utc::now();
-            if now - last_takeover > TAKEOVER_CHECK {
-                self.take_over_dead(now).await?;
-                last_takeover = now;
-            }
             if now - last_doubt_check > Duration::seconds(5) {
                 self.check_in_doubt(now).await?;
                 let resumed = self.store.resume_due_pauses(now).await?;
@@ -183,11 +199,8 @@ impl Scheduler {
                 continue; // more may be due right away
             }
             let wake = self.next_wake(now).await?;
-            // Woken at least as often as dead daemons are looked for.
-            let sleep = (wake - Utc::now()).clamp(
-                Duration::milliseconds(20),
-                self.project.config.send.poll.min(TAKEOVER_CHECK),
-            );
+            let sleep = (wake - Utc::now())
+                .clamp(Duration::milliseconds(20), self.project.config.send.poll);
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = tokio::time::sleep(sleep.to_std().unwrap_or_default()) => {}

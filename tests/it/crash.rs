@@ -283,8 +283,9 @@ fn dead_daemons_claims_taken_over(db: Db) {
     );
     let in_doubt =
         || p.sql_count("SELECT count(*) FROM messages WHERE status = 'in_doubt'") as usize;
-    wait("every first step sent or in doubt", &|| {
-        smtp.received().len() + in_doubt() >= N
+    wait("every first step recorded sent or in doubt", &|| {
+        p.sql_count("SELECT count(*) FROM messages WHERE status IN ('sent', 'in_doubt')") as usize
+            >= N
     });
     let log_b = b.log_text();
     assert!(b.stop().success());
@@ -306,7 +307,13 @@ fn dead_daemons_claims_taken_over(db: Db) {
             r.to_addr()
         );
     }
-    assert_eq!(seen.len() + in_doubt(), N);
+    // Every contact got it once, but for the one in doubt, which may or may not have
+    // arrived.
+    assert!(
+        seen.len() <= N && seen.len() + in_doubt() >= N,
+        "{} received",
+        seen.len()
+    );
 }
 
 #[test]
