@@ -6,3 +6,8 @@
 -- a message 'left' just before its end of data, in the same statement that tells how
 -- the message before it ended: at most one message per connection is ever 'left'.
 ALTER TABLE messages ADD COLUMN wire TEXT;
+
+-- The daemon that began the message's current attempt: after it dies, only its own
+-- messages that never left are sent again (a message another daemon began, and whose
+-- claim it later took over, may have left under that other daemon).
+ALTER TABLE messages ADD COLUMN began_by TEXT;

@@ -27,10 +27,11 @@ macro_rules! begin_in_tx {
         for chunk in items.chunks(CHUNK) {
             let mut qb = QueryBuilder::new(
                 "INSERT INTO messages (message_id, enrollment_id, contact_id, sequence, step_id, step_index, mailbox, \
-                 subject, content_hash, variant, track_key, status, attempts, locked_until, sent_at, created_at, updated_at) \
+                 subject, content_hash, variant, track_key, status, attempts, began_by, locked_until, sent_at, created_at, updated_at) \
                  SELECT v.column2, e.id, e.contact_id, e.sequence, e.step_id, e.step_index, e.mailbox, v.column3, v.column4, \
                  v.column6, v.column7, 'sending', 1, ",
             );
+            qb.push_bind(owner.to_string()).push(", ");
             qb.push_bind(ms($lease_until)).push(", ").push_bind(ms($now)).push(", ").push_bind(ms($now)).push(", ").push_bind(ms($now));
             qb.push(" FROM (");
             qb.push_values(chunk.iter(), |mut b, i| {
@@ -52,7 +53,7 @@ macro_rules! begin_in_tx {
                 ") AND c.suppressed_at IS NULL \
                  AND NOT EXISTS (SELECT 1 FROM suppressions s WHERE s.pattern = c.email OR s.pattern = '@' || c.domain) \
                  ON CONFLICT (enrollment_id, step_id) DO UPDATE SET status = 'sending', \
-                 attempts = messages.attempts + 1, locked_until = excluded.locked_until, wire = NULL, \
+                 attempts = messages.attempts + 1, locked_until = excluded.locked_until, wire = NULL, began_by = excluded.began_by, \
                  sent_at = excluded.sent_at, updated_at = excluded.updated_at, \
                  track_key = excluded.track_key, variant = excluded.variant \
                  WHERE messages.status IN ('deferred', 'cancelled') \
@@ -683,8 +684,10 @@ impl Store {
                 qb.build().execute(&mut *tx).await?;
             }
             // A dead daemon's message that never left: due again, its attempt not
-            // counted (it made none). Only a dead daemon's: one whose lease ran out
-            // may belong to a daemon that lives and is about to send it.
+            // counted (it made none). Only one the dead daemon began itself: its journal
+            // says whether that left. A message another daemon began (whose claim the
+            // dead one took over after its lease ran out) may have left under that
+            // daemon, and one whose lease ran out may belong to a daemon that lives.
             let mut unsent: Vec<i64> = Vec::new();
             if !dead.is_empty() {
                 let mut qb = QueryBuilder::new(
@@ -692,12 +695,12 @@ impl Store {
                      smtp_reply = 'not sent: its daemon stopped before its end of data', updated_at = ",
                 );
                 qb.push_bind(ms(now));
-                qb.push(" WHERE status = 'sending' AND wire IS NULL AND enrollment_id IN (SELECT enrollment_id FROM claims WHERE owner IN (");
+                qb.push(" WHERE status = 'sending' AND wire IS NULL AND began_by IN (");
                 let mut sep = qb.separated(", ");
                 for owner in dead {
                     sep.push_bind(owner.clone());
                 }
-                qb.push(")) RETURNING enrollment_id");
+                qb.push(") RETURNING enrollment_id");
                 unsent = qb
                     .build()
                     .fetch_all(&mut *tx)
