@@ -459,3 +459,102 @@ async fn outcomes_and_the_next_batch_commit_together_sqlite() {
 async fn outcomes_and_the_next_batch_commit_together_postgres() {
     outcomes_and_the_next_batch_commit_together(Db::Postgres).await;
 }
+
+/// What a dead daemon left in `sending` after a takeover: a message it began and never
+/// marked as leaving is due again; one it marked `left` is in doubt; one it began whose
+/// claim had passed to it from an earlier daemon Z (Z began the message, its lease ran
+/// out, the dead daemon claimed the enrollment again) is in doubt too, since it may
+/// have left under Z.
+async fn takeover_sends_again_only_what_never_left(db: Db) {
+    use followup::store::{Begin, Wire};
+
+    let dir = tempfile::tempdir().unwrap();
+    let (store, ids) = setup(db, dir.path(), 3).await;
+    let now = Utc::now();
+    store.enroll(&first_steps(&ids, now), now).await.unwrap();
+    let begin = |c: &followup::store::Claimed, n: usize| Begin {
+        enrollment_id: c.enrollment.id,
+        step_id: c.enrollment.step_id.clone(),
+        step_index: 0,
+        message_id: format!("<t{n}@sales.example>"),
+        subject: "Hello".into(),
+        content_hash: "h".into(),
+        variant: None,
+        track_key: format!("t{n}"),
+        links: vec![],
+    };
+    // Z begins c0's message, then its lease runs out.
+    let short = now + Duration::milliseconds(10);
+    let z = store
+        .claim("sales", now, 1, short, "z", None)
+        .await
+        .unwrap();
+    store
+        .begin_sends(&[begin(&z[0], 0)], "z", now, short)
+        .await
+        .unwrap();
+    let later = now + Duration::seconds(1);
+    let lease = later + Duration::minutes(10);
+    // The dead daemon "a" claims all three (c0's lease expired), begins c1 and c2.
+    let a = store
+        .claim("sales", later, 3, lease, "a", None)
+        .await
+        .unwrap();
+    assert_eq!(a.len(), 3, "c0's expired lease is taken over");
+    let begun = store
+        .begin_sends(&[begin(&a[1], 1), begin(&a[2], 2)], "a", later, lease)
+        .await
+        .unwrap();
+    assert_eq!(begun.len(), 2, "c0's message is still Z's `sending` row");
+    // "a" marked c2's message as leaving before it died (on SQLite, in its journal).
+    let left = begun
+        .iter()
+        .find(|b| b.message_id == "<t2@sales.example>")
+        .unwrap()
+        .row_id;
+    match store.wire_journal("a").unwrap() {
+        Some(mut j) => j.append(&[(left, Wire::Left)]).unwrap(),
+        None => {
+            store
+                .mark_wire(&[(left, Wire::Left)], "a", later)
+                .await
+                .unwrap();
+        }
+    }
+    let r = store.take_over(&["a".to_string()], later).await.unwrap();
+    assert_eq!(r.unsent, 1, "c1's never left: due again");
+    let doubts: Vec<&str> = r.in_doubt.iter().map(|d| d.message_id.as_str()).collect();
+    assert!(doubts.contains(&"<t2@sales.example>"), "{doubts:?}");
+    assert!(
+        doubts.contains(&"<t0@sales.example>"),
+        "Z's may have left: {doubts:?}"
+    );
+    let status = |id: i64| {
+        let store = store.clone();
+        async move {
+            store
+                .step_message(id, "first")
+                .await
+                .unwrap()
+                .map(|m| m.status)
+        }
+    };
+    assert_eq!(
+        status(a[1].enrollment.id).await.as_deref(),
+        Some("deferred")
+    );
+    assert_eq!(
+        status(a[0].enrollment.id).await.as_deref(),
+        Some("in_doubt")
+    );
+}
+
+#[tokio::test]
+async fn takeover_sends_again_only_what_never_left_sqlite() {
+    takeover_sends_again_only_what_never_left(Db::Sqlite).await;
+}
+
+#[tokio::test]
+async fn takeover_sends_again_only_what_never_left_postgres() {
+    takeover_sends_again_only_what_never_left(Db::Postgres).await;
+}
