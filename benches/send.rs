@@ -39,7 +39,7 @@ use futures_util::stream::{self, StreamExt};
 use tempfile::TempDir;
 
 use common::{env_usize, rate, thousands, Cpu, Sink};
-use followup::engine::{self, Context, Outcome};
+use followup::engine::{self, Context, Input, Outcome, Scope};
 use followup::mail::compose::{self, content_hash, new_message_id, subject_for, Draft};
 use followup::mail::send::{SendOutcome, Sender};
 use followup::project::Project;
@@ -313,7 +313,7 @@ async fn replay(su: &Setup, batch: usize) -> Phases {
 
         let t = Instant::now();
         let mut finishes = Vec::with_capacity(results.len());
-        for (c, index, subject, b, out) in results {
+        for (c, _index, subject, b, out) in results {
             let SendOutcome::Sent { reply } = out else {
                 panic!("the sink refused a message: {out:?}");
             };
@@ -331,12 +331,19 @@ async fn replay(su: &Setup, batch: usize) -> Phases {
                 subject,
                 reply,
             };
-            let tr = engine::after(&cx, &c.enrollment, index, &outcome);
+            let tr = engine::step(
+                Scope::All(cx),
+                &c.enrollment,
+                &Input::Send(outcome),
+                Utc::now(),
+            )
+            .unwrap()
+            .unwrap();
             let m = tr.message.unwrap();
             finishes.push(Finish {
                 message: Some(MessageUpdate {
                     row_id: b.row_id,
-                    status: m.status.to_string(),
+                    status: m.status,
                     smtp_reply: m.reply,
                 }),
                 enrollment: tr.enrollment,

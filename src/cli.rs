@@ -20,7 +20,7 @@ use crate::config;
 use crate::contacts;
 use crate::diagnostic::Diagnostics;
 use crate::mail::compose::{self, subject_for, Draft, Thread};
-use crate::model::{Contact, Enrollment, NewEvent};
+use crate::model::{Contact, Enrollment};
 use crate::project::Project;
 use crate::schedule::step_due;
 use crate::scheduler::Scheduler;
@@ -366,9 +366,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             let pattern = suppression_pattern(&target)?;
             let store = open_store(&p).await?;
-            let stopped = store
-                .suppress(&pattern, "suppressed by operator", Utc::now())
-                .await?;
+            let stopped = crate::app::operate::suppress(
+                &store,
+                &pattern,
+                "suppressed by operator",
+                Utc::now(),
+            )
+            .await?;
             store.close().await;
             out!("{pattern}: suppressed; {stopped} enrollment(s) stopped");
             Ok(ExitCode::SUCCESS)
@@ -574,7 +578,7 @@ async fn cmd_import(
         .filter(|u| u.changed && !u.created)
         .map(|u| u.id)
         .collect();
-    let retried = store.retry_held_for_fields(&changed, now).await?;
+    let retried = crate::app::operate::fields_changed(&store, &changed, now).await?;
     out!(
         "imported {} contact(s): {} new, {} updated, {} unchanged; {} row(s) rejected",
         upserted.len(),
@@ -686,10 +690,10 @@ async fn with_contacts(
                 continue;
             };
             match change(&p, seq, &store, &e, action, now).await? {
-                Ok((u, ev)) => {
-                    out!("{email}: {} -> {}", e.state, u.state);
-                    updates.push(u);
-                    events.push(ev);
+                Ok(t) => {
+                    out!("{email}: {} -> {}", e.state, t.enrollment.state);
+                    updates.push(t.enrollment);
+                    events.extend(t.events);
                 }
                 Err(msg) => {
                     eprintln!("{email}: {msg}");
@@ -707,7 +711,7 @@ async fn with_contacts(
     })
 }
 
-/// The change an operator command makes to one enrollment.
+/// The change an operator command makes to one enrollment, as the engine decides it.
 async fn change(
     p: &Project,
     seq: &crate::sequence::Sequence,
@@ -715,61 +719,29 @@ async fn change(
     e: &Enrollment,
     action: Action,
     now: DateTime<Utc>,
-) -> anyhow::Result<Result<(crate::model::EnrollmentUpdate, NewEvent), String>> {
-    let mut u = e.unchanged();
-    let ev = |kind: &str, data: Value| NewEvent {
-        contact_id: Some(e.contact_id),
-        enrollment_id: Some(e.id),
-        message_id: None,
-        kind: kind.into(),
-        data,
+) -> anyhow::Result<Result<crate::engine::Transition, crate::engine::Refusal>> {
+    use crate::engine::{self, Command, Context, Input};
+    let command = match action {
+        Action::Unenroll => Command::Unenroll,
+        Action::Pause => Command::Pause,
+        Action::Resume => Command::Resume {
+            suppressed: store.is_suppressed(&e.email).await?,
+        },
+        Action::Enroll => bail!("internal: enroll is not a change"),
     };
-    Ok(match (action, e.state.as_str()) {
-        (Action::Unenroll, "stopped" | "finished") => Err(format!("already {}", e.state)),
-        (Action::Unenroll, _) => {
-            u.state = "stopped".into();
-            u.reason = Some("unenrolled".into());
-            u.next_run_at = None;
-            Ok((u, ev("stopped", json!({ "reason": "unenrolled" }))))
-        }
-        (Action::Pause, "active" | "held") => {
-            u.state = "paused".into();
-            u.reason = Some("paused by operator".into());
-            u.next_run_at = None;
-            Ok((u, ev("paused", json!({}))))
-        }
-        (Action::Pause, s) => Err(format!("cannot pause: {s}")),
-        (Action::Resume, "paused" | "held") => {
-            if e.reason
-                .as_deref()
-                .is_some_and(|r| r.starts_with("in doubt"))
-            {
-                return Ok(Err(
-                    "a message is in doubt: decide with `followup in-doubt release|drop`".into(),
-                ));
-            }
-            if store.is_suppressed(&e.email).await? {
-                return Ok(Err("the address is suppressed".into()));
-            }
-            let contact = store.contact(&e.email).await?.context("contact vanished")?;
-            let (window, tz, holidays) = p.contact_schedule(seq, &contact);
-            // Resume where it was: the step's wait counts from the last send.
-            let wait = seq
-                .step(&e.step_id)
-                .map(|(_, s)| s.wait)
-                .unwrap_or_default();
-            let from = e.last_sent_at.map(|t| t + wait).unwrap_or(now).max(now);
-            u.state = "active".into();
-            u.reason = None;
-            u.paused_until = None;
-            u.next_run_at = Some(
-                step_due(from, chrono::Duration::zero(), &window, tz, &holidays).unwrap_or(from),
-            );
-            Ok((u, ev("resumed", json!({}))))
-        }
-        (Action::Resume, s) => Err(format!("cannot resume: {s}")),
-        (Action::Enroll, _) => Err("internal: enroll is not a change".into()),
-    })
+    let contact = store.contact(&e.email).await?.context("contact vanished")?;
+    let (window, tz, holidays) = p.contact_schedule(seq, &contact);
+    let cx = Context {
+        sequence: seq,
+        window: &window,
+        tz,
+        holidays: &holidays,
+        send: &p.config.send,
+    };
+    Ok(
+        engine::step(engine::Scope::All(cx), e, &Input::Command(command), now)
+            .map(|t| t.unwrap_or_else(|| engine::Transition::unchanged(e))),
+    )
 }
 
 /// The contact a preview or simulation is for: stored, else from the project's CSV,

@@ -4,13 +4,10 @@
 //! first copy can tell). An operator decides with `followup in-doubt`; with IMAP the
 //! daemon decides by looking the Message-ID up in the mailbox's Sent folder.
 
-use chrono::{DateTime, Utc};
-use serde_json::json;
-
-use crate::engine::{self, Context, Outcome};
-use crate::model::NewEvent;
+use crate::engine::{self, Command, Context, Input};
 use crate::project::Project;
 use crate::store::{self, Finish, InDoubt, MessageUpdate, Store};
+use chrono::{DateTime, Utc};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -18,6 +15,53 @@ pub enum Error {
     Store(#[from] store::Error),
     #[error("{0}")]
     Gone(String),
+    #[error("{0}")]
+    Refused(#[from] engine::Refusal),
+}
+
+/// The enrollment a message in doubt belongs to.
+async fn enrollment_of(store: &Store, d: &InDoubt) -> Result<crate::model::Enrollment, Error> {
+    store
+        .enrollments_by_id(&[d.enrollment_id])
+        .await?
+        .into_iter()
+        .next()
+        .ok_or_else(|| Error::Gone(format!("enrollment {} vanished", d.enrollment_id)))
+}
+
+/// Writes what the engine decided for a message in doubt: its status and the
+/// enrollment's change, with their events, in one transaction.
+async fn persist(
+    store: &Store,
+    d: &InDoubt,
+    tr: engine::Transition,
+    now: DateTime<Utc>,
+) -> Result<(), Error> {
+    let events = tr
+        .events
+        .into_iter()
+        .map(|mut ev| {
+            ev.message_id = Some(d.row_id);
+            ev
+        })
+        .collect();
+    let message = tr.message.map(|m| MessageUpdate {
+        row_id: d.row_id,
+        status: m.status,
+        smtp_reply: m.reply,
+    });
+    store
+        .finish_sends(
+            &[Finish {
+                message,
+                enrollment: tr.enrollment,
+                events,
+            }],
+            None,
+            now,
+        )
+        .await?;
+    Ok(())
 }
 
 /// Sends it again: the message becomes `deferred` (same Message-ID) and the enrollment
@@ -28,40 +72,15 @@ pub async fn release(
     why: &str,
     now: DateTime<Utc>,
 ) -> Result<(), Error> {
-    let e = store
-        .enrollments_by_id(&[d.enrollment_id])
-        .await?
-        .into_iter()
-        .next()
-        .ok_or_else(|| Error::Gone(format!("enrollment {} vanished", d.enrollment_id)))?;
-    let mut u = e.unchanged();
-    u.state = "active".into();
-    u.reason = None;
-    u.next_run_at = Some(now);
-    let ev = NewEvent {
-        contact_id: Some(e.contact_id),
-        enrollment_id: Some(e.id),
-        message_id: Some(d.row_id),
-        kind: "released".into(),
-        data: json!({ "message_id": d.message_id, "why": why }),
-    };
-    let message = MessageUpdate {
-        row_id: d.row_id,
-        status: "deferred".into(),
-        smtp_reply: Some(format!("released: {why}")),
-    };
-    store
-        .finish_sends(
-            &[Finish {
-                message: Some(message),
-                enrollment: u,
-                events: vec![ev],
-            }],
-            None,
-            now,
-        )
-        .await?;
-    Ok(())
+    let e = enrollment_of(store, d).await?;
+    let input = Input::Command(Command::SendAgain {
+        message_id: d.message_id.clone(),
+        why: why.to_string(),
+    });
+    match engine::step(engine::Scope::Nothing, &e, &input, now)? {
+        Some(tr) => persist(store, d, tr, now).await,
+        None => Ok(()),
+    }
 }
 
 /// Counts it as sent: the message becomes `sent` and the enrollment moves to its next
@@ -73,82 +92,36 @@ pub async fn settle_as_sent(
     why: &str,
     now: DateTime<Utc>,
 ) -> Result<(), Error> {
-    let e = store
-        .enrollments_by_id(&[d.enrollment_id])
-        .await?
-        .into_iter()
-        .next()
-        .ok_or_else(|| Error::Gone(format!("enrollment {} vanished", d.enrollment_id)))?;
-    let seq = project
-        .sequence(&e.sequence)
-        .ok_or_else(|| Error::Gone(format!("sequence '{}' is gone", e.sequence)))?;
-    let (index, _) = seq
-        .step(&e.step_id)
-        .ok_or_else(|| Error::Gone(format!("step '{}' is gone", e.step_id)))?;
+    let e = enrollment_of(store, d).await?;
+    let seq = project.sequence(&e.sequence);
     let contact = store
         .contact(&e.email)
         .await?
         .ok_or_else(|| Error::Gone(format!("contact {} vanished", e.email)))?;
-    let (window, tz, holidays) = project.contact_schedule(seq, &contact);
     let subject = store
         .step_message(e.id, &e.step_id)
         .await?
         .map(|m| m.subject)
         .unwrap_or_default();
-    let cx = Context {
-        sequence: seq,
-        window: &window,
-        tz,
-        holidays: &holidays,
-        send: &project.config.send,
-    };
-    // Held only because of the doubt: decide as for the active enrollment it was.
-    let mut was = e.clone();
-    if was.state == "held" {
-        was.state = "active".into();
-    }
-    let tr = engine::after(
-        &cx,
-        &was,
-        index,
-        &Outcome::Sent {
-            at: d.since,
-            message_id: d.message_id.clone(),
-            subject,
-            reply: why.to_string(),
-        },
-    );
-    let events = tr
-        .events
-        .into_iter()
-        .map(|mut ev| {
-            ev.message_id = Some(d.row_id);
-            ev
-        })
-        .collect();
-    let message = tr.message.map(|m| MessageUpdate {
-        row_id: d.row_id,
-        status: m.status.into(),
-        smtp_reply: m.reply,
+    let schedule = seq.map(|seq| (seq, project.contact_schedule(seq, &contact)));
+    let cx = schedule
+        .as_ref()
+        .map(|(seq, (window, tz, holidays))| Context {
+            sequence: seq,
+            window,
+            tz: *tz,
+            holidays,
+            send: &project.config.send,
+        });
+    let input = Input::Command(Command::SettleSent {
+        at: d.since,
+        message_id: d.message_id.clone(),
+        subject,
+        why: why.to_string(),
     });
-    // If the enrollment was stopped meanwhile (a reply), keep it stopped.
-    let mut enrollment = tr.enrollment;
-    if e.state != "held" {
-        enrollment = e.unchanged();
+    let scope = cx.map_or(engine::Scope::Nothing, engine::Scope::All);
+    match engine::step(scope, &e, &input, now)? {
+        Some(tr) => persist(store, d, tr, now).await,
+        None => Ok(()),
     }
-    store
-        .finish_sends(
-            &[Finish {
-                message,
-                enrollment,
-                events,
-            }],
-            None,
-            now,
-        )
-        .await?;
-    if let Some(rule) = tr.rule {
-        crate::lifecycle::apply(project, store, &[(e.contact_id, rule)], now).await?;
-    }
-    Ok(())
 }

@@ -22,6 +22,7 @@ use tracing::{info, warn};
 use crate::config::Mailbox;
 use crate::engine::{self, Inbound, ReplyIntent};
 use crate::mail::classify::{self, Classification, Intent, Kind};
+use crate::model::{CauseKind, EventKind};
 use crate::model::{Contact, Enrollment};
 use crate::project::Project;
 use crate::store::{self, Checkpoint, InboundRecord, Store};
@@ -194,6 +195,11 @@ fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
 /// How many times a message may fail to be handled before it is set aside.
 pub const MAX_ATTEMPTS: i64 = 3;
 
+/// How many times a message is decided again because an enrollment it changes moved
+/// meanwhile. Each retry reads the new state, so more than a few means a writer that
+/// never stops, which is a failure like any other.
+const MAX_MOVED: u32 = 5;
+
 /// What [`process`] did with a message.
 #[derive(Debug)]
 pub enum Processed {
@@ -224,10 +230,20 @@ pub async fn process(
 ) -> Result<Processed, Error> {
     let (folder_name, uid, checkpoint) = (a.folder_name, a.uid, a.checkpoint);
     // A panic anywhere in handling (not only in reading) is this message's failure.
-    let outcome = AssertUnwindSafe(handle(project, store, mailbox, a, now))
-        .catch_unwind()
-        .await
-        .unwrap_or_else(|p| Err(Error::Panicked(panic_message(p.as_ref()))));
+    // An enrollment that moved while the message was handled (a send finished it) is
+    // decided again on what is there now: the reply must still stop it.
+    let mut outcome;
+    let mut moved = 0;
+    loop {
+        outcome = AssertUnwindSafe(handle(project, store, mailbox, a.clone(), now))
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|p| Err(Error::Panicked(panic_message(p.as_ref()))));
+        match outcome {
+            Err(Error::Store(store::Error::Moved)) if moved < MAX_MOVED => moved += 1,
+            _ => break,
+        }
+    }
     let e = match outcome {
         Ok(h) => return Ok(Processed::Handled(Box::new(h))),
         Err(e) if e.is_transient() => return Err(e),
@@ -438,19 +454,15 @@ pub async fn handle(
                         for x in &contacts {
                             record.suppress.push((x.email.clone(), reason.to_string()));
                         }
-                        let stop_reason: &'static str = if reason == "complained" {
-                            "unsubscribed"
+                        let stop_cause = if reason == "complained" {
+                            CauseKind::Complained
                         } else {
-                            "bounced"
+                            CauseKind::Bounced
                         };
-                        targets.extend(live.into_iter().map(|e| {
-                            (
-                                e,
-                                Inbound::Suppressed {
-                                    reason: stop_reason,
-                                },
-                            )
-                        }));
+                        targets.extend(
+                            live.into_iter()
+                                .map(|e| (e, Inbound::Suppressed { cause: stop_cause })),
+                        );
                         decision = format!("{reason}: {}", c.reason);
                     }
                     None => {
@@ -469,7 +481,14 @@ pub async fn handle(
                         targets.extend(
                             live.into_iter()
                                 .filter(|e| suppressed.contains(&e.contact_id))
-                                .map(|e| (e, Inbound::Suppressed { reason: "bounced" })),
+                                .map(|e| {
+                                    (
+                                        e,
+                                        Inbound::Suppressed {
+                                            cause: CauseKind::Bounced,
+                                        },
+                                    )
+                                }),
                         );
                         decision = format!("temporary bounce: {}", c.reason);
                     }
@@ -481,7 +500,7 @@ pub async fn handle(
                             contact_id: Some(x.id),
                             enrollment_id: None,
                             message_id: None,
-                            kind: "soft_bounced".into(),
+                            kind: EventKind::SoftBounced,
                             data: json!({ "status": c.status, "reason": c.reason, "message_id": message_id }),
                         });
                     }
@@ -501,8 +520,13 @@ pub async fn handle(
         if !seen.insert(e.id) {
             continue;
         }
-        let seq = project.sequence(&e.sequence);
-        if let Some(tr) = engine::on_inbound(seq, e, inbound, &data) {
+        let scope = engine::Scope::Nothing;
+        let input = engine::Input::Inbound {
+            inbound: inbound.clone(),
+            data: data.clone(),
+        };
+        // Inbound input is never refused: it applies to a live enrollment or not at all.
+        if let Ok(Some(tr)) = engine::step(scope, e, &input, now) {
             changed.push(e.id);
             record.updates.push(tr.enrollment);
             // Counted against the step whose mail was answered.
@@ -511,19 +535,13 @@ pub async fn handle(
                 ev.message_id = ev.message_id.or(message);
                 ev
             }));
-            if let Some(rule) = tr.rule {
-                record.rules.push((e.contact_id, rule));
-            }
         }
     }
     record.enrollment_id = changed.first().copied();
     record.decision = decision.clone();
     let new = store.record_inbound(&record, checkpoint, now).await?;
-    // Lifecycle rules read and write the contact; applied after the commit, they are
-    // idempotent (see `lifecycle`), so a crash in between loses no more than a retry.
-    if new {
-        crate::lifecycle::apply(project, store, &record.rules, now).await?;
-    }
+    // Lifecycle rules (`on_reply`) follow from the events just committed, through the
+    // rules runner's cursor: none is lost if the daemon dies now.
     if new && record.suppress.iter().any(|(_, r)| r == "bounced") {
         check_bounce_rate(project, store, mailbox, now).await?;
     }

@@ -10,6 +10,7 @@
 #![allow(clippy::result_large_err)]
 
 pub mod address;
+pub mod app;
 pub mod cli;
 pub mod config;
 pub mod contacts;
@@ -19,10 +20,10 @@ pub mod doubt;
 pub mod engine;
 pub mod inbound;
 pub mod init;
-pub mod lifecycle;
 pub mod mail;
 pub mod model;
 pub mod project;
+pub mod rules;
 pub mod schedule;
 pub mod scheduler;
 pub mod sequence;

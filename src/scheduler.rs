@@ -24,11 +24,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, info_span, warn, Instrument};
 
 use crate::config::Mailbox;
-use crate::engine::{self, Context, Outcome, Transition};
+use crate::engine::{self, Command, Context, Input, Outcome, Transition};
 use crate::mail::compose::{self, content_hash, new_message_id, subject_for, Draft, Thread};
 use crate::mail::send::{Message, SendOutcome, Sender};
 use crate::mail::smtp::Told;
-use crate::model::{Contact, EnrollmentUpdate, NewEvent};
+use crate::model::{Cause, CauseKind, EventKind, MessageStatus};
+use crate::model::{Contact, EnrollmentUpdate};
 use crate::project::Project;
 use crate::schedule::{mailbox_day, next_in_window, next_slot, MailboxUsage};
 use crate::store::{self, Begin, ClaimCursor, Claimed, Finish, MessageUpdate, Store, Wire};
@@ -89,6 +90,9 @@ impl Round {
 /// How often a running daemon looks for dead daemons whose claims to take over.
 const TAKEOVER_CHECK: Duration = Duration::milliseconds(500);
 
+/// How often the rules runner looks for new events.
+const RULES_CHECK: Duration = Duration::milliseconds(500);
+
 /// Cheap to clone (shared handles), so that a mailbox's stages can run as tasks of
 /// their own.
 #[derive(Clone)]
@@ -111,7 +115,6 @@ struct Batch {
     begins: Vec<Begin>,
     /// Claims that send nothing (held, released, skipped): written back with the batch.
     finishes: Vec<Finish>,
-    rules: Vec<(i64, crate::sequence::Rule)>,
 }
 
 /// Work prepared for one claimed enrollment.
@@ -180,6 +183,25 @@ impl Scheduler {
                 }
             });
         }
+        // The rules runner, too: lifecycle rules follow events within a second,
+        // whatever the send loop is doing.
+        let stop_rules = shutdown.child_token();
+        let _stop_rules = stop_rules.clone().drop_guard();
+        {
+            let me = self.clone();
+            let stop = stop_rules;
+            tokio::spawn(async move {
+                loop {
+                    if let Err(e) = me.run_rules().await {
+                        warn!(error = %e, "cannot run lifecycle rules; trying again");
+                    }
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tokio::time::sleep(RULES_CHECK.to_std().unwrap_or_default()) => {}
+                    }
+                }
+            });
+        }
         let mut last_doubt_check = DateTime::<Utc>::MIN_UTC;
         loop {
             if shutdown.is_cancelled() {
@@ -188,7 +210,7 @@ impl Scheduler {
             let now = Utc::now();
             if now - last_doubt_check > Duration::seconds(5) {
                 self.check_in_doubt(now).await?;
-                let resumed = self.store.resume_due_pauses(now).await?;
+                let resumed = crate::app::operate::end_pauses(&self.store, now).await?;
                 if resumed > 0 {
                     info!(resumed, "out-of-office pauses ended");
                 }
@@ -220,11 +242,14 @@ impl Scheduler {
         let mut total = Round::default();
         self.take_over_dead(Utc::now()).await?;
         self.check_in_doubt(Utc::now()).await?;
-        self.store.resume_due_pauses(Utc::now()).await?;
+        crate::app::operate::end_pauses(&self.store, Utc::now()).await?;
         loop {
             let r = self.round(Utc::now()).await?;
             total.add(r);
-            if r.claimed == 0 || (r.sent + r.deferred + r.failed + r.held == 0) {
+            // A rule may enroll contacts whose first step is due now.
+            let rules = self.run_rules().await?;
+            let idle = r.claimed == 0 || (r.sent + r.deferred + r.failed + r.held == 0);
+            if idle && rules.enrolled == 0 {
                 break;
             }
         }
@@ -232,6 +257,20 @@ impl Scheduler {
             s.close().await;
         }
         Ok(total)
+    }
+
+    /// Carries out the lifecycle rules of the events recorded since the last run.
+    async fn run_rules(&self) -> Result<crate::app::rules::RulesRun, store::Error> {
+        let r = crate::app::rules::run(&self.project, &self.store, Utc::now()).await?;
+        if r.rules > 0 {
+            info!(
+                events = r.events,
+                rules = r.rules,
+                enrolled = r.enrolled,
+                "lifecycle rules applied"
+            );
+        }
+        Ok(r)
     }
 
     /// Takes over the claims of daemons that died (their liveness lock is free), at
@@ -630,7 +669,6 @@ impl Scheduler {
                 prepared: Vec::with_capacity(claimed.len()),
                 begins: Vec::with_capacity(claimed.len()),
                 finishes: Vec::new(),
-                rules: Vec::new(),
             };
             // What contacts did with earlier mails, for steps with `if:`; one query.
             let conditional: Vec<i64> = claimed
@@ -693,16 +731,13 @@ impl Scheduler {
                         });
                         batch.prepared.push(p);
                     }
-                    Err((finish, kind, rule)) => {
+                    Err((finish, kind)) => {
                         match kind {
                             Skip::Held => round.held += 1,
                             Skip::Released => round.released += 1,
                             Skip::Skipped => round.skipped += 1,
                         }
-                        if let Some(r) = rule {
-                            batch.rules.push((finish.enrollment_contact, r));
-                        }
-                        batch.finishes.push(finish.finish);
+                        batch.finishes.push(finish);
                     }
                 }
             }
@@ -810,7 +845,6 @@ impl Scheduler {
         round: &mut Round,
     ) -> Result<Vec<(Prepared, store::Begun)>, store::Error> {
         let mut finishes = std::mem::take(&mut pending.finishes);
-        let mut rules = std::mem::take(&mut pending.rules);
         for (p, b, outcome) in pending.outcomes.drain(..) {
             let e = &p.claimed.enrollment;
             match &outcome {
@@ -839,9 +873,6 @@ impl Scheduler {
                 }
             }
             let tr = self.transition(&p, &outcome);
-            if let Some(rule) = tr.rule.clone() {
-                rules.push((p.claimed.contact.id, rule));
-            }
             finishes.push(finish(tr, Some(b.row_id)));
         }
         let (prepared, begins) = match batch {
@@ -849,7 +880,6 @@ impl Scheduler {
             Some(batch) => {
                 // Claims that send nothing (held, skipped, outside the window) ride along.
                 finishes.extend(batch.finishes);
-                rules.extend(batch.rules);
                 (batch.prepared, batch.begins)
             }
         };
@@ -868,7 +898,6 @@ impl Scheduler {
                 now + self.project.config.send.lease,
             )
             .await?;
-        crate::lifecycle::apply(&self.project, &self.store, &rules, Utc::now()).await?;
         let mut begun_by_enrollment: HashMap<i64, _> =
             begun.into_iter().map(|b| (b.enrollment_id, b)).collect();
         let committed = std::time::Instant::now();
@@ -881,10 +910,7 @@ impl Scheduler {
                 }
                 // Its claim is written back with the next transaction.
                 None => {
-                    let (f, t) = self.reconcile(&p).await?;
-                    if let Some(rule) = t {
-                        pending.rules.push((p.claimed.contact.id, rule));
-                    }
+                    let f = self.reconcile(&p).await?;
                     round.released += 1;
                     pending.finishes.extend(f);
                 }
@@ -920,16 +946,15 @@ impl Scheduler {
                 self.project.config.holidays.clone(),
             ),
         };
-        match self.context_for(p, &window, &holidays, tz) {
-            Some(cx) => engine::after(&cx, &p.claimed.enrollment, p.index, outcome),
-            // Cannot happen: prepare() only returns work for known sequences.
-            None => Transition {
-                enrollment: p.claimed.enrollment.unchanged(),
-                message: None,
-                events: vec![],
-                rule: None,
-            },
-        }
+        let scope = self
+            .context_for(p, &window, &holidays, tz)
+            .map_or(engine::Scope::Nothing, engine::Scope::All);
+        let e = &p.claimed.enrollment;
+        // Refused only if the sequence is gone, which prepare() checked: left as it is.
+        engine::step(scope, e, &Input::Send(outcome.clone()), Utc::now())
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| Transition::unchanged(e))
     }
 
     /// Renders the step, or says why this enrollment is not sent now.
@@ -941,45 +966,22 @@ impl Scheduler {
         engagement: &crate::sequence::Engagement,
         earlier: Vec<String>,
         keys: &KeyClock,
-    ) -> Result<Prepared, (NotSent, Skip, Option<crate::sequence::Rule>)> {
+    ) -> Result<Prepared, (Finish, Skip)> {
         let e = &c.enrollment;
-        let hold = |reason: String| {
-            let mut u = e.unchanged();
-            u.state = "held".into();
-            u.reason = Some(reason.clone());
-            u.next_run_at = None;
-            warn!(contact = %c.contact.email, sequence = %e.sequence, step = %e.step_id, reason = %reason, "enrollment held");
-            let ev = NewEvent {
-                contact_id: Some(e.contact_id),
-                enrollment_id: Some(e.id),
-                message_id: None,
-                kind: "held".into(),
-                data: json!({ "step": e.step_id, "reason": reason }),
-            };
-            (
-                NotSent {
-                    finish: Finish {
-                        message: None,
-                        enrollment: u,
-                        events: vec![ev],
-                    },
-                    enrollment_contact: e.contact_id,
-                },
-                Skip::Held,
-                None,
-            )
+        let hold = |cause: Cause| {
+            warn!(contact = %c.contact.email, sequence = %e.sequence, step = %e.step_id, reason = %cause, "enrollment held");
+            let held = Input::Send(Outcome::Held { at: now, cause });
+            let tr = engine::step(engine::Scope::Nothing, e, &held, now)
+                .ok()
+                .flatten()
+                .unwrap_or_else(|| Transition::unchanged(e));
+            (finish(tr, None), Skip::Held)
         };
         let Some(seq) = self.project.sequence(&e.sequence) else {
-            return Err(hold(format!(
-                "sequence '{}' is no longer in sequences/",
-                e.sequence
-            )));
+            return Err(hold(Cause::with(CauseKind::SequenceGone, &e.sequence)));
         };
         let Some((index, step)) = seq.step(&e.step_id) else {
-            return Err(hold(format!(
-                "step '{}' is no longer in sequence '{}'",
-                e.step_id, seq.name
-            )));
+            return Err(hold(Cause::with(CauseKind::StepGone, &e.step_id)));
         };
         let (window, tz, holidays) = self.project.contact_schedule(seq, &c.contact);
         // A branch is decided when its step is due, on what people did (machine opens
@@ -995,38 +997,25 @@ impl Scheduler {
                 };
                 let why = cond.describe();
                 info!(contact = %c.contact.email, sequence = %e.sequence, step = %e.step_id, condition = %why, "step skipped: its condition does not hold");
-                let mut tr = engine::skip(&cx, e, index, now, &why);
-                let rule = tr.rule.take();
-                return Err((
-                    NotSent {
-                        finish: finish(tr, None),
-                        enrollment_contact: e.contact_id,
-                    },
-                    Skip::Skipped,
-                    rule,
-                ));
+                let skip = Input::Skip { why: why.clone() };
+                let tr = engine::step(engine::Scope::All(cx), e, &skip, now)
+                    .ok()
+                    .flatten()
+                    .unwrap_or_else(|| Transition::unchanged(e));
+                return Err((finish(tr, None), Skip::Skipped));
             }
         }
         // The window is checked again at send time: the clock moved since the enrollment
         // was scheduled, and a retry's backoff may have ended outside it.
         match next_in_window(now, &window, tz, &holidays) {
             Some(t) if t > now => {
-                let mut u = e.unchanged();
-                u.next_run_at = Some(t);
-                return Err((
-                    NotSent {
-                        finish: Finish {
-                            message: None,
-                            enrollment: u,
-                            events: vec![],
-                        },
-                        enrollment_contact: e.contact_id,
-                    },
-                    Skip::Released,
-                    None,
-                ));
+                let later = engine::step(engine::Scope::Nothing, e, &Input::Later { at: t }, now)
+                    .ok()
+                    .flatten()
+                    .unwrap_or_else(|| Transition::unchanged(e));
+                return Err((finish(later, None), Skip::Released));
             }
-            None => return Err(hold("no send time: the window never opens".into())),
+            None => return Err(hold(Cause::new(CauseKind::NoSendTime))),
             Some(_) => {}
         }
         let key = keys.next();
@@ -1042,12 +1031,20 @@ impl Scheduler {
             }) => {
                 let root = &self.project.config.root;
                 let path = crate::diagnostic::display_path(root, std::path::Path::new(&path));
-                return Err(hold(format!(
-                    "missing field '{field}' (used at {}:{line}:{column}, no default)",
-                    path.display()
+                return Err(hold(Cause::with(
+                    CauseKind::MissingField,
+                    format!(
+                        "'{field}' (used at {}:{line}:{column}, no default)",
+                        path.display()
+                    ),
                 )));
             }
-            Err(other) => return Err(hold(other.to_string())),
+            Err(other) => {
+                return Err(hold(Cause::with(
+                    CauseKind::TemplateError,
+                    other.to_string(),
+                )))
+            }
         };
         let thread = match (step.thread, &e.thread_message_id, &e.thread_subject) {
             (true, Some(id), Some(subject)) => Some(Thread {
@@ -1074,13 +1071,10 @@ impl Scheduler {
     /// A claimed enrollment whose `sending` row could not be written: its step already
     /// has a message (a crash after SMTP but before the advance, or an operator paused
     /// it mid-send), or it was stopped or suppressed meanwhile.
-    async fn reconcile(
-        &self,
-        p: &Prepared,
-    ) -> Result<(Option<Finish>, Option<crate::sequence::Rule>), store::Error> {
+    async fn reconcile(&self, p: &Prepared) -> Result<Option<Finish>, store::Error> {
         let e = &p.claimed.enrollment;
         match self.store.step_message(e.id, &e.step_id).await? {
-            Some(m) if m.status == "sent" => {
+            Some(m) if m.status == MessageStatus::Sent => {
                 // Already sent: advance as if we had just sent it; no second mail.
                 let outcome = Outcome::Sent {
                     at: m.sent_at.unwrap_or_else(Utc::now),
@@ -1089,43 +1083,28 @@ impl Scheduler {
                     reply: "already sent".into(),
                 };
                 let mut tr = self.transition(p, &outcome);
-                tr.events.retain(|ev| ev.kind != "sent");
+                tr.events.retain(|ev| ev.kind != EventKind::Sent);
                 tr.message = None;
-                let rule = tr.rule.take();
-                Ok((Some(finish(tr, None)), rule))
+                Ok(Some(finish(tr, None)))
             }
             _ => {
                 if self.store.is_suppressed(&p.claimed.contact.email).await? {
-                    let mut u = e.unchanged();
-                    u.state = "stopped".into();
-                    u.reason = Some("suppressed".into());
-                    u.next_run_at = None;
-                    let ev = NewEvent {
-                        contact_id: Some(e.contact_id),
-                        enrollment_id: Some(e.id),
-                        message_id: None,
-                        kind: "stopped".into(),
-                        data: json!({ "reason": "suppressed" }),
-                    };
-                    return Ok((
-                        Some(Finish {
-                            message: None,
-                            enrollment: u,
-                            events: vec![ev],
-                        }),
-                        None,
-                    ));
+                    let stop = Input::Command(Command::Suppress {
+                        cause: CauseKind::Suppressed,
+                    });
+                    let tr = engine::step(engine::Scope::Nothing, e, &stop, Utc::now())
+                        .ok()
+                        .flatten()
+                        .unwrap_or_else(|| Transition::unchanged(e));
+                    return Ok(Some(finish(tr, None)));
                 }
                 // Stopped, paused or re-claimed meanwhile: only drop our claim, which
                 // finish_sends does when it finds the enrollment no longer ours.
-                Ok((
-                    Some(Finish {
-                        message: None,
-                        enrollment: e.unchanged(),
-                        events: vec![],
-                    }),
-                    None,
-                ))
+                Ok(Some(Finish {
+                    message: None,
+                    enrollment: e.unchanged(),
+                    events: vec![],
+                }))
             }
         }
     }
@@ -1445,12 +1424,11 @@ fn joined<T>(r: Result<T, tokio::task::JoinError>) -> T {
 struct Pending {
     outcomes: Vec<(Prepared, store::Begun, Outcome)>,
     finishes: Vec<Finish>,
-    rules: Vec<(i64, crate::sequence::Rule)>,
 }
 
 impl Pending {
     fn is_empty(&self) -> bool {
-        self.outcomes.is_empty() && self.finishes.is_empty() && self.rules.is_empty()
+        self.outcomes.is_empty() && self.finishes.is_empty()
     }
 }
 
@@ -1473,17 +1451,11 @@ enum Skip {
     Skipped,
 }
 
-/// What a claim that sends nothing writes back.
-struct NotSent {
-    finish: Finish,
-    enrollment_contact: i64,
-}
-
 fn finish(tr: Transition, row_id: Option<i64>) -> Finish {
     let message = match (row_id, tr.message) {
         (Some(row_id), Some(m)) => Some(MessageUpdate {
             row_id,
-            status: m.status.to_string(),
+            status: m.status,
             smtp_reply: m.reply,
         }),
         _ => None,

@@ -7,10 +7,9 @@ use chrono::{DateTime, Utc};
 use sqlx::{QueryBuilder, Row};
 
 use super::{
-    contact_from_row, ms, BeginWrite, Contact, Enrollment, EnrollmentUpdate, NewEvent, Pool,
-    Result, Store, CHUNK, CONTACT_COLUMNS,
+    contact_from_row, enrollment_from_row, events_of_applied, ms, BeginWrite, Contact, Enrollment,
+    EnrollmentUpdate, NewEvent, Pool, Result, Store, CHUNK, CONTACT_COLUMNS, ENROLLMENT_COLUMNS,
 };
-use crate::sequence::Rule;
 
 /// Moves a folder's checkpoint: ($1 mailbox, $2 folder, $3 uidvalidity, $4 last UID,
 /// $5 now).
@@ -44,7 +43,6 @@ pub struct InboundRecord {
     pub suppress: Vec<(String, String)>,
     /// Contacts whose soft-bounce count goes up by one.
     pub soft_bounces: Vec<i64>,
-    pub rules: Vec<(i64, Rule)>,
 }
 
 /// A message a watcher could not process and set aside, for `status`.
@@ -327,7 +325,14 @@ impl Store {
             // Replies win over claims: no lease guard, and the lease is cleared, so a
             // step claimed but not yet `sending` can no longer begin (begin_sends checks
             // the state and the claim in the transaction that writes `sending`).
-            update_enrollments!(tx, r.updates, now, None);
+            let mut applied = Vec::new();
+            update_enrollments!(tx, r.updates, now, None, (&mut applied));
+            if applied.len() < r.updates.len() {
+                // An enrollment moved since it was read (a send finished it, an
+                // operator paused it): nothing of this message is written, and the
+                // caller decides again on what is there now.
+                return Err(super::Error::Moved);
+            }
             insert_events!(tx, r.events, now);
             for (pattern, reason) in &r.suppress {
                 sqlx::query("INSERT INTO suppressions (pattern, reason, at) VALUES ($1, $2, $3) ON CONFLICT (pattern) DO NOTHING")
@@ -362,31 +367,52 @@ impl Store {
         with_read_pool!(self, p => Ok(sqlx::query_scalar("SELECT soft_bounces FROM contacts WHERE id = $1").bind(contact_id).fetch_one(p).await?))
     }
 
-    /// Paused enrollments whose pause has ended become active again, due now (the
-    /// send window still decides the hour). Returns how many resumed.
-    pub async fn resume_due_pauses(&self, now: DateTime<Utc>) -> Result<u64> {
-        with_pool!(self, p => {
-            let mut tx = p.begin_write().await?;
-            let rows = sqlx::query(
-                "UPDATE enrollments SET state = 'active', reason = NULL, paused_until = NULL, next_run_at = $1, updated_at = $1 \
-                 WHERE state = 'paused' AND paused_until IS NOT NULL AND paused_until <= $1 RETURNING id, contact_id",
-            )
+    /// Paused enrollments whose pause has ended (at most `limit`, oldest first).
+    pub async fn pauses_ended(&self, now: DateTime<Utc>, limit: usize) -> Result<Vec<Enrollment>> {
+        with_read_pool!(self, p => {
+            let rows = sqlx::query(&format!(
+                "SELECT {ENROLLMENT_COLUMNS} FROM enrollments e JOIN contacts c ON c.id = e.contact_id \
+                 WHERE e.state = 'paused' AND e.paused_until IS NOT NULL AND e.paused_until <= $1 \
+                 ORDER BY e.paused_until LIMIT $2"
+            ))
             .bind(ms(now))
-            .fetch_all(&mut *tx)
+            .bind(limit as i64)
+            .fetch_all(p)
             .await?;
-            let mut events = Vec::new();
-            for r in &rows {
-                events.push(NewEvent { contact_id: Some(r.try_get("contact_id")?), enrollment_id: Some(r.try_get("id")?), message_id: None, kind: "resumed".into(), data: serde_json::json!({ "after": "pause ended" }) });
-            }
-            insert_events!(tx, events, now);
-            tx.commit().await?;
-            Ok(rows.len() as u64)
+            rows.iter().map(enrollment_from_row).collect()
         })
     }
 
-    /// Adds an address or `@domain` to the suppression list, marks matching contacts
-    /// and stops their live enrollments. Returns the enrollments stopped.
-    pub async fn suppress(&self, pattern: &str, reason: &str, now: DateTime<Utc>) -> Result<u64> {
+    /// The live enrollments of an address, or of every contact at `@domain`.
+    pub async fn live_enrollments_matching(&self, pattern: &str) -> Result<Vec<Enrollment>> {
+        let (col, val) = match pattern.strip_prefix('@') {
+            Some(d) => ("c.domain", d),
+            None => ("c.email", pattern),
+        };
+        with_read_pool!(self, p => {
+            let rows = sqlx::query(&format!(
+                "SELECT {ENROLLMENT_COLUMNS} FROM enrollments e JOIN contacts c ON c.id = e.contact_id \
+                 WHERE e.state IN ('active', 'paused', 'held') AND {col} = $1 ORDER BY e.id"
+            ))
+            .bind(val)
+            .fetch_all(p)
+            .await?;
+            rows.iter().map(enrollment_from_row).collect()
+        })
+    }
+
+    /// Adds an address or `@domain` to the suppression list, marks matching contacts,
+    /// and writes the engine's changes to their live enrollments, in one transaction.
+    /// Returns the enrollments stopped. An enrollment begun after the engine decided
+    /// is stopped by the send path, which checks the list before every send.
+    pub async fn suppress(
+        &self,
+        pattern: &str,
+        reason: &str,
+        updates: &[EnrollmentUpdate],
+        events: &[NewEvent],
+        now: DateTime<Utc>,
+    ) -> Result<u64> {
         let domain = pattern.strip_prefix('@');
         with_pool!(self, p => {
             let mut tx = p.begin_write().await?;
@@ -396,10 +422,6 @@ impl Store {
                 .bind(ms(now))
                 .execute(&mut *tx)
                 .await?;
-            let (col, val) = match domain {
-                Some(d) => ("domain", d.to_string()),
-                None => ("email", pattern.to_string()),
-            };
             if domain.is_none() {
                 sqlx::query("UPDATE contacts SET suppressed_reason = $1, suppressed_at = $2 WHERE email = $3 AND suppressed_at IS NULL")
                     .bind(reason)
@@ -408,24 +430,14 @@ impl Store {
                     .execute(&mut *tx)
                     .await?;
             }
-            let stopped = sqlx::query(&format!(
-                "UPDATE enrollments SET state = 'stopped', reason = 'suppressed', next_run_at = NULL, updated_at = $1 \
-                 WHERE state IN ('active', 'paused', 'held') AND contact_id IN (SELECT id FROM contacts WHERE {col} = $2)"
-            ))
-            .bind(ms(now))
-            .bind(&val)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            // A send in flight to the address must not write over the stop.
-            sqlx::query(&format!(
-                "DELETE FROM claims WHERE enrollment_id IN (SELECT e.id FROM enrollments e JOIN contacts c ON c.id = e.contact_id WHERE c.{col} = $1)"
-            ))
-            .bind(&val)
-            .execute(&mut *tx)
-            .await?;
+            // Writing a change also drops its claim: a send in flight to the address
+            // cannot write over the stop.
+            let mut applied = Vec::new();
+            update_enrollments!(tx, updates, now, None, (&mut applied));
+            let events = events_of_applied(events, updates, &applied);
+            insert_events!(tx, events, now);
             tx.commit().await?;
-            Ok(stopped)
+            Ok(applied.len() as u64)
         })
     }
 

@@ -18,6 +18,7 @@ use sqlx::sqlite::{
 };
 use sqlx::{QueryBuilder, Row};
 
+use crate::model::{Cause, EnrollmentState};
 pub use crate::model::{
     Contact, Enrollment, EnrollmentUpdate, NewContact, NewEnrollment, NewEvent, Upserted,
 };
@@ -35,6 +36,10 @@ pub enum Error {
     Db(#[from] sqlx::Error),
     #[error("corrupt {what} in the database: {detail}")]
     Corrupt { what: &'static str, detail: String },
+    /// An enrollment changed between the read a decision was made on and its write;
+    /// nothing was written. Deciding again on a fresh read succeeds.
+    #[error("an enrollment changed while this was decided; nothing was written")]
+    Moved,
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -184,17 +189,21 @@ pub(crate) fn priority(step_index: i64) -> i64 {
 /// that it compiles against each database's concrete transaction type.
 macro_rules! update_enrollments {
     ($tx:expr, $updates:expr, $now:expr, $owner:expr) => {
+        update_enrollments!($tx, $updates, $now, $owner, (&mut Vec::<i64>::new()))
+    };
+    ($tx:expr, $updates:expr, $now:expr, $owner:expr, $applied:expr) => {
         for chunk in $updates.chunks(CHUNK) {
             let mut qb = QueryBuilder::new(
                 "UPDATE enrollments SET state = v.column2, reason = v.column3, step_index = v.column4, \
                  step_id = v.column5, priority = v.column6, next_run_at = v.column7, paused_until = v.column8, \
                  attempts = v.column9, thread_message_id = v.column10, thread_subject = v.column11, \
-                 last_sent_at = v.column12, updated_at = v.column13 FROM (",
+                 last_sent_at = v.column12, updated_at = v.column13, cause = v.column14, \
+                 cause_detail = v.column15 FROM (",
             );
             qb.push_values(chunk.iter(), |mut b, u: &EnrollmentUpdate| {
                 b.push_bind(u.id)
-                    .push_bind(u.state.clone())
-                    .push_bind(u.reason.clone())
+                    .push_bind(u.state.as_str())
+                    .push_bind(u.cause.as_ref().map(|c| c.to_string()))
                     .push_bind(u.step_index)
                     .push_bind(u.step_id.clone())
                     .push_bind($crate::store::priority(u.step_index))
@@ -204,9 +213,15 @@ macro_rules! update_enrollments {
                     .push_bind(u.thread_message_id.clone())
                     .push_bind(u.thread_subject.clone())
                     .push_bind(u.last_sent_at.map(ms))
-                    .push_bind(ms($now));
+                    .push_bind(ms($now))
+                    .push_bind(u.cause.as_ref().map(|c| c.kind.as_str()))
+                    .push_bind(u.cause.as_ref().and_then(|c| c.detail.clone()))
+                    .push_bind(u.from.as_str());
             });
-            qb.push(") AS v WHERE enrollments.id = v.column1");
+            // Written only if still in the state the engine decided from: a change
+            // computed on a stale read (an operator and the reply watcher at once)
+            // is dropped, never laid over the other.
+            qb.push(") AS v WHERE enrollments.id = v.column1 AND enrollments.state = v.column16");
             // A daemon only writes back enrollments it still holds: an operator or the
             // reply watcher may have stopped or paused one while its mail was in flight.
             let owner: Option<&str> = $owner;
@@ -215,7 +230,9 @@ macro_rules! update_enrollments {
                     .push_bind(owner.to_string())
                     .push(")");
             }
-            qb.build().execute(&mut *$tx).await?;
+            qb.push(" RETURNING enrollments.id");
+            let ids: Vec<i64> = qb.build_query_scalar().fetch_all(&mut *$tx).await?;
+            $applied.extend(ids);
             // Then the leases go: the daemon's own, or, for a change made by anyone
             // else, whoever's, so that a send in flight cannot write over that change.
             let mut qb = QueryBuilder::new("DELETE FROM claims WHERE enrollment_id IN (");
@@ -232,6 +249,71 @@ macro_rules! update_enrollments {
     };
 }
 
+/// Sets stages and adds tags as `rules` say, with their events, in transaction `$tx`
+/// (a macro, as [`update_enrollments!`], for both databases' transaction types). A
+/// stage set twice is one change and a tag added twice is one tag.
+macro_rules! apply_rules_in_tx {
+    ($tx:expr, $rules:expr, $now:expr) => {{
+        let rules: &[(i64, crate::sequence::Rule)] = $rules;
+        let now: DateTime<Utc> = $now;
+        let mut ids: Vec<i64> = rules.iter().map(|(id, _)| *id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+            let mut current: std::collections::HashMap<i64, (String, Vec<String>)> =
+                std::collections::HashMap::with_capacity(ids.len());
+            for chunk in ids.chunks(CHUNK) {
+                let mut qb = QueryBuilder::new("SELECT id, stage, tags FROM contacts WHERE id IN (");
+                let mut sep = qb.separated(", ");
+                for id in chunk {
+                    sep.push_bind(*id);
+                }
+                qb.push(")");
+                for row in qb.build().fetch_all(&mut *$tx).await? {
+                    let tags_text: String = row.try_get("tags")?;
+                    current.insert(
+                        row.try_get("id")?,
+                        (row.try_get("stage")?, serde_json::from_str(&tags_text).unwrap_or_default()),
+                    );
+                }
+            }
+            let mut events = Vec::new();
+            let mut changed = std::collections::BTreeSet::new();
+            for (contact_id, rule) in rules {
+                let Some((stage, tags)) = current.get_mut(contact_id) else { continue };
+                if let Some(to) = &rule.stage {
+                    if to != stage {
+                        events.push($crate::model::NewEvent { contact_id: Some(*contact_id), enrollment_id: None, message_id: None, kind: $crate::model::EventKind::StageChanged, data: serde_json::json!({ "from": stage.clone(), "to": to }) });
+                        *stage = to.clone();
+                        changed.insert(*contact_id);
+                    }
+                }
+                for t in &rule.tags {
+                    if !tags.contains(t) {
+                        tags.push(t.clone());
+                        events.push($crate::model::NewEvent { contact_id: Some(*contact_id), enrollment_id: None, message_id: None, kind: $crate::model::EventKind::Tagged, data: serde_json::json!({ "tag": t }) });
+                        changed.insert(*contact_id);
+                    }
+                }
+            }
+            let changed: Vec<i64> = changed.into_iter().collect();
+            for chunk in changed.chunks(CHUNK) {
+                let mut qb = QueryBuilder::new(
+                    "UPDATE contacts SET stage = v.column2, tags = v.column3, updated_at = v.column4 FROM (",
+                );
+                qb.push_values(chunk.iter(), |mut b, id| {
+                    let (stage, tags) = &current[id];
+                    b.push_bind(*id)
+                        .push_bind(stage.clone())
+                        .push_bind(serde_json::to_string(tags).unwrap_or_else(|_| "[]".into()))
+                        .push_bind(ms(now));
+                });
+                qb.push(") AS v WHERE contacts.id = v.column1");
+                qb.build().execute(&mut *$tx).await?;
+            }
+            insert_events!($tx, events, now);
+    }};
+}
+
 /// Appends events, one multi-row INSERT per chunk.
 macro_rules! insert_events {
     ($tx:expr, $events:expr, $now:expr) => {
@@ -239,17 +321,37 @@ macro_rules! insert_events {
             let mut qb = QueryBuilder::new(
                 "INSERT INTO events (at, contact_id, enrollment_id, message_id, kind, data) ",
             );
-            qb.push_values(chunk.iter(), |mut b, e: &NewEvent| {
+            qb.push_values(chunk.iter(), |mut b, e: &$crate::model::NewEvent| {
                 b.push_bind(ms($now))
                     .push_bind(e.contact_id)
                     .push_bind(e.enrollment_id)
                     .push_bind(e.message_id)
-                    .push_bind(e.kind.clone())
+                    .push_bind(e.kind.as_str())
                     .push_bind(e.data.to_string());
             });
             qb.build().execute(&mut *$tx).await?;
         }
     };
+}
+
+/// The events to record with `updates` of which `applied` were written: an update
+/// dropped because the enrollment moved meanwhile takes its events with it, since
+/// they describe a change that did not happen.
+pub(crate) fn events_of_applied(
+    events: &[NewEvent],
+    updates: &[EnrollmentUpdate],
+    applied: &[i64],
+) -> Vec<NewEvent> {
+    let changed: std::collections::HashSet<i64> = updates.iter().map(|u| u.id).collect();
+    let kept: std::collections::HashSet<i64> = applied.iter().copied().collect();
+    events
+        .iter()
+        .filter(|e| {
+            e.enrollment_id
+                .is_none_or(|id| !changed.contains(&id) || kept.contains(&id))
+        })
+        .cloned()
+        .collect()
 }
 
 pub fn ms(t: DateTime<Utc>) -> i64 {
@@ -625,6 +727,7 @@ pub fn domain_of(email: &str) -> String {
 // Enrollments
 
 const ENROLLMENT_COLUMNS: &str = "e.id, e.contact_id, c.email, e.sequence, e.mailbox, e.state, e.reason, \
+     e.cause, e.cause_detail, \
      e.step_index, e.step_id, e.next_run_at, e.paused_until, e.thread_message_id, e.thread_subject, \
      e.last_sent_at, e.attempts";
 
@@ -643,8 +746,18 @@ where
         email: row.try_get("email")?,
         sequence: row.try_get("sequence")?,
         mailbox: row.try_get("mailbox")?,
-        state: row.try_get("state")?,
-        reason: row.try_get("reason")?,
+        state: {
+            let s: String = row.try_get("state")?;
+            EnrollmentState::parse(&s).ok_or(Error::Corrupt {
+                what: "enrollment state",
+                detail: format!("'{s}' is not one this version knows"),
+            })?
+        },
+        cause: Cause::from_stored(
+            row.try_get::<Option<String>, _>("cause")?.as_deref(),
+            row.try_get("cause_detail")?,
+            row.try_get("reason")?,
+        ),
         step_index: row.try_get("step_index")?,
         step_id: row.try_get("step_id")?,
         next_run_at: opt_time(row.try_get("next_run_at")?),
@@ -763,31 +876,37 @@ impl Store {
         Ok(out)
     }
 
-    /// Applies enrollment changes and appends events in one transaction.
+    /// Applies enrollment changes as the engine computed them, and appends their events,
+    /// in one transaction. Returns the enrollments changed: one that left the state its
+    /// change was computed from is left alone.
     pub async fn apply(
         &self,
         updates: &[EnrollmentUpdate],
         events: &[NewEvent],
         now: DateTime<Utc>,
-    ) -> Result<()> {
+    ) -> Result<Vec<i64>> {
         with_pool!(self, p => {
             let mut tx = p.begin_write().await?;
-            update_enrollments!(tx, updates, now, None);
+            let mut applied = Vec::new();
+            update_enrollments!(tx, updates, now, None, (&mut applied));
+            let events = events_of_applied(events, updates, &applied);
             insert_events!(tx, events, now);
             tx.commit().await?;
-            Ok(())
+            Ok(applied)
         })
     }
 }
 
 mod inbound;
 mod liveness;
+mod rules;
 mod send;
 mod status;
 mod track;
 
 pub use inbound::{Checkpoint, InboundRecord, SetAside, WatchState};
 pub use liveness::{Liveness, WireJournal};
+pub use rules::EventPage;
 pub use send::{
     Begin, Begun, ClaimCursor, Claimed, Finish, InDoubt, MessageUpdate, Recovered, Wire,
 };
@@ -798,89 +917,6 @@ pub use track::{HitEvent, TrackedMessage, Unsubscribed};
 // Lifecycle and suppression
 
 impl Store {
-    /// Sets the contact's stage and adds tags, recording what changed.
-    pub async fn apply_rule(
-        &self,
-        contact_id: i64,
-        rule: &crate::sequence::Rule,
-        now: DateTime<Utc>,
-    ) -> Result<()> {
-        self.apply_rules(&[(contact_id, rule.clone())], now).await
-    }
-
-    /// Applies rules (set the stage, add tags) to contacts, with their events, in one
-    /// transaction: one read, one multi-row update and one insert per chunk, however
-    /// many contacts a batch of sends finished. Rules for one contact apply in order.
-    pub async fn apply_rules(
-        &self,
-        rules: &[(i64, crate::sequence::Rule)],
-        now: DateTime<Utc>,
-    ) -> Result<()> {
-        if rules.is_empty() {
-            return Ok(());
-        }
-        let mut ids: Vec<i64> = rules.iter().map(|(id, _)| *id).collect();
-        ids.sort_unstable();
-        ids.dedup();
-        with_pool!(self, p => {
-            let mut tx = p.begin_write().await?;
-            let mut current: std::collections::HashMap<i64, (String, Vec<String>)> =
-                std::collections::HashMap::with_capacity(ids.len());
-            for chunk in ids.chunks(CHUNK) {
-                let mut qb = QueryBuilder::new("SELECT id, stage, tags FROM contacts WHERE id IN (");
-                let mut sep = qb.separated(", ");
-                for id in chunk {
-                    sep.push_bind(*id);
-                }
-                qb.push(")");
-                for row in qb.build().fetch_all(&mut *tx).await? {
-                    let tags_text: String = row.try_get("tags")?;
-                    current.insert(
-                        row.try_get("id")?,
-                        (row.try_get("stage")?, serde_json::from_str(&tags_text).unwrap_or_default()),
-                    );
-                }
-            }
-            let mut events = Vec::new();
-            let mut changed = std::collections::BTreeSet::new();
-            for (contact_id, rule) in rules {
-                let Some((stage, tags)) = current.get_mut(contact_id) else { continue };
-                if let Some(to) = &rule.stage {
-                    if to != stage {
-                        events.push(NewEvent { contact_id: Some(*contact_id), enrollment_id: None, message_id: None, kind: "stage_changed".into(), data: serde_json::json!({ "from": stage.clone(), "to": to }) });
-                        *stage = to.clone();
-                        changed.insert(*contact_id);
-                    }
-                }
-                for t in &rule.tags {
-                    if !tags.contains(t) {
-                        tags.push(t.clone());
-                        events.push(NewEvent { contact_id: Some(*contact_id), enrollment_id: None, message_id: None, kind: "tagged".into(), data: serde_json::json!({ "tag": t }) });
-                        changed.insert(*contact_id);
-                    }
-                }
-            }
-            let changed: Vec<i64> = changed.into_iter().collect();
-            for chunk in changed.chunks(CHUNK) {
-                let mut qb = QueryBuilder::new(
-                    "UPDATE contacts SET stage = v.column2, tags = v.column3, updated_at = v.column4 FROM (",
-                );
-                qb.push_values(chunk.iter(), |mut b, id| {
-                    let (stage, tags) = &current[id];
-                    b.push_bind(*id)
-                        .push_bind(stage.clone())
-                        .push_bind(serde_json::to_string(tags).unwrap_or_else(|_| "[]".into()))
-                        .push_bind(ms(now));
-                });
-                qb.push(") AS v WHERE contacts.id = v.column1");
-                qb.build().execute(&mut *tx).await?;
-            }
-            insert_events!(tx, events, now);
-            tx.commit().await?;
-            Ok(())
-        })
-    }
-
     /// Whether an address (or its whole domain) must never be mailed.
     pub async fn is_suppressed(&self, email: &str) -> Result<bool> {
         let domain = format!("@{}", domain_of(email));
@@ -895,30 +931,6 @@ impl Store {
             .await?;
             Ok(n > 0)
         })
-    }
-
-    /// Held enrollments whose reason is a missing field are given another chance after
-    /// their contacts' fields changed (a re-import that fills the gap).
-    pub async fn retry_held_for_fields(
-        &self,
-        contact_ids: &[i64],
-        now: DateTime<Utc>,
-    ) -> Result<u64> {
-        let mut n = 0;
-        for chunk in contact_ids.chunks(CHUNK) {
-            n += with_pool!(self, p => {
-                let mut qb = QueryBuilder::new("UPDATE enrollments SET state = 'active', reason = NULL, next_run_at = ");
-                qb.push_bind(ms(now)).push(", updated_at = ").push_bind(ms(now));
-                qb.push(" WHERE state = 'held' AND reason LIKE 'missing field%' AND contact_id IN (");
-                let mut sep = qb.separated(", ");
-                for id in chunk {
-                    sep.push_bind(*id);
-                }
-                qb.push(")");
-                qb.build().execute(p).await?.rows_affected()
-            });
-        }
-        Ok(n)
     }
 }
 

@@ -12,6 +12,8 @@ use super::{
     Enrollment, EnrollmentUpdate, NewEvent, Pool, Result, Store, CHUNK, CONTACT_COLUMNS,
     ENROLLMENT_COLUMNS,
 };
+use crate::engine;
+use crate::model::MessageStatus;
 
 /// The body of [`Store::begin_sends`] inside a transaction of the caller's: inserts the
 /// `sending` rows (with their links) of the items that may be sent and pushes what was
@@ -114,7 +116,9 @@ macro_rules! finish_in_tx {
         let (sent, unsent): (Vec<&MessageUpdate>, Vec<&MessageUpdate>) = items
             .iter()
             .filter_map(|f| f.message.as_ref())
-            .partition(|m| m.status == "sent");
+            // A message in doubt may have been sent: it keeps its `sent_at`, so that it
+            // still counts against the daily limit, and has it if it is settled as sent.
+            .partition(|m| matches!(m.status, MessageStatus::Sent | MessageStatus::InDoubt));
         // Two statements rather than one with a CASE: SQLite rewrites an index entry
         // for every column named in SET, changed or not.
         for (group, set_sent_at) in [(sent, ""), (unsent, ", sent_at = NULL")] {
@@ -125,7 +129,7 @@ macro_rules! finish_in_tx {
                 ));
                 qb.push_values(chunk.iter(), |mut b, m| {
                     b.push_bind(m.row_id)
-                        .push_bind(m.status.clone())
+                        .push_bind(m.status.as_str())
                         .push_bind(m.smtp_reply.clone())
                         .push_bind(ms($now));
                 });
@@ -172,14 +176,14 @@ pub struct Begun {
     pub attempts: i64,
 }
 
-/// A message's new status. A `sent` message keeps the `sent_at` committed with its
-/// `sending` row, the moment before SMTP (so that it counted against the daily limit
-/// from then on, and the settling update leaves the mailbox's send-time index alone);
-/// any other status clears it: that attempt did not reach anyone.
+/// A message's new status. A `sent` message, or one in doubt, keeps the `sent_at`
+/// committed with its `sending` row, the moment before SMTP (so that it counted against
+/// the daily limit from then on, and the settling update leaves the mailbox's send-time
+/// index alone); any other status clears it: that attempt did not reach anyone.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MessageUpdate {
     pub row_id: i64,
-    pub status: String,
+    pub status: MessageStatus,
     pub smtp_reply: Option<String>,
 }
 
@@ -265,26 +269,7 @@ impl ClaimCursor {
     }
 }
 
-/// Where a `sending` message stands on the wire (the `wire` column).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Wire {
-    /// Its end of data is about to be written: from now on it may reach the server.
-    Left,
-    /// The server took it (2xx); its outcome is not committed yet.
-    Accepted,
-    /// The server refused its content: it did not leave after all.
-    Refused,
-}
-
-impl Wire {
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            Wire::Left => "left",
-            Wire::Accepted => "accepted",
-            Wire::Refused => "refused",
-        }
-    }
-}
+pub use crate::model::Wire;
 
 /// What [`Store::take_over`] and [`Store::mark_in_doubt`] found.
 #[derive(Debug, Default)]
@@ -303,7 +288,7 @@ pub struct StepMessage {
     pub row_id: i64,
     pub message_id: String,
     pub subject: String,
-    pub status: String,
+    pub status: MessageStatus,
     pub sent_at: Option<DateTime<Utc>>,
 }
 
@@ -633,7 +618,13 @@ impl Store {
                     row_id: r.try_get("id")?,
                     message_id: r.try_get("message_id")?,
                     subject: r.try_get("subject")?,
-                    status: r.try_get("status")?,
+                    status: {
+                        let s: String = r.try_get("status")?;
+                        MessageStatus::parse(&s).ok_or(super::Error::Corrupt {
+                            what: "message status",
+                            detail: format!("'{s}' is not one this version knows"),
+                        })?
+                    },
                     sent_at: r.try_get::<Option<i64>, _>("sent_at")?.map(from_ms),
                 })),
             }
@@ -658,20 +649,6 @@ impl Store {
         // On SQLite the dead daemons' marks are in their journals: into the column first.
         let journaled = self.dead_journals(dead);
         let (found, accepted, unsent) = with_pool!(self, p => {
-        // Which `sending` rows are abandoned: past their lease, or a dead daemon's.
-            let abandoned = |qb: &mut QueryBuilder<'_, _>| {
-                qb.push(" WHERE status = 'sending' AND (locked_until < ")
-                    .push_bind(ms(now));
-                if !dead.is_empty() {
-                    qb.push(" OR enrollment_id IN (SELECT enrollment_id FROM claims WHERE owner IN (");
-                    let mut sep = qb.separated(", ");
-                    for owner in dead {
-                        sep.push_bind(owner.clone());
-                    }
-                    qb.push("))");
-                }
-                qb.push(")");
-            };
             let mut tx = p.begin_write().await?;
             for chunk in journaled.chunks(CHUNK) {
                 let mut qb = QueryBuilder::new(
@@ -683,82 +660,112 @@ impl Store {
                 qb.push(") AS v WHERE messages.id = v.column1 AND messages.status = 'sending'");
                 qb.build().execute(&mut *tx).await?;
             }
-            // A dead daemon's message that never left: due again, its attempt not
-            // counted (it made none). Only one the dead daemon began itself: its journal
-            // says whether that left. A message another daemon began (whose claim the
-            // dead one took over after its lease ran out) may have left under that
-            // daemon, and one whose lease ran out may belong to a daemon that lives.
-            let mut unsent: Vec<i64> = Vec::new();
-            if !dead.is_empty() {
+            // The facts: every `sending` row past its lease, claimed by a dead daemon,
+            // or begun by one. What becomes of each is the engine's to decide.
+            let mut qb = QueryBuilder::new(
+                "SELECT m.id, m.enrollment_id, m.message_id, m.wire, m.began_by, m.locked_until, k.owner \
+                 FROM messages m LEFT JOIN claims k ON k.enrollment_id = m.enrollment_id \
+                 WHERE m.status = 'sending' AND (m.locked_until < ",
+            );
+            qb.push_bind(ms(now));
+            for column in ["k.owner", "m.began_by"] {
+                if !dead.is_empty() {
+                    qb.push(format!(" OR {column} IN ("));
+                    let mut sep = qb.separated(", ");
+                    for owner in dead {
+                        sep.push_bind(owner.clone());
+                    }
+                    qb.push(")");
+                }
+            }
+            qb.push(") ORDER BY m.id");
+            let is_dead = |o: &Option<String>| o.as_ref().is_some_and(|o| dead.contains(o));
+            let mut unsent: Vec<(i64, i64)> = Vec::new();
+            let mut doubtful: Vec<(i64, i64, String)> = Vec::new();
+            let mut accepted = Vec::new();
+            for r in qb.build().fetch_all(&mut *tx).await? {
+                let wire: Option<String> = r.try_get("wire")?;
+                let a = engine::Abandoned {
+                    // A mark this build does not know may mean it left.
+                    wire: wire.map(|w| Wire::parse(&w).unwrap_or(Wire::Left)),
+                    began_by_dead: is_dead(&r.try_get("began_by")?),
+                    claimed_by_dead: is_dead(&r.try_get("owner")?),
+                    lease_expired: r
+                        .try_get::<Option<i64>, _>("locked_until")?
+                        .is_some_and(|t| t < ms(now)),
+                };
+                let row: (i64, i64) = (r.try_get("id")?, r.try_get("enrollment_id")?);
+                match engine::recover(&a) {
+                    engine::Recovery::Leave => {}
+                    engine::Recovery::SendAgain => unsent.push(row),
+                    engine::Recovery::Accepted => {
+                        accepted.push(row.0);
+                        doubtful.push((row.0, row.1, r.try_get("message_id")?));
+                    }
+                    engine::Recovery::InDoubt => {
+                        doubtful.push((row.0, row.1, r.try_get("message_id")?))
+                    }
+                }
+            }
+            // A message that never left: due again, its attempt not counted (it made
+            // none); its enrollment, still active, is due again once its claim goes.
+            for chunk in unsent.chunks(CHUNK) {
                 let mut qb = QueryBuilder::new(
                     "UPDATE messages SET status = 'deferred', attempts = CASE WHEN attempts > 0 THEN attempts - 1 ELSE 0 END, locked_until = NULL, \
                      smtp_reply = 'not sent: its daemon stopped before its end of data', updated_at = ",
                 );
-                qb.push_bind(ms(now));
-                qb.push(" WHERE status = 'sending' AND wire IS NULL AND began_by IN (");
+                qb.push_bind(ms(now)).push(" WHERE status = 'sending' AND id IN (");
                 let mut sep = qb.separated(", ");
-                for owner in dead {
-                    sep.push_bind(owner.clone());
-                }
-                qb.push(") RETURNING enrollment_id");
-                unsent = qb
-                    .build()
-                    .fetch_all(&mut *tx)
-                    .await?
-                    .iter()
-                    .map(|r| r.try_get("enrollment_id"))
-                    .collect::<std::result::Result<_, _>>()?;
-            }
-            for ids in unsent.chunks(CHUNK) {
-                let mut qb = QueryBuilder::new("DELETE FROM claims WHERE enrollment_id IN (");
-                let mut sep = qb.separated(", ");
-                for id in ids {
+                for (id, _) in chunk {
                     sep.push_bind(*id);
                 }
                 qb.push(")");
                 qb.build().execute(&mut *tx).await?;
-            }
-            let mut qb = QueryBuilder::new(
-                "UPDATE messages SET status = 'in_doubt', locked_until = NULL, updated_at = ",
-            );
-            qb.push_bind(ms(now));
-            abandoned(&mut qb);
-            qb.push(" RETURNING id, enrollment_id, message_id, wire");
-            let rows = qb.build().fetch_all(&mut *tx).await?;
-            let mut accepted = Vec::new();
-            for r in &rows {
-                if r.try_get::<Option<String>, _>("wire")?.as_deref() == Some("accepted") {
-                    accepted.push(r.try_get::<i64, _>("id")?);
+                let mut qb = QueryBuilder::new("DELETE FROM claims WHERE enrollment_id IN (");
+                let mut sep = qb.separated(", ");
+                for (_, e) in chunk {
+                    sep.push_bind(*e);
                 }
+                qb.push(")");
+                qb.build().execute(&mut *tx).await?;
             }
+            // A message that may have left: the engine's in-doubt transition, for the
+            // message and for its enrollment as it is now.
             let mut found = Vec::new();
-            for r in &rows {
-                let row_id: i64 = r.try_get("id")?;
-                let enrollment_id: i64 = r.try_get("enrollment_id")?;
-                let message_id: String = r.try_get("message_id")?;
-                sqlx::query(
-                    "UPDATE enrollments SET state = 'held', reason = $1, \
-                     next_run_at = NULL, updated_at = $2 WHERE id = $3 AND state = 'active'",
-                )
-                .bind(format!("in doubt: {message_id} may have been sent"))
-                .bind(ms(now))
-                .bind(enrollment_id)
-                .execute(&mut *tx)
-                .await?;
-                sqlx::query("DELETE FROM claims WHERE enrollment_id = $1")
-                    .bind(enrollment_id)
-                    .execute(&mut *tx)
-                    .await?;
-                sqlx::query(
-                    "INSERT INTO events (at, contact_id, enrollment_id, message_id, kind, data) \
-                     SELECT $1, contact_id, enrollment_id, id, 'in_doubt', $2 FROM messages WHERE id = $3",
-                )
-                .bind(ms(now))
-                .bind(serde_json::json!({ "message_id": message_id }).to_string())
-                .bind(row_id)
-                .execute(&mut *tx)
-                .await?;
-                found.push(row_id);
+            for chunk in doubtful.chunks(CHUNK) {
+                let mut qb = QueryBuilder::new(format!(
+                    "SELECT {} FROM enrollments e JOIN contacts c ON c.id = e.contact_id WHERE e.id IN (",
+                    super::ENROLLMENT_COLUMNS
+                ));
+                let mut sep = qb.separated(", ");
+                for (_, e, _) in chunk {
+                    sep.push_bind(*e);
+                }
+                qb.push(")");
+                let mut enrollments = HashMap::new();
+                for r in qb.build().fetch_all(&mut *tx).await? {
+                    let e = super::enrollment_from_row(&r)?;
+                    enrollments.insert(e.id, e);
+                }
+                let mut finishes = Vec::new();
+                for (row_id, enrollment_id, message_id) in chunk {
+                    let Some(e) = enrollments.get(enrollment_id) else { continue };
+                    let outcome = engine::Outcome::InDoubt {
+                        at: now,
+                        message_id: message_id.clone(),
+                        reply: "its daemon stopped after its end of data was written".into(),
+                    };
+                    let Ok(Some(tr)) = engine::step(engine::Scope::Nothing, e, &engine::Input::Send(outcome), now) else {
+                        continue;
+                    };
+                    finishes.push(Finish {
+                        message: tr.message.map(|m| MessageUpdate { row_id: *row_id, status: m.status, smtp_reply: m.reply }),
+                        enrollment: tr.enrollment,
+                        events: tr.events.into_iter().map(|mut ev| { ev.message_id = Some(*row_id); ev }).collect(),
+                    });
+                    found.push(*row_id);
+                }
+                finish_in_tx!(tx, &finishes, None, now);
             }
             if !dead.is_empty() {
                 let mut qb = QueryBuilder::new("DELETE FROM claims WHERE owner IN (");

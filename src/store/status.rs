@@ -3,6 +3,8 @@
 
 use sqlx::Row;
 
+use crate::model::{Cause, CauseKind};
+
 use super::{Pool, Result, Store};
 
 /// One count: (sequence, step, what, n). `what` is a message status (`sent`, ...) or an
@@ -95,8 +97,20 @@ impl Store {
         let mut status = Status::default();
         let msg_sql = format!("SELECT sequence, step_id, status AS what, count(*) AS n FROM messages{filter} GROUP BY sequence, step_id, status");
         let enr_sql = format!("SELECT sequence, step_id, state AS what, count(*) AS n FROM enrollments{filter} GROUP BY sequence, step_id, state");
+        // Causes are counted by kind: a hundred messages in doubt are one line, not a
+        // hundred Message-IDs. Only the kinds whose detail names what to fix (a
+        // field, a sequence) keep it; a reason from before causes were stored is
+        // counted as it was written.
+        let by_detail = CauseKind::ALL
+            .iter()
+            .filter(|k| k.grouped_by_detail())
+            .map(|k| format!("'{}'", k.as_str()))
+            .collect::<Vec<_>>()
+            .join(", ");
         let reason_sql = format!(
-            "SELECT sequence, state, reason, count(*) AS n FROM enrollments{} reason IS NOT NULL GROUP BY sequence, state, reason ORDER BY n DESC",
+            "SELECT sequence, state, cause, CASE WHEN cause IN ({by_detail}) THEN cause_detail \
+             WHEN cause IS NULL THEN reason END AS detail, count(*) AS n FROM enrollments{} reason IS NOT NULL \
+             GROUP BY sequence, state, cause, detail ORDER BY n DESC",
             if sequence.is_some() { " WHERE sequence = $1 AND" } else { " WHERE" }
         );
         for (sql, out) in [
@@ -122,7 +136,14 @@ impl Store {
             }
             let rows = q.fetch_all(p).await?;
             rows.iter()
-                .map(|r| Ok((r.try_get("sequence")?, r.try_get("state")?, r.try_get("reason")?, r.try_get("n")?)))
+                .map(|r| {
+                    let kind: Option<String> = r.try_get("cause")?;
+                    let detail: Option<String> = r.try_get("detail")?;
+                    let label = Cause::from_stored(kind.as_deref(), detail.clone(), detail)
+                        .map(|c| c.group())
+                        .unwrap_or_default();
+                    Ok((r.try_get("sequence")?, r.try_get("state")?, label, r.try_get("n")?))
+                })
                 .collect::<Result<Vec<_>>>()?
         });
         let resp_sql = format!(

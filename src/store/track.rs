@@ -8,7 +8,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 use sqlx::{QueryBuilder, Row};
 
-use super::{from_ms, ms, BeginWrite, Pool, Result, Store, CHUNK};
+use super::{from_ms, ms, BeginWrite, EnrollmentUpdate, NewEvent, Pool, Result, Store, CHUNK};
 use crate::sequence::Engagement;
 
 /// A sent message as the endpoint knows it.
@@ -194,6 +194,8 @@ impl Store {
         &self,
         m: &TrackedMessage,
         via: &str,
+        updates: &[EnrollmentUpdate],
+        events: &[NewEvent],
         now: DateTime<Utc>,
     ) -> Result<Unsubscribed> {
         with_pool!(self, p => {
@@ -210,19 +212,11 @@ impl Store {
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
-            let stopped_ids: Vec<i64> = sqlx::query_scalar(
-                "UPDATE enrollments SET state = 'stopped', reason = 'unsubscribed', next_run_at = NULL, updated_at = $1 \
-                 WHERE contact_id = $2 AND state IN ('active', 'paused', 'held') RETURNING id",
-            )
-            .bind(ms(now))
-            .bind(m.contact_id)
-            .fetch_all(&mut *tx)
-            .await?;
-            // A send in flight must not write over the stop.
-            sqlx::query("DELETE FROM claims WHERE enrollment_id IN (SELECT id FROM enrollments WHERE contact_id = $1)")
-                .bind(m.contact_id)
-                .execute(&mut *tx)
-                .await?;
+            // The engine's stops of the live enrollments; writing them drops their
+            // claims, so that a send in flight cannot write over the stop.
+            let mut stopped_ids = Vec::new();
+            update_enrollments!(tx, updates, now, None, (&mut stopped_ids));
+            let events = super::events_of_applied(events, updates, &stopped_ids);
             let new = inserted + marked > 0;
             if new {
                 sqlx::query("INSERT INTO events (at, contact_id, enrollment_id, message_id, kind, data) VALUES ($1, $2, $3, $4, 'unsubscribed', $5)")
@@ -234,15 +228,7 @@ impl Store {
                     .execute(&mut *tx)
                     .await?;
             }
-            for id in &stopped_ids {
-                sqlx::query("INSERT INTO events (at, contact_id, enrollment_id, kind, data) VALUES ($1, $2, $3, 'stopped', $4)")
-                    .bind(ms(now))
-                    .bind(m.contact_id)
-                    .bind(*id)
-                    .bind(json!({ "reason": "unsubscribed" }).to_string())
-                    .execute(&mut *tx)
-                    .await?;
-            }
+            insert_events!(tx, events, now);
             tx.commit().await?;
             Ok(Unsubscribed { new, stopped: stopped_ids.len() as u64 })
         })

@@ -456,7 +456,7 @@ async fn unsubscribe(
             } else {
                 "page"
             };
-            match s.store.unsubscribe(&m, via, Utc::now()).await {
+            match crate::app::operate::unsubscribe(&s.store, &m, via, Utc::now()).await {
                 Ok(u) => {
                     if u.new {
                         s.metrics.unsubscribed.fetch_add(1, Ordering::Relaxed);

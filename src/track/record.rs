@@ -1,13 +1,13 @@
 //! Writes the endpoint's opens and clicks: drains the hit channel in batches, finds
 //! each hit's message by its key, labels machine hits with their reason, appends the
-//! events in one transaction per batch, and applies the sequences' `on_open` and
-//! `on_click` rules for people (machines never drive rules).
+//! events in one transaction per batch. The sequences' `on_open` and `on_click` rules
+//! follow from those events through the rules runner (machines never drive rules).
 //!
 //! A batch is whatever has queued up while the previous one was being written, so
 //! under load batches grow and commits stay few; when idle a hit is written at once.
 //! On shutdown the channel is drained before the task returns.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -19,7 +19,6 @@ use super::http::{Metrics, RawHit};
 use super::machine::{self, Bursts, Hit, HitKind};
 use super::{key_hex, HONEYPOT};
 use crate::project::Project;
-use crate::sequence::Rule;
 use crate::store::{self, HitEvent, Store, TrackedMessage};
 
 /// Hits taken into one transaction at most.
@@ -156,68 +155,10 @@ impl Recorder {
                 }),
             });
         }
-        // Rules fire on a person's first open of a message, and first click of a link.
-        let rows: Vec<i64> = {
-            let mut r: Vec<i64> = events
-                .iter()
-                .filter(|e| e.machine.is_none())
-                .map(|e| e.message_row)
-                .collect();
-            r.sort_unstable();
-            r.dedup();
-            r
-        };
-        let wants_rules = events.iter().any(|e| {
-            e.machine.is_none()
-                && self
-                    .project
-                    .sequence(e.data["sequence"].as_str().unwrap_or_default())
-                    .is_some_and(|s| {
-                        (e.kind == "opened" && !s.on_open.is_empty())
-                            || (e.kind == "clicked" && !s.on_click.is_empty())
-                    })
-        });
-        let seen = if wants_rules {
-            self.store.human_hits(&rows).await?
-        } else {
-            HashSet::new()
-        };
         self.store.insert_hits(&events).await?;
         debug!(hits = events.len(), "recorded hits");
-        if !wants_rules {
-            return Ok(());
-        }
-        let clicked: Vec<(i64, i64)> = events
-            .iter()
-            .filter(|e| e.machine.is_none() && e.kind == "clicked")
-            .filter_map(|e| e.link.map(|l| (e.message_row, l)))
-            .collect();
-        let urls = self.store.link_urls(&clicked).await?;
-        let mut fired: HashSet<(i64, &str, Option<i64>)> = HashSet::new();
-        let mut rules: Vec<(i64, Rule)> = Vec::new();
-        for e in events.iter().filter(|e| e.machine.is_none()) {
-            let first = !seen.contains(&(e.message_row, e.kind.to_string(), e.link))
-                && fired.insert((e.message_row, e.kind, e.link));
-            if !first {
-                continue;
-            }
-            let Some(seq) = self
-                .project
-                .sequence(e.data["sequence"].as_str().unwrap_or_default())
-            else {
-                continue;
-            };
-            if e.kind == "opened" {
-                rules.extend(seq.on_open.iter().map(|r| (e.contact_id, r.clone())));
-            } else if let Some(url) = e.link.and_then(|l| urls.get(&(e.message_row, l))) {
-                rules.extend(
-                    seq.on_click
-                        .iter()
-                        .filter(|r| r.url_contains.as_deref().is_none_or(|p| url.contains(p)))
-                        .map(|r| (e.contact_id, r.clone())),
-                );
-            }
-        }
-        crate::lifecycle::apply(&self.project, &self.store, &rules, chrono::Utc::now()).await
+        // A person's first open or click fires the sequence's `on_open` / `on_click`
+        // through the rules runner, which reads these events in order.
+        Ok(())
     }
 }

@@ -15,6 +15,8 @@
 //! prints them always.
 
 use std::collections::HashMap;
+
+use followup::model::EnrollmentState;
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
@@ -484,7 +486,7 @@ impl Case {
     /// Waits until `email`'s enrollment leaves `active`, and returns it.
     fn changed(&self, email: &str) -> Enrollment {
         self.wait(&format!("{email}'s enrollment to change"), || {
-            Some(self.enrollment(email)).filter(|e| e.state != "active")
+            Some(self.enrollment(email)).filter(|e| e.state != EnrollmentState::Active)
         })
     }
 
@@ -493,7 +495,10 @@ impl Case {
     fn stopped(&self, email: &str, reason: &str) -> Enrollment {
         let e = self.changed(email);
         assert_eq!(
-            (e.state.as_str(), e.reason.as_deref()),
+            (
+                e.state.as_str(),
+                e.cause.as_ref().map(|c| c.to_string()).as_deref()
+            ),
             ("stopped", Some(reason)),
             "{email}"
         );
@@ -504,7 +509,11 @@ impl Case {
     fn assert_untouched(&self, email: &str) {
         let e = self.enrollment(email);
         assert_eq!(
-            (e.state.as_str(), e.step_id.as_str(), e.reason.as_deref()),
+            (
+                e.state.as_str(),
+                e.step_id.as_str(),
+                e.cause.as_ref().map(|c| c.to_string()).as_deref()
+            ),
             ("active", "bump", None),
             "{email} should be untouched: {e:?}"
         );
@@ -713,7 +722,11 @@ fn vacation(db: Db) {
     c.first(LI);
     c.first(BUYER);
     let e = c.changed(OOO);
-    assert_eq!(e.state, "paused", "an auto-reply pauses: {e:?}");
+    assert_eq!(
+        e.state,
+        EnrollmentState::Paused,
+        "an auto-reply pauses: {e:?}"
+    );
     assert_eq!(e.step_id, "bump", "resumes where it was: {e:?}");
     let until = e.paused_until.expect("paused until a date");
     // "I am back on 15 December": read from the responder's text, in the contact's time zone
@@ -845,11 +858,18 @@ fn catch_up(db: Db) {
         m.header("From").is_some_and(|f| f.contains(LI))
     });
     let reply_id = delivered.header("Message-ID").unwrap_or_default();
-    assert_eq!(c.enrollment(LI).state, "active", "nobody watched yet");
+    assert_eq!(
+        c.enrollment(LI).state,
+        EnrollmentState::Active,
+        "nobody watched yet"
+    );
     c.daemon = Some(c.p.daemon());
     let e = c.changed(LI);
     assert_eq!(
-        (e.state.as_str(), e.reason.as_deref()),
+        (
+            e.state.as_str(),
+            e.cause.as_ref().map(|c| c.to_string()).as_deref()
+        ),
         ("stopped", Some("replied")),
         "reply {reply_id}"
     );
@@ -992,7 +1012,7 @@ fn in_doubt_settled_through_sent(db: Db) {
     // Li's was in Sent: counted as sent, her sequence goes on, no second mail.
     c.wait("li's in-doubt message settled", || {
         let e = c.enrollment(LI);
-        (e.state == "active" && e.step_id == "bump").then_some(())
+        (e.state == EnrollmentState::Active && e.step_id == "bump").then_some(())
     });
     // The buyer's was not: sent again, under the Message-ID it had.
     let again = c.wait("the buyer's message sent again", || {
@@ -1069,7 +1089,7 @@ fn one_click_silences_vacation(db: Db) {
     );
     // So nothing pauses the contact: the sequence would go on as if they were there.
     let e = c.enrollment(OOO);
-    assert_eq!(e.state, "active", "{e:?}");
+    assert_eq!(e.state, EnrollmentState::Active, "{e:?}");
     assert!(e.paused_until.is_none(), "{e:?}");
 }
 
@@ -1231,9 +1251,13 @@ fn large_messages_bounded_memory(db: Db) {
         Duration::from_secs(300),
         "li's reply after the large mails",
         || c.context(),
-        || Some(c.enrollment(LI)).filter(|e| e.state != "active"),
+        || Some(c.enrollment(LI)).filter(|e| e.state != EnrollmentState::Active),
     );
-    assert_eq!(e.reason.as_deref(), Some("replied"), "{e:?}");
+    assert_eq!(
+        e.cause.as_ref().map(|c| c.to_string()).as_deref(),
+        Some("replied"),
+        "{e:?}"
+    );
     c.wait_idle();
     let pid = c.daemon().child.id();
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc status");

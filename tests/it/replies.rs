@@ -4,6 +4,7 @@
 
 use chrono::Utc;
 use followup::inbound::{self, Arrival, Folder};
+use followup::model::EnrollmentState;
 use followup::project::Project as Loaded;
 use followup::store::{Checkpoint, Store};
 
@@ -104,7 +105,7 @@ impl World {
             .await
             .unwrap()
             .unwrap();
-        (e.state, e.reason)
+        (e.state.to_string(), e.cause.as_ref().map(|c| c.to_string()))
     }
 }
 
@@ -286,7 +287,7 @@ async fn auto_reply_and_bounce(db: Db) {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(e.state, "paused");
+    assert_eq!(e.state, EnrollmentState::Paused);
     assert_eq!(e.step_id, "bump", "resumes where it was");
     // Back on day D → resumes on D + 1, 00:00 in the contact's zone (Asia/Shanghai here,
     // so 16:00 UTC on D): the date read from the text, not the default pause.
@@ -436,6 +437,18 @@ async fn on_reply_rule(db: Db) {
         )
         .await;
     assert_eq!(h.changed.len(), 1, "{h:?}");
+    // The rule follows from the reply's event, through the runner's cursor, once,
+    // though two daemons' runners go at it together.
+    let (a, b) = tokio::join!(
+        followup::app::rules::run(&w.loaded, &w.store, Utc::now()),
+        followup::app::rules::run(&w.loaded, &w.store, Utc::now()),
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(a.rules + b.rules, 1, "{a:?} {b:?}");
+    let again = followup::app::rules::run(&w.loaded, &w.store, Utc::now())
+        .await
+        .unwrap();
+    assert_eq!(again.rules, 0, "nothing runs twice: {again:?}");
     let li = w
         .store
         .contact("li@prospect.example")
@@ -457,7 +470,11 @@ async fn on_reply_rule(db: Db) {
         "\"tag\":\"warm\"",
         "\"tag\":\"samples\"",
     ] {
-        assert!(shown.contains(needle), "{needle} in:\n{shown}");
+        assert_eq!(
+            shown.matches(needle).count(),
+            1,
+            "{needle} once in:\n{shown}"
+        );
     }
 }
 

@@ -1,13 +1,21 @@
 //! The store's claim order and leases, against SQLite and PostgreSQL.
 
 use chrono::{DateTime, Duration, Utc};
-use followup::model::{EnrollmentUpdate, NewContact, NewEnrollment};
+use followup::model::{
+    Cause, CauseKind, EnrollmentState, EnrollmentUpdate, EventKind, MessageStatus, NewContact,
+    NewEnrollment,
+};
 use followup::store::Store;
 
 use crate::support::{database_url, Db};
 
 async fn setup(db: Db, dir: &std::path::Path, n: usize) -> (Store, Vec<i64>) {
-    let store = Store::open(&database_url(db, dir)).await.unwrap();
+    setup_at(&database_url(db, dir), n).await
+}
+
+/// [`setup`] on the database at `url`.
+async fn setup_at(url: &str, n: usize) -> (Store, Vec<i64>) {
+    let store = Store::open(url).await.unwrap();
     let contacts: Vec<NewContact> = (0..n)
         .map(|i| NewContact {
             email: format!("c{i}@prospect.example"),
@@ -285,12 +293,12 @@ async fn outcomes_and_the_next_batch_commit_together(db: Db) {
     };
     let sent = |c: &followup::store::Claimed, b: &followup::store::Begun| {
         let mut u = c.enrollment.unchanged();
-        u.state = "finished".into();
+        u.state = EnrollmentState::Finished;
         u.next_run_at = None;
         Finish {
             message: Some(MessageUpdate {
                 row_id: b.row_id,
-                status: "sent".into(),
+                status: MessageStatus::Sent,
                 smtp_reply: Some("250 ok".into()),
             }),
             enrollment: u,
@@ -298,7 +306,7 @@ async fn outcomes_and_the_next_batch_commit_together(db: Db) {
                 contact_id: Some(c.enrollment.contact_id),
                 enrollment_id: Some(c.enrollment.id),
                 message_id: Some(b.row_id),
-                kind: "sent".into(),
+                kind: EventKind::Sent,
                 data: serde_json::json!({}),
             }],
         }
@@ -339,8 +347,8 @@ async fn outcomes_and_the_next_batch_commit_together(db: Db) {
         .unwrap();
     assert_eq!(second[1].contact.email, "c3@prospect.example");
     change(&store, second[1].enrollment.id, now, |u| {
-        u.state = "stopped".into();
-        u.reason = Some("replied".into());
+        u.state = EnrollmentState::Stopped;
+        u.cause = Some(Cause::new(CauseKind::Replied));
         u.next_run_at = None;
     })
     .await;
@@ -366,13 +374,13 @@ async fn outcomes_and_the_next_batch_commit_together(db: Db) {
         "only the enrollment still active is begun"
     );
     for c in &first {
-        assert_eq!(status(c).await.as_deref(), Some("sent"));
+        assert_eq!(status(c).await.map(|s| s.as_str()), Some("sent"));
         let e = store
             .enrollments_by_id(&[c.enrollment.id])
             .await
             .unwrap()
             .remove(0);
-        assert_eq!(e.state, "finished");
+        assert_eq!(e.state, EnrollmentState::Finished);
         let kinds: Vec<String> = store
             .timeline(c.enrollment.contact_id)
             .await
@@ -382,7 +390,10 @@ async fn outcomes_and_the_next_batch_commit_together(db: Db) {
             .collect();
         assert!(kinds.contains(&"sent".to_string()), "{kinds:?}");
     }
-    assert_eq!(status(&second[0]).await.as_deref(), Some("sending"));
+    assert_eq!(
+        status(&second[0]).await.map(|s| s.as_str()),
+        Some("sending")
+    );
     assert_eq!(
         status(&second[1]).await,
         None,
@@ -411,14 +422,18 @@ async fn outcomes_and_the_next_batch_commit_together(db: Db) {
         .write_sends(&finishes, &[clash.clone()], "a", now, lease)
         .await
         .is_err());
-    assert_eq!(status(&second[0]).await.as_deref(), Some("sent"));
+    assert_eq!(status(&second[0]).await.map(|s| s.as_str()), Some("sent"));
     assert_eq!(status(&third[0]).await, None);
     let e = store
         .enrollments_by_id(&[second[0].enrollment.id])
         .await
         .unwrap()
         .remove(0);
-    assert_eq!(e.state, "finished", "c2's outcome was recorded");
+    assert_eq!(
+        e.state,
+        EnrollmentState::Finished,
+        "c2's outcome was recorded"
+    );
     let c2_sent_events = || {
         let store = store.clone();
         let contact = second[0].enrollment.contact_id;
@@ -446,7 +461,7 @@ async fn outcomes_and_the_next_batch_commit_together(db: Db) {
         .await
         .unwrap();
     assert_eq!(begun.len(), 1);
-    assert_eq!(status(&third[0]).await.as_deref(), Some("sending"));
+    assert_eq!(status(&third[0]).await.map(|s| s.as_str()), Some("sending"));
     store.close().await;
 }
 
@@ -540,11 +555,11 @@ async fn takeover_sends_again_only_what_never_left(db: Db) {
         }
     };
     assert_eq!(
-        status(a[1].enrollment.id).await.as_deref(),
+        status(a[1].enrollment.id).await.map(|s| s.as_str()),
         Some("deferred")
     );
     assert_eq!(
-        status(a[0].enrollment.id).await.as_deref(),
+        status(a[0].enrollment.id).await.map(|s| s.as_str()),
         Some("in_doubt")
     );
 }
@@ -557,4 +572,180 @@ async fn takeover_sends_again_only_what_never_left_sqlite() {
 #[tokio::test]
 async fn takeover_sends_again_only_what_never_left_postgres() {
     takeover_sends_again_only_what_never_left(Db::Postgres).await;
+}
+
+/// Runs statements on the database at `url` with a connection of its own.
+async fn exec(url: &str, statements: &[String]) {
+    macro_rules! run {
+        ($pool:expr) => {{
+            let pool = $pool.await.unwrap();
+            for s in statements {
+                sqlx::query(s).execute(&pool).await.unwrap();
+            }
+            pool.close().await;
+        }};
+    }
+    if url.starts_with("sqlite:") {
+        run!(sqlx::SqlitePool::connect(url))
+    } else {
+        run!(sqlx::PgPool::connect(url))
+    }
+}
+
+/// Enrollments written by a version that stored only a sentence are given the cause
+/// the sentence stood for by migration 0009, and `status` counts them by kind: the
+/// hundred messages in doubt a crash could leave are one line, not a hundred.
+async fn old_reasons_become_causes(db: Db) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = database_url(db, dir.path());
+    let now = Utc::now();
+    let (store, ids) = setup_at(&url, 8).await;
+    store.enroll(&first_steps(&ids, now), now).await.unwrap();
+    let old = [
+        (
+            "held",
+            "missing field 'company' (used at templates/first.txt:3:5, no default)",
+        ),
+        (
+            "held",
+            "missing field 'company' (used at templates/first.txt:3:5, no default)",
+        ),
+        ("held", "in doubt: <a1@followup> may have been sent"),
+        ("held", "in doubt: <a2@followup> may have been sent"),
+        ("paused", "paused by operator"),
+        ("active", "retrying: 451 4.7.1 try later"),
+        ("stopped", "smtp: 550 5.1.1 unknown user"),
+        ("stopped", "something an old version wrote"),
+    ];
+    let mut statements = Vec::new();
+    for (id, (state, reason)) in ids.iter().zip(old) {
+        statements.push(format!(
+            "UPDATE enrollments SET state = '{state}', reason = '{}', cause = NULL, cause_detail = NULL \
+             WHERE contact_id = {id}",
+            reason.replace('\'', "''")
+        ));
+    }
+    // The migration's data step, as it ran on upgrade (its ALTERs have run already).
+    let migration = match db {
+        Db::Sqlite => include_str!("../../migrations/sqlite/0009_causes.sql"),
+        Db::Postgres => include_str!("../../migrations/postgres/0009_causes.sql"),
+    };
+    let update = &migration[migration.find("UPDATE enrollments").unwrap()..];
+    statements.push(update.to_string());
+    exec(&url, &statements).await;
+
+    let mut by_contact = std::collections::HashMap::new();
+    for (i, id) in ids.iter().enumerate() {
+        let email = format!("c{i}@prospect.example");
+        let e = store.enrollment("intro", &email).await.unwrap().unwrap();
+        by_contact.insert(*id, e);
+    }
+    let cause = |i: usize| by_contact[&ids[i]].cause.clone().unwrap();
+    assert_eq!(cause(0).kind, CauseKind::MissingField);
+    assert_eq!(
+        cause(0).to_string(),
+        "missing field 'company' (used at templates/first.txt:3:5, no default)"
+    );
+    assert_eq!(cause(2), Cause::with(CauseKind::InDoubt, "<a1@followup>"));
+    assert_eq!(cause(4), Cause::new(CauseKind::Operator));
+    assert_eq!(
+        cause(5),
+        Cause::with(CauseKind::Retrying, "451 4.7.1 try later")
+    );
+    assert_eq!(
+        cause(6),
+        Cause::with(CauseKind::Rejected, "550 5.1.1 unknown user")
+    );
+    assert_eq!(
+        cause(7),
+        Cause::with(CauseKind::Other, "something an old version wrote")
+    );
+    assert_eq!(by_contact[&ids[2]].state, EnrollmentState::Held);
+
+    let status = store.status(Some("intro")).await.unwrap();
+    let line = |label: &str| {
+        status
+            .reasons
+            .iter()
+            .find(|r| r.2 == label)
+            .map(|r| (r.1.clone(), r.3))
+    };
+    assert_eq!(
+        line("in doubt"),
+        Some(("held".into(), 2)),
+        "{:?}",
+        status.reasons
+    );
+    assert_eq!(
+        line("missing field 'company' (used at templates/first.txt:3:5, no default)"),
+        Some(("held".into(), 2))
+    );
+    assert_eq!(line("paused by operator"), Some(("paused".into(), 1)));
+    assert_eq!(
+        line("something an old version wrote"),
+        Some(("stopped".into(), 1))
+    );
+    assert_eq!(status.reasons.len(), 6, "{:?}", status.reasons);
+}
+
+#[tokio::test]
+async fn old_reasons_become_causes_sqlite() {
+    old_reasons_become_causes(Db::Sqlite).await;
+}
+
+#[tokio::test]
+async fn old_reasons_become_causes_postgres() {
+    old_reasons_become_causes(Db::Postgres).await;
+}
+
+/// On PostgreSQL an event's id is handed out before its transaction commits, so a
+/// transaction that began first can commit last with the smaller id. The events a
+/// consumer reads stop before every transaction still running: the late commit is
+/// read in its place, never skipped by a cursor that already moved past its id.
+#[tokio::test]
+async fn event_cursor_never_passes_a_transaction_still_running_postgres() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = database_url(Db::Postgres, dir.path());
+    let (store, ids) = setup_at(&url, 1).await;
+    let start = store.cursor("test").await.unwrap();
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    let insert = |kind: &'static str| {
+        format!(
+            "INSERT INTO events (at, contact_id, kind, data) VALUES (0, {}, '{kind}', '{{}}') RETURNING id",
+            ids[0]
+        )
+    };
+    // The slow writer takes the smaller id and has not committed yet.
+    let mut slow = pool.begin().await.unwrap();
+    let early: i64 = sqlx::query_scalar(&insert("tagged"))
+        .fetch_one(&mut *slow)
+        .await
+        .unwrap();
+    let late: i64 = sqlx::query_scalar(&insert("stage_changed"))
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(early < late);
+    let page = store.events_after(start, 100).await.unwrap();
+    assert!(
+        page.events.is_empty() && page.end == start,
+        "nothing is read while an older transaction runs: {page:?}"
+    );
+    slow.commit().await.unwrap();
+    let page = store.events_after(start, 100).await.unwrap();
+    let read: Vec<i64> = page.events.iter().map(|e| e.id).collect();
+    assert_eq!(read, [early, late], "both, in commit order");
+    // A consumer commits its cursor once; a second one at the old position is refused.
+    store
+        .commit_rules("test", start, page.end, &[], Utc::now())
+        .await
+        .unwrap();
+    assert!(matches!(
+        store
+            .commit_rules("test", start, page.end, &[], Utc::now())
+            .await,
+        Err(followup::store::Error::Moved)
+    ));
+    assert_eq!(store.cursor("test").await.unwrap(), page.end);
+    pool.close().await;
 }
