@@ -2,13 +2,14 @@
 //! one of its links, record opens and clicks in batches, unsubscribe, and read what a
 //! contact did for branches (`if: clicked`).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 use sqlx::{QueryBuilder, Row};
 
 use super::{from_ms, ms, BeginWrite, EnrollmentUpdate, NewEvent, Pool, Result, Store, CHUNK};
+use crate::model::EventKind;
 use crate::sequence::Engagement;
 
 /// A sent message as the endpoint knows it.
@@ -34,7 +35,7 @@ pub struct HitEvent {
     pub contact_id: i64,
     pub enrollment_id: i64,
     /// `opened` or `clicked`.
-    pub kind: &'static str,
+    pub kind: EventKind,
     pub link: Option<i64>,
     /// Why it is a machine's; None: a person.
     pub machine: Option<String>,
@@ -134,31 +135,6 @@ impl Store {
         Ok(out)
     }
 
-    /// Which (message, kind, link) already have a person's hit, so that rules fire on
-    /// the first one only.
-    pub async fn human_hits(
-        &self,
-        message_rows: &[i64],
-    ) -> Result<HashSet<(i64, String, Option<i64>)>> {
-        let mut out = HashSet::new();
-        for chunk in message_rows.chunks(CHUNK) {
-            with_read_pool!(self, p => {
-                let mut qb = QueryBuilder::new(
-                    "SELECT DISTINCT message_id, kind, link FROM events WHERE kind IN ('opened', 'clicked') AND machine IS NULL AND message_id IN (",
-                );
-                let mut sep = qb.separated(", ");
-                for m in chunk {
-                    sep.push_bind(*m);
-                }
-                qb.push(")");
-                for r in qb.build().fetch_all(p).await? {
-                    out.insert((r.try_get("message_id")?, r.try_get("kind")?, r.try_get("link")?));
-                }
-            });
-        }
-        Ok(out)
-    }
-
     /// Appends opens and clicks in one transaction.
     pub async fn insert_hits(&self, hits: &[HitEvent]) -> Result<()> {
         if hits.is_empty() {
@@ -175,7 +151,7 @@ impl Store {
                         .push_bind(h.contact_id)
                         .push_bind(h.enrollment_id)
                         .push_bind(h.message_row)
-                        .push_bind(h.kind)
+                        .push_bind(h.kind.as_str())
                         .push_bind(h.data.to_string())
                         .push_bind(h.link)
                         .push_bind(h.machine.clone());
@@ -282,7 +258,7 @@ impl Store {
                     let e = out.entry(r.try_get("enrollment_id")?).or_default();
                     let kind: String = r.try_get("kind")?;
                     let step: String = r.try_get("step_id")?;
-                    if kind == "opened" {
+                    if EventKind::parse(&kind) == Some(EventKind::Opened) {
                         e.opened.push(step);
                     } else if let Some(url) = r.try_get::<Option<String>, _>("url")? {
                         e.clicked.push((step, url));

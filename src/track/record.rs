@@ -18,6 +18,7 @@ use tracing::{debug, warn};
 use super::http::{Metrics, RawHit};
 use super::machine::{self, Bursts, Hit, HitKind};
 use super::{key_hex, HONEYPOT};
+use crate::model::EventKind;
 use crate::project::Project;
 use crate::store::{self, HitEvent, Store, TrackedMessage};
 
@@ -132,10 +133,10 @@ impl Recorder {
             }
             let human = reason.is_none();
             let (kind, counter) = match (h.kind, human) {
-                (HitKind::Open, true) => ("opened", &self.metrics.opened_human),
-                (HitKind::Open, false) => ("opened", &self.metrics.opened_machine),
-                (HitKind::Click, true) => ("clicked", &self.metrics.clicked_human),
-                (HitKind::Click, false) => ("clicked", &self.metrics.clicked_machine),
+                (HitKind::Open, true) => (EventKind::Opened, &self.metrics.opened_human),
+                (HitKind::Open, false) => (EventKind::Opened, &self.metrics.opened_machine),
+                (HitKind::Click, true) => (EventKind::Clicked, &self.metrics.clicked_human),
+                (HitKind::Click, false) => (EventKind::Clicked, &self.metrics.clicked_machine),
             };
             counter.fetch_add(1, Ordering::Relaxed);
             events.push(HitEvent {
