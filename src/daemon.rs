@@ -36,6 +36,12 @@ pub async fn run(
     );
     // One watcher per mailbox with IMAP for INBOX, and one for Sent (mail the rep
     // writes by hand stops that contact's sequence too).
+    let (arrivals, arrived) = tokio::sync::mpsc::channel(16);
+    tracker.spawn(crate::inbound::serve(
+        project.clone(),
+        store.clone(),
+        arrived,
+    ));
     for mailbox in project
         .config
         .mailboxes
@@ -44,7 +50,8 @@ pub async fn run(
     {
         for folder in [Folder::Inbox, Folder::Sent] {
             let w = Watcher {
-                project: project.clone(),
+                arrivals: arrivals.clone(),
+                timing: project.config.replies.clone(),
                 store: store.clone(),
                 mailbox: mailbox.clone(),
                 folder,
@@ -52,6 +59,8 @@ pub async fn run(
             tracker.spawn(w.run(shutdown.child_token()));
         }
     }
+    // The watchers hold the only senders: when they stop, `serve` ends.
+    drop(arrivals);
     if let Some(http) = &project.config.http {
         let signer = http
             .signer

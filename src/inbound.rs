@@ -624,3 +624,53 @@ fn emails(list: &[Enrollment]) -> String {
 pub fn kind_name(k: &Kind) -> &'static str {
     k.as_str()
 }
+
+/// A message a watcher found, handed over on the arrivals channel with the way to
+/// answer it: the watcher moves its checkpoint only once the answer says the message
+/// was handled or set aside.
+#[derive(Debug)]
+pub struct Delivered {
+    /// The mailbox's name in `followup.toml`.
+    pub mailbox: String,
+    pub folder: Folder,
+    pub uid: i64,
+    pub raw: Arc<[u8]>,
+    pub checkpoint: Checkpoint,
+    pub done: tokio::sync::oneshot::Sender<Result<Processed, Error>>,
+}
+
+/// Where watchers send what they find. The IMAP adapter knows only this; what an
+/// arrival does is decided by [`serve`], which the daemon wires to it.
+pub type Arrivals = tokio::sync::mpsc::Sender<Delivered>;
+
+/// Handles arrivals until every sender is gone, each in a task of its own (one slow
+/// message must not hold up another mailbox's replies).
+pub async fn serve(
+    project: Arc<Project>,
+    store: Store,
+    mut arrivals: tokio::sync::mpsc::Receiver<Delivered>,
+) {
+    while let Some(d) = arrivals.recv().await {
+        let (project, store) = (project.clone(), store.clone());
+        tokio::spawn(async move {
+            let Some(mailbox) = project.config.mailboxes.get(&d.mailbox) else {
+                warn!(mailbox = %d.mailbox, "an arrival for a mailbox that is no longer configured");
+                return;
+            };
+            let folder_name = match d.folder {
+                Folder::Inbox => "INBOX",
+                Folder::Sent => "Sent",
+            };
+            let a = Arrival {
+                folder: d.folder,
+                folder_name,
+                uid: d.uid,
+                raw: d.raw,
+                checkpoint: d.checkpoint,
+            };
+            let outcome = process(&project, &store, mailbox, a, Utc::now()).await;
+            // The watcher may have stopped meanwhile; then nobody waits for the answer.
+            let _ = d.done.send(outcome);
+        });
+    }
+}

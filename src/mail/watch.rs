@@ -1,8 +1,9 @@
 //! The IMAP watcher: one task per mailbox and folder (INBOX, and Sent), built on
 //! async-imap. It catches up from its checkpoint (UIDVALIDITY + last UID), then waits
 //! with IDLE (re-issued before RFC 2177's 29-minute limit) or polls where the server has
-//! no IDLE, and hands each new message to `inbound::process`. Any error closes the
-//! connection; it reconnects with backoff, and logs each change of state once.
+//! no IDLE, and hands each new message over the arrivals channel (`inbound::serve`
+//! decides what it does; this adapter only waits for the answer before it moves its
+//! checkpoint). Any error closes the connection; it reconnects with backoff, and logs each change of state once.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -21,7 +22,6 @@ use tracing::{info, warn, Instrument};
 
 use crate::config::{ImapSecurity, Mailbox};
 use crate::inbound::{self, Folder, Processed};
-use crate::project::Project;
 use crate::store::{Checkpoint, Store};
 
 /// Anything async-imap can talk over: plain TCP or TLS.
@@ -157,7 +157,10 @@ pub async fn sent_folder(session: &mut Session, mailbox: &Mailbox) -> Result<Str
 
 /// Watches one folder of one mailbox until `shutdown`.
 pub struct Watcher {
-    pub project: Arc<Project>,
+    /// Where found messages go (see [`inbound::serve`]).
+    pub arrivals: inbound::Arrivals,
+    /// How long an IDLE lasts, and how often a server without IDLE is polled.
+    pub timing: crate::config::ReplySettings,
     pub store: Store,
     pub mailbox: Mailbox,
     pub folder: Folder,
@@ -312,16 +315,12 @@ impl Watcher {
             }
         };
         let renew = self
-            .project
-            .config
-            .replies
+            .timing
             .idle_renew
             .to_std()
             .unwrap_or(StdDuration::from_secs(25 * 60));
         let poll = self
-            .project
-            .config
-            .replies
+            .timing
             .poll
             .to_std()
             .unwrap_or(StdDuration::from_secs(60));
@@ -463,21 +462,23 @@ impl Watcher {
             tracing::info_span!("reply", mailbox = %self.mailbox.name, folder = folder_name, uid);
         let mut pause = StdDuration::from_secs(1);
         loop {
-            let outcome = inbound::process(
-                &self.project,
-                &self.store,
-                &self.mailbox,
-                inbound::Arrival {
-                    folder: self.folder,
-                    folder_name: self.label(),
-                    uid,
-                    raw: raw.clone(),
-                    checkpoint: next,
-                },
-                Utc::now(),
-            )
-            .instrument(span.clone())
-            .await?;
+            let (done, answer) = tokio::sync::oneshot::channel();
+            let delivered = inbound::Delivered {
+                mailbox: self.mailbox.name.clone(),
+                folder: self.folder,
+                uid,
+                raw: raw.clone(),
+                checkpoint: next,
+                done,
+            };
+            if self.arrivals.send(delivered).await.is_err() {
+                // The daemon is stopping: the message is read again next time.
+                return Ok(checkpoint);
+            }
+            let outcome = match answer.instrument(span.clone()).await {
+                Ok(outcome) => outcome?,
+                Err(_) => return Ok(checkpoint),
+            };
             match outcome {
                 Processed::Handled(_) | Processed::SetAside { .. } => return Ok(next),
                 Processed::Failed { .. } => {
