@@ -1,11 +1,12 @@
 //! Send throughput: followup rendering and sending a one-step sequence to Postfix's
-//! `smtp-sink` on loopback, with its per-message state changes on SQLite, side by side
-//! with Postfix's own `smtp-source` pushing the same number of messages of the same size
-//! into the same sink over the same number of reused sessions.
+//! `smtp-sink` on loopback, with its per-message state changes on SQLite (or
+//! PostgreSQL), side by side with Postfix's own `smtp-source` pushing the same number
+//! of messages of the same size into the same sink over the same number of reused
+//! sessions.
 //!
-//! For each session count S, a fresh project (SQLite file, one mailbox with
-//! `connections = S`, a ~2 KB template) gets N contacts imported and enrolled through
-//! the library; then `Scheduler::run_once` is timed until all N are sent, then
+//! For each session count S, a fresh project (SQLite file or PostgreSQL database, one
+//! mailbox with `connections = S`, a ~2 KB template) gets N contacts imported and
+//! enrolled through the library; then `Scheduler::run_once` is timed until all N are sent, then
 //! `smtp-source -d -s S -m N -l SIZE` against the same sink; that pair is run
 //! FOLLOWUP_BENCH_REPEAT times.
 //!
@@ -21,7 +22,9 @@
 //! batch`, default 100, followup's default), FOLLOWUP_BENCH_REPEAT (pairs of runs per
 //! session count, default 3: the figure is the ratio of the medians, since smtp-source's
 //! own rate moves by a fifth from run to run on a shared machine),
-//! FOLLOWUP_BENCH_PROFILE_SESSIONS (default 8).
+//! FOLLOWUP_BENCH_PROFILE_SESSIONS (default 8), FOLLOWUP_BENCH_DB (`sqlite`, the default,
+//! or `postgres`: a fresh database per run on the server FOLLOWUP_BENCH_PG or
+//! FOLLOWUP_TEST_PG names).
 
 mod common;
 
@@ -57,6 +60,21 @@ struct Settings {
     repeat: usize,
 }
 
+/// Databases made on the PostgreSQL server, dropped at the end.
+static PG_DATABASES: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// The PostgreSQL server to bench on when FOLLOWUP_BENCH_DB=postgres (else SQLite).
+fn pg_server() -> Option<String> {
+    match std::env::var("FOLLOWUP_BENCH_DB").as_deref() {
+        Ok("postgres") => Some(
+            common::pg_base()
+                .expect("FOLLOWUP_BENCH_DB=postgres wants FOLLOWUP_BENCH_PG or FOLLOWUP_TEST_PG"),
+        ),
+        Ok("sqlite") | Ok("") | Err(_) => None,
+        Ok(other) => panic!("FOLLOWUP_BENCH_DB={other:?}: sqlite or postgres"),
+    }
+}
+
 /// The middle one (of an even count, the upper middle).
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
@@ -81,7 +99,14 @@ async fn setup(
 ) -> Setup {
     let start = Instant::now();
     let dir = tempfile::tempdir().unwrap();
-    let database = format!("sqlite://{}", dir.path().join("followup.db").display());
+    let database = match pg_server() {
+        Some(base) => {
+            let (url, name) = common::pg_create(&base).await;
+            PG_DATABASES.lock().unwrap().push(name);
+            url
+        }
+        None => format!("sqlite://{}", dir.path().join("followup.db").display()),
+    };
     let smtp = smtp
         .map(str::to_string)
         .unwrap_or_else(|| format!("smtp://127.0.0.1:{}", sink.port));
@@ -610,9 +635,14 @@ fn main() {
         .build()
         .unwrap();
     println!(
-        "followup send bench: {} messages per run, [send] batch = {}, SQLite, smtp-sink on loopback, {} CPUs",
+        "followup send bench: {} messages per run, [send] batch = {}, {}, smtp-sink on loopback, {} CPUs",
         thousands(s.n as u64),
         s.batch,
+        if pg_server().is_some() {
+            "PostgreSQL"
+        } else {
+            "SQLite"
+        },
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     let mut summary = Vec::new();
@@ -653,6 +683,14 @@ fn main() {
             rt.block_on(rt.spawn(breakdown(s, profile, source_rate)))
                 .unwrap(),
         );
+    }
+    if let Some(base) = pg_server() {
+        let names = std::mem::take(&mut *PG_DATABASES.lock().unwrap());
+        rt.block_on(async {
+            for name in names {
+                common::pg_drop(&base, &name).await;
+            }
+        });
     }
     println!();
     for line in summary {

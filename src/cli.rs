@@ -477,10 +477,15 @@ async fn cmd_init(dir: &Path, force: bool) -> anyhow::Result<ExitCode> {
 }
 
 fn cmd_check(config_path: &Path, json: bool) -> ExitCode {
-    let (diags, ok) = match Project::load(config_path, false) {
-        Ok((_, w)) => (w, true),
-        Err(d) => (d, false),
+    let (diags, mut ok) = match Project::load(config_path, false) {
+        Ok((p, w)) => (check_database_files(&p.config, config_path, w), true),
+        Err(d) => match config::load(config_path, false) {
+            // The project has other errors; its database's folder is still checked.
+            Ok(config) => (check_database_files(&config, config_path, d), false),
+            Err(_) => (d, false),
+        },
     };
+    ok &= !diags.has_errors();
     if json {
         let items: Vec<Value> = diags
             .items
@@ -516,6 +521,24 @@ fn cmd_check(config_path: &Path, json: bool) -> ExitCode {
     } else {
         ExitCode::from(1)
     }
+}
+
+/// Adds an error when a daemon could not keep its lock file and wire journal beside a
+/// SQLite database (`run` would stop on it).
+fn check_database_files(
+    config: &config::Config,
+    config_path: &Path,
+    mut diags: Diagnostics,
+) -> Diagnostics {
+    if let Err(e) = crate::store::check_nodes_dir(&config.database) {
+        diags.push(
+            crate::diagnostic::Diagnostic::error(config_path, e.to_string()).with_help(
+                "a daemon on a SQLite database keeps a lock file and a journal in the folder \
+                 FILE.nodes beside it: make it writable by the user followup runs as",
+            ),
+        );
+    }
+    diags
 }
 
 async fn cmd_import(

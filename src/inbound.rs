@@ -141,16 +141,8 @@ impl Error {
     /// unreachable), as opposed to a failure this message causes each time.
     pub fn is_transient(&self) -> bool {
         match self {
-            Error::Store(store::Error::Connect { .. }) => true,
-            Error::Store(store::Error::Db(e)) => matches!(
-                e,
-                sqlx::Error::Io(_)
-                    | sqlx::Error::PoolTimedOut
-                    | sqlx::Error::PoolClosed
-                    | sqlx::Error::WorkerCrashed
-                    | sqlx::Error::Tls(_)
-            ),
-            _ => false,
+            Error::Store(e) => e.is_transient(),
+            Error::Panicked(_) => false,
         }
     }
 }

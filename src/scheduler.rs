@@ -106,6 +106,9 @@ pub struct Scheduler {
     owner: String,
     /// Makes tracking keys; its node is allocated from the database on first use.
     keys: Arc<tokio::sync::OnceCell<KeyClock>>,
+    /// The group commit of wire marks, started on the first round: one per scheduler,
+    /// so that its journal is opened once and rotates as it grows.
+    wire: Arc<std::sync::OnceLock<WireMarks>>,
 }
 
 /// A claimed and rendered batch on its way to its `sending` commit.
@@ -152,6 +155,7 @@ impl Scheduler {
             senders,
             owner,
             keys: Arc::default(),
+            wire: Arc::default(),
         }
     }
 
@@ -492,8 +496,11 @@ impl Scheduler {
             })
         };
         // Marks each message leaving just before its end of data, group-committed across
-        // the mailbox's connections (see `WireMarks`). Ends when the last sender does.
-        let wire = WireMarks::start(self.store.clone(), self.owner.clone());
+        // the mailbox's connections (see `WireMarks`).
+        let wire = self
+            .wire
+            .get_or_init(|| WireMarks::start(self.store.clone(), self.owner.clone(), None))
+            .clone();
         let transmit = async move {
             // Ends when the work does, or as soon as `commit` has failed: then nothing
             // more is handed to SMTP (what was begun stays `sending`, in doubt later),
@@ -1341,16 +1348,30 @@ struct WireRequest {
 }
 
 impl WireMarks {
-    fn start(store: Store, owner: String) -> WireMarks {
+    /// Starts the group commit; it ends when the last handle on it goes. `rotate_at`
+    /// overrides the journal's rotation size (tests).
+    fn start(store: Store, owner: String, rotate_at: Option<u64>) -> WireMarks {
         let (tx, mut rx) = mpsc::unbounded_channel::<WireRequest>();
-        // On SQLite, a journal file (see `store::WireJournal`); on PostgreSQL, the
-        // database. Without its journal no end of data goes out.
-        let mut journal = match store.wire_journal(&owner) {
-            Ok(j) => j.map(Ok),
-            Err(e) => Some(Err(e)),
+        // On SQLite, a journal file (see `store::WireJournal`), opened once; on
+        // PostgreSQL, the database. Without its journal no end of data goes out.
+        let open = move |store: &Store, owner: &str| {
+            store
+                .wire_journal(owner)
+                .map(|j| {
+                    j.map(|j| match rotate_at {
+                        Some(n) => j.rotate_at(n),
+                        None => j,
+                    })
+                })
+                .transpose()
         };
+        let mut journal = open(&store, &owner);
         tokio::spawn(async move {
             while let Some(first) = rx.recv().await {
+                if matches!(journal, Some(Err(_))) {
+                    // It could not be opened (a full disk, a permission): try again.
+                    journal = open(&store, &owner);
+                }
                 let mut requests = vec![first];
                 while let Ok(r) = rx.try_recv() {
                     requests.push(r);
@@ -1517,4 +1538,35 @@ fn hostname() -> String {
 /// For callers that need an `EnrollmentUpdate` without the engine (operator commands).
 pub fn unchanged(e: &crate::model::Enrollment) -> EnrollmentUpdate {
     e.unchanged()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The journal is opened once per group commit, so it grows across requests and
+    /// rotates; the latest marks stay readable by a daemon taking over.
+    #[tokio::test]
+    async fn wire_marks_rotate_their_journal() {
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let db = tmp.path().join("followup.db");
+        let store = Store::open(&format!("sqlite://{}", db.display()))
+            .await
+            .expect("open the store");
+        let wire = WireMarks::start(store.clone(), "h:1:1".into(), Some(64));
+        for id in 1..=40 {
+            assert!(wire.mark(vec![(id, Wire::Left)], Some(id)).await);
+        }
+        let nodes = tmp.path().join("followup.db.nodes");
+        assert!(nodes.join("h_1_1.wire.old").exists(), "rotated");
+        assert!(
+            std::fs::metadata(nodes.join("h_1_1.wire"))
+                .expect("journal")
+                .len()
+                < 80
+        );
+        let marks = store.dead_journals(&["h:1:1".to_string()]);
+        assert!(marks.contains(&(40, Wire::Left)), "{marks:?}");
+        store.close().await;
+    }
 }

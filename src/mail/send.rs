@@ -241,7 +241,11 @@ impl SmtpPool {
                 Ok(Err(outcome)) => return all(outcome),
                 Err(_) => {
                     return all(SendOutcome::Transient {
-                        reply: format!("timed out connecting to {}", self.transport),
+                        reply: format!(
+                            "connecting to {} timed out after {} s",
+                            self.transport,
+                            TIMEOUT.as_secs()
+                        ),
                     })
                 }
             },
@@ -306,7 +310,7 @@ fn classify(e: &smtp::Error) -> SendOutcome {
     let reply = e.to_string();
     if matches!(e, smtp::Error::InDoubt(_)) {
         SendOutcome::InDoubt { reply }
-    } else if let smtp::Error::Login(_) = e {
+    } else if let smtp::Error::Login { .. } = e {
         SendOutcome::LoginRefused { reply }
     } else if e.is_permanent() {
         SendOutcome::Permanent { reply }

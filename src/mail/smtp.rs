@@ -53,11 +53,20 @@ pub const DATA_TIMEOUT: Duration = Duration::from_secs(600);
 /// [`Connection::send_all`]).
 const ASK_AGAIN_AFTER: Duration = Duration::from_millis(50);
 
-fn timed_out(what: &str) -> Error {
+fn timed_out(what: &str, after: Duration) -> Error {
     Error::Io(io::Error::new(
         io::ErrorKind::TimedOut,
-        format!("timed out {what} the server"),
+        format!("timed out after {} {what} the server", human(after)),
     ))
+}
+
+/// `60 s`, or `100 ms` below a second.
+fn human(d: Duration) -> String {
+    if d < Duration::from_secs(1) {
+        format!("{} ms", d.as_millis())
+    } else {
+        format!("{} s", d.as_secs())
+    }
 }
 
 /// How the connection is secured.
@@ -73,7 +82,7 @@ pub enum Security {
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("network: {0}")]
+    #[error("the SMTP connection failed: {0}")]
     Io(#[from] io::Error),
     /// The server answered with a 4xx or 5xx. Worded as lettre words it, which is
     /// what `status` has always shown.
@@ -97,8 +106,13 @@ pub enum Error {
     NotLeaving(String),
     /// The server refused the mailbox's login (535 and kin, or no mechanism in common):
     /// a problem of the mailbox, its password or account, never of the messages.
-    #[error("login refused: {0}")]
-    Login(String),
+    #[error("login refused by {server}: {reply}")]
+    Login {
+        /// `host:port`.
+        server: String,
+        /// The server's answer, or what it lacks.
+        reply: String,
+    },
 }
 
 impl Error {
@@ -335,9 +349,13 @@ impl Connection {
         }
         if let Some(login) = login {
             if conn.extensions.auth_any {
+                let server = format!("{host}:{port}");
                 conn.auth(&login).await.map_err(|e| match e {
-                    Error::Refused { reply } => Error::Login(reply.to_string()),
-                    Error::Unsupported(why) => Error::Login(why),
+                    Error::Refused { reply } => Error::Login {
+                        server,
+                        reply: reply.to_string(),
+                    },
+                    Error::Unsupported(reply) => Error::Login { server, reply },
                     e => e,
                 })?;
             }
@@ -746,7 +764,7 @@ impl Connection {
         };
         match tokio::time::timeout(IO_TIMEOUT, write).await {
             Ok(written) => Ok(written?),
-            Err(_) => Err(timed_out("writing to")),
+            Err(_) => Err(timed_out("writing to", IO_TIMEOUT)),
         }
     }
 
@@ -773,7 +791,11 @@ impl Connection {
             }
             self.read.reserve(1024);
             let read = tokio::time::timeout(timeout, self.stream.read_buf(&mut self.read));
-            if read.await.map_err(|_| timed_out("waiting for"))?? == 0 {
+            if read
+                .await
+                .map_err(|_| timed_out("waiting for", timeout))??
+                == 0
+            {
                 return Err(Error::Io(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
                     "the server closed the connection",

@@ -30,16 +30,24 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + fmt::Debug> Io for T {}
 
 type Session = async_imap::Session<Box<dyn Io>>;
 
+/// Why the watcher (or a look into the Sent folder) failed, worded for `status` and
+/// the log: each reads as a sentence naming the server where it can.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("cannot connect to {0}: {1}")]
     Connect(String, std::io::Error),
-    #[error("TLS with {0}: {1}")]
+    #[error("TLS with {0} failed: {1}")]
     Tls(String, String),
-    #[error("IMAP: {0}")]
+    #[error("{}", imap_sentence(.0))]
     Imap(#[from] async_imap::error::Error),
-    #[error("login as {0} refused: {1}")]
-    Login(String, String),
+    #[error("login as {user} refused by {server}: {reply}")]
+    Login {
+        user: String,
+        /// `host:port`.
+        server: String,
+        /// What the server said, as it said it.
+        reply: String,
+    },
     #[error("mailbox has no user or password for IMAP")]
     NoCredentials,
     #[error("no Sent folder: set sent_folder, or give a folder the \\Sent special-use flag")]
@@ -48,8 +56,81 @@ pub enum Error {
     Store(#[from] crate::store::Error),
     #[error("{0}")]
     Inbound(#[from] inbound::Error),
-    #[error("timed out")]
+    #[error("the IMAP server did not answer within {} s", COMMAND_TIMEOUT.as_secs())]
     Timeout,
+}
+
+/// async-imap's errors as sentences: its NO and BAD carry the server's response as
+/// Rust debug text (`code: None, info: Some("…")`), which is turned back into what the
+/// server said.
+fn imap_sentence(e: &async_imap::error::Error) -> String {
+    use async_imap::error::Error as E;
+    match e {
+        E::No(text) => format!("the IMAP server refused: {}", server_text(text)),
+        E::Bad(text) => format!("the IMAP server rejected a command: {}", server_text(text)),
+        E::ConnectionLost => "the IMAP server closed the connection".into(),
+        E::Io(e) => format!("network error talking to the IMAP server: {e}"),
+        E::Parse(e) => format!("cannot read the IMAP server's answer: {e}"),
+        other => format!("IMAP: {other}"),
+    }
+}
+
+/// `[CODE] information` from async-imap's `code: {:?}, info: {:?}` text; the text
+/// itself when it is not in that form.
+fn server_text(text: &str) -> String {
+    let parsed = text.strip_prefix("code: ").and_then(|rest| {
+        let (code, info) = rest.split_once(", info: ")?;
+        let info = match info {
+            "None" => String::new(),
+            quoted => unescape_debug(quoted.strip_prefix("Some(")?.strip_suffix(')')?)?,
+        };
+        // A code async-imap knows (`Some(Alert)`, `Some(TryCreate)`) is shown as the
+        // server sent it; a code with arguments says nothing an operator needs here.
+        let code = code
+            .strip_prefix("Some(")
+            .and_then(|c| c.strip_suffix(')'))
+            .filter(|c| c.chars().all(|ch| ch.is_ascii_alphanumeric()))
+            .map(|c| format!("[{}] ", c.to_ascii_uppercase()));
+        Some(
+            format!("{}{info}", code.unwrap_or_default())
+                .trim()
+                .to_string(),
+        )
+    });
+    match parsed {
+        Some(t) if !t.is_empty() => t,
+        Some(_) => "no reason given".into(),
+        None => text.to_string(),
+    }
+}
+
+/// The string a Rust `{:?}` of a `&str` printed (quotes included), or None.
+fn unescape_debug(quoted: &str) -> Option<String> {
+    let inner = quoted.strip_prefix('"')?.strip_suffix('"')?;
+    let mut out = String::with_capacity(inner.len());
+    let mut chars = inner.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next()? {
+            'n' => out.push('\n'),
+            'r' => out.push('\r'),
+            't' => out.push('\t'),
+            '0' => out.push('\0'),
+            'u' => {
+                let hex: String = chars
+                    .by_ref()
+                    .skip_while(|&c| c == '{')
+                    .take_while(|&c| c != '}')
+                    .collect();
+                out.push(char::from_u32(u32::from_str_radix(&hex, 16).ok()?)?);
+            }
+            other => out.push(other),
+        }
+    }
+    Some(out)
 }
 
 /// UIDs looked at in one round while catching up.
@@ -111,7 +192,16 @@ pub async fn connect(mailbox: &Mailbox) -> Result<Session, Error> {
         .await?
     {
         Ok(s) => Ok(s),
-        Err((e, _)) => Err(Error::Login(user, e.to_string())),
+        Err((e, _)) => Err(Error::Login {
+            user,
+            server: addr,
+            reply: match &e {
+                async_imap::error::Error::No(t) | async_imap::error::Error::Bad(t) => {
+                    server_text(t)
+                }
+                other => imap_sentence(other),
+            },
+        }),
     }
 }
 
@@ -611,6 +701,32 @@ pub async fn find_in_sent(mailbox: &Mailbox, message_ids: &[String]) -> Result<V
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn imap_refusals_read_as_the_server_said_them() {
+        use async_imap::error::Error as E;
+        let no = E::No(
+            r#"code: None, info: Some("[AUTHENTICATIONFAILED] Authentication failed.")"#.into(),
+        );
+        assert_eq!(
+            Error::Imap(no).to_string(),
+            "the IMAP server refused: [AUTHENTICATIONFAILED] Authentication failed."
+        );
+        assert_eq!(
+            server_text(r#"code: Some(TryCreate), info: Some("Mailbox \"Sent\" doesn't exist")"#),
+            r#"[TRYCREATE] Mailbox "Sent" doesn't exist"#
+        );
+        assert_eq!(
+            server_text(r#"code: Some(Alert), info: Some("caf\u{e9}")"#),
+            "[ALERT] café"
+        );
+        assert_eq!(server_text("code: None, info: None"), "no reason given");
+        assert_eq!(server_text("something else"), "something else");
+        assert_eq!(
+            Error::Imap(E::ConnectionLost).to_string(),
+            "the IMAP server closed the connection"
+        );
+    }
 
     #[test]
     fn bodies_are_fetched_in_groups_bounded_in_bytes() {

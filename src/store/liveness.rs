@@ -16,6 +16,7 @@
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::time::Duration as StdDuration;
 
 use sha2::{Digest, Sha256};
@@ -70,19 +71,44 @@ fn lock_path(dir: &Path, owner: &str) -> PathBuf {
     dir.join(format!("{name}.lock"))
 }
 
+/// `FILE.nodes` for a SQLite database file; None for an in-memory one.
+fn nodes_dir_of(file: &Path) -> Option<PathBuf> {
+    if file.as_os_str().is_empty() || file.to_string_lossy().contains(":memory:") {
+        return None;
+    }
+    let mut dir = file.to_path_buf().into_os_string();
+    dir.push(".nodes");
+    Some(PathBuf::from(dir))
+}
+
+/// For `followup check`: whether a daemon on the SQLite database `url` can keep its
+/// lock file and wire journal in the folder beside it (made here if missing, as the
+/// daemon would). Nothing to check for PostgreSQL or an in-memory database.
+pub fn check_nodes_dir(url: &str) -> Result<()> {
+    let Ok(opts) = sqlx::sqlite::SqliteConnectOptions::from_str(url) else {
+        return Ok(());
+    };
+    let Some(dir) = nodes_dir_of(opts.get_filename()) else {
+        return Ok(());
+    };
+    create_nodes_dir(&dir)?;
+    let probe = dir.join(format!(".check-{}", std::process::id()));
+    std::fs::write(&probe, b"").map_err(|source| super::Error::File {
+        action: "write a file in the folder of daemons' lock files",
+        path: dir.clone(),
+        source,
+    })?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}
+
 impl Store {
     /// The folder of SQLite lock files, or None for an in-memory database.
     fn lock_dir(&self) -> Option<PathBuf> {
         let Pool::Sqlite(p) = &self.pool else {
             return None;
         };
-        let file = p.write.connect_options().get_filename().to_path_buf();
-        if file.as_os_str().is_empty() || file.to_string_lossy().contains(":memory:") {
-            return None;
-        }
-        let mut dir = file.into_os_string();
-        dir.push(".nodes");
-        Some(PathBuf::from(dir))
+        nodes_dir_of(p.write.connect_options().get_filename())
     }
 
     /// Takes this daemon's liveness lock; call before claiming anything.
@@ -91,10 +117,7 @@ impl Store {
             Pool::Sqlite(_) => match self.lock_dir() {
                 None => Inner::None,
                 Some(dir) => Inner::Sqlite {
-                    _file: lock_file(&dir, owner).map_err(|e| super::Error::Corrupt {
-                        what: "liveness lock",
-                        detail: format!("{}: {e}", dir.display()),
-                    })?,
+                    _file: lock_file(&dir, owner)?,
                 },
             },
             Pool::Postgres(pool) => {
@@ -175,20 +198,39 @@ impl Store {
 
 /// Creates and locks an owner's file. It is locked under a temporary name and then
 /// renamed into place, so that a probe never finds it unlocked while its daemon lives.
-fn lock_file(dir: &Path, owner: &str) -> std::io::Result<File> {
-    std::fs::create_dir_all(dir)?;
+fn lock_file(dir: &Path, owner: &str) -> Result<File> {
+    create_nodes_dir(dir)?;
     let path = lock_path(dir, owner);
     let mut tmp = path.clone().into_os_string();
     tmp.push(".new");
     let tmp = PathBuf::from(tmp);
+    let failed = |action, path: &Path| {
+        let path = path.to_path_buf();
+        move |source| super::Error::File {
+            action,
+            path,
+            source,
+        }
+    };
     let file = OpenOptions::new()
         .create(true)
         .truncate(true)
         .write(true)
-        .open(&tmp)?;
-    file.lock()?;
-    std::fs::rename(&tmp, &path)?;
+        .open(&tmp)
+        .map_err(failed("create the liveness lock file", &tmp))?;
+    file.lock()
+        .map_err(failed("lock the liveness lock file", &tmp))?;
+    std::fs::rename(&tmp, &path).map_err(failed("rename the liveness lock file to", &path))?;
     Ok(file)
+}
+
+/// Makes the folder of lock files and journals beside a SQLite database.
+fn create_nodes_dir(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|source| super::Error::File {
+        action: "create the folder of daemons' lock files",
+        path: dir.to_path_buf(),
+        source,
+    })
 }
 
 async fn pg_lock(opts: &sqlx::postgres::PgConnectOptions, key: i32) -> Result<PgConnection> {
@@ -238,7 +280,10 @@ async fn keep_pg_lock(
 pub struct WireJournal {
     file: File,
     path: PathBuf,
+    /// Bytes in the current file.
     written: u64,
+    /// Past this size the file is started afresh ([`JOURNAL_ROTATE`]).
+    rotate_at: u64,
 }
 
 /// A journal is started afresh past this size (the one before kept as `.old`): the
@@ -255,18 +300,52 @@ fn old_journal_path(dir: &Path, owner: &str) -> PathBuf {
 }
 
 impl WireJournal {
+    /// Opens (or creates) the journal at `path` for appending.
+    fn open(path: PathBuf) -> Result<WireJournal> {
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|source| super::Error::File {
+                action: "open the wire journal",
+                path: path.clone(),
+                source,
+            })?;
+        // A journal reopened by the same owner goes on counting from its size.
+        let written = file.metadata().map(|m| m.len()).unwrap_or(0);
+        Ok(WireJournal {
+            file,
+            path,
+            written,
+            rotate_at: JOURNAL_ROTATE,
+        })
+    }
+
+    /// Rotates past `bytes` instead of [`JOURNAL_ROTATE`] (for tests).
+    pub fn rotate_at(mut self, bytes: u64) -> WireJournal {
+        self.rotate_at = bytes;
+        self
+    }
+
+    /// The file the marks go to.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// Appends marks, one line each (`L 42`, `A 42`, `R 42`), in one write.
-    pub fn append(&mut self, marks: &[(i64, super::Wire)]) -> std::io::Result<()> {
+    pub fn append(&mut self, marks: &[(i64, super::Wire)]) -> Result<()> {
         use std::io::Write;
-        if self.written > JOURNAL_ROTATE {
+        if self.written > self.rotate_at {
             let mut old = self.path.clone().into_os_string();
             old.push(".old");
-            std::fs::rename(&self.path, PathBuf::from(old))?;
-            self.file = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&self.path)?;
-            self.written = 0;
+            std::fs::rename(&self.path, PathBuf::from(old)).map_err(|source| {
+                super::Error::File {
+                    action: "rotate the wire journal",
+                    path: self.path.clone(),
+                    source,
+                }
+            })?;
+            *self = WireJournal::open(self.path.clone())?.rotate_at(self.rotate_at);
         }
         let mut text = String::with_capacity(marks.len() * 16);
         for (id, w) in marks {
@@ -277,7 +356,13 @@ impl WireJournal {
             };
             text.push_str(&format!("{tag} {id}\n"));
         }
-        self.file.write_all(text.as_bytes())?;
+        self.file
+            .write_all(text.as_bytes())
+            .map_err(|source| super::Error::File {
+                action: "append to the wire journal",
+                path: self.path.clone(),
+                source,
+            })?;
         self.written += text.len() as u64;
         Ok(())
     }
@@ -315,20 +400,8 @@ impl Store {
         let Some(dir) = self.lock_dir() else {
             return Ok(None);
         };
-        let open = || -> std::io::Result<WireJournal> {
-            std::fs::create_dir_all(&dir)?;
-            let path = journal_path(&dir, owner);
-            let file = OpenOptions::new().create(true).append(true).open(&path)?;
-            Ok(WireJournal {
-                file,
-                path,
-                written: 0,
-            })
-        };
-        open().map(Some).map_err(|e| super::Error::Corrupt {
-            what: "wire journal",
-            detail: format!("{}: {e}", dir.display()),
-        })
+        create_nodes_dir(&dir)?;
+        WireJournal::open(journal_path(&dir, owner)).map(Some)
     }
 
     /// The marks dead daemons left in their journals (SQLite), to be written into the
@@ -373,20 +446,14 @@ mod tests {
     fn a_journal_gives_each_messages_last_mark_across_a_rotation() {
         use super::super::Wire;
         let tmp = tempfile::tempdir().expect("temp dir");
-        let mut j = WireJournal {
-            file: OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(journal_path(tmp.path(), "a:1:1"))
-                .expect("open"),
-            path: journal_path(tmp.path(), "a:1:1"),
-            written: 0,
-        };
+        // Rotated past 10 bytes: the third append starts a new file.
+        let mut j = WireJournal::open(journal_path(tmp.path(), "a:1:1"))
+            .expect("open")
+            .rotate_at(10);
         j.append(&[(1, Wire::Left)]).expect("append");
         j.append(&[(1, Wire::Accepted), (2, Wire::Left)])
             .expect("append");
-        // Past the size: the next append starts a new file, the old one kept.
-        j.written = JOURNAL_ROTATE + 1;
+        assert!(!old_journal_path(tmp.path(), "a:1:1").exists());
         j.append(&[(2, Wire::Refused), (3, Wire::Left)])
             .expect("append");
         let marks = read_journal(tmp.path(), "a:1:1");

@@ -40,6 +40,35 @@ pub enum Error {
     /// nothing was written. Deciding again on a fresh read succeeds.
     #[error("an enrollment changed while this was decided; nothing was written")]
     Moved,
+    /// A file the store keeps beside a SQLite database (a daemon's liveness lock or
+    /// wire journal, in `FILE.nodes/`) could not be made or written.
+    #[error("cannot {action} {}: {source}", path.display())]
+    File {
+        /// What was being done, as a verb phrase: "create the liveness lock".
+        action: &'static str,
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    /// Whether trying again later may succeed whatever was asked (the database was
+    /// unreachable or its pool overwhelmed), as opposed to a failure the request
+    /// itself causes each time.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Connect { .. } => true,
+            Error::Db(e) => matches!(
+                e,
+                sqlx::Error::Io(_)
+                    | sqlx::Error::PoolTimedOut
+                    | sqlx::Error::PoolClosed
+                    | sqlx::Error::WorkerCrashed
+                    | sqlx::Error::Tls(_)
+            ),
+            _ => false,
+        }
+    }
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -905,7 +934,7 @@ mod status;
 mod track;
 
 pub use inbound::{Checkpoint, InboundRecord, SetAside, WatchState};
-pub use liveness::{Liveness, WireJournal};
+pub use liveness::{check_nodes_dir, Liveness, WireJournal};
 pub use rules::EventPage;
 pub use send::{
     Begin, Begun, ClaimCursor, Claimed, Finish, InDoubt, MessageUpdate, Recovered, Wire,

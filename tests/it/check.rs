@@ -639,3 +639,38 @@ fn every_argument_in_help_says_what_it_is() {
         }
     }
 }
+
+/// A daemon on SQLite keeps its liveness lock and wire journal in `FILE.nodes/` beside
+/// the database: `check` says when that folder cannot be made, naming it (in text and
+/// JSON), and `run` stops with the same words rather than calling the database corrupt.
+#[test]
+fn check_names_a_lock_folder_that_cannot_be_made() {
+    let p = Project::new(Db::Sqlite, &Options::default());
+    let db = p.database.strip_prefix("sqlite://").unwrap().to_string();
+    let nodes = format!("{db}.nodes");
+    // A file where the folder goes: not even root can make a folder over it.
+    std::fs::write(&nodes, "not a folder\n").unwrap();
+    let said = format!("cannot create the folder of daemons' lock files {nodes}: ");
+    let out = p.run(&["check"]);
+    assert_eq!(out.status.code(), Some(1));
+    let e = stderr(&out);
+    assert!(e.contains(&format!("error: {said}")), "{e}");
+    assert!(e.contains("FILE.nodes"), "says what the folder is for: {e}");
+
+    let out = p.run(&["check", "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["ok"], false);
+    let problems = v["problems"].as_array().unwrap();
+    assert!(
+        problems.iter().any(|d| d["severity"] == "error"
+            && d["message"].as_str().unwrap_or_default().starts_with(&said)),
+        "{v}"
+    );
+
+    let out = p.run(&["run", "--once"]);
+    assert!(!out.status.success());
+    let e = stderr(&out);
+    assert!(e.contains(&said), "{e}");
+    assert!(!e.contains("corrupt"), "{e}");
+}

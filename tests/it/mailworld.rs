@@ -1314,6 +1314,55 @@ fn large_messages_bounded_memory_sqlite() {
     large_messages_bounded_memory(Db::Sqlite)
 }
 
+/// A mailbox whose password both servers refuse: `status` says so in sentences that
+/// name each server and quote its answer (Dovecot's IMAP login, aiosmtpd's SMTP AUTH),
+/// not in Rust's debug notation.
+#[test]
+fn refused_logins_read_as_sentences_in_status() {
+    let world = World::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let smtp = crate::support::Smtp::start_with(
+        &tmp.path().join("smtp"),
+        "accept",
+        &["--auth", &format!("{REP}:{}", world.get("PASSWORD"))],
+    );
+    let mut p = Project::new(Db::Sqlite, &Options::default());
+    p.env
+        .push(("MW_REP_PASSWORD".into(), "not-the-password".into()));
+    let imap_port = world.port("IMAP_PORT");
+    p.write(
+        "followup.toml",
+        &format!(
+            "database = \"{}\"\ntimezone = \"UTC\"\nwindow = \"always\"\n\n\
+             [mailboxes.sales]\nfrom = \"Rep <{REP}>\"\nsmtp = \"smtp://127.0.0.1:{}\"\n\
+             imap = \"imap://127.0.0.1:{imap_port}\"\nuser = \"{REP}\"\n\
+             password_env = \"MW_REP_PASSWORD\"\n",
+            p.database, smtp.port,
+        ),
+    );
+    p.import_contacts(1);
+    let daemon = p.daemon();
+    let context = || format!("--- daemon log\n{}\n{}", daemon.log_text(), world.logs());
+    let imap = format!(
+        "login as {REP} refused by 127.0.0.1:{imap_port}: [AUTHENTICATIONFAILED] Authentication failed."
+    );
+    let smtp_refusal = format!(
+        "mailbox sales PAUSED: login refused by 127.0.0.1:{}: 535 ",
+        smtp.port
+    );
+    let status = wait("both refusals in status", context, || {
+        let status = p.ok(&["status"]);
+        (status.contains(&imap) && status.contains(&smtp_refusal)).then_some(status)
+    });
+    for debug in ["Some(", "code: ", "info: ", "\\\""] {
+        assert!(!status.contains(debug), "no debug notation: {status}");
+    }
+    let log = daemon.log_text();
+    assert!(log.contains(&imap), "{log}");
+    assert!(!log.contains("info: Some("), "{log}");
+    daemon.stop();
+}
+
 /// What the tracking issue depends on: Pigeonhole's vacation does not answer mail that
 /// carries a List-Unsubscribe header (RFC 5230), but does answer the same mail without.
 #[test]

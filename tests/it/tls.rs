@@ -193,7 +193,10 @@ fn a_refused_login_pauses_the_mailbox_and_stops_no_contact() {
     assert_eq!(first["deferred"], 2, "{first:?}");
     let status = p.ok(&["status"]);
     assert!(
-        status.contains("mailbox sales PAUSED: login refused: 535"),
+        status.contains(&format!(
+            "mailbox sales PAUSED: login refused by 127.0.0.1:{}: 535",
+            smtp.port
+        )),
         "status says why: {status}"
     );
     assert!(status.contains("active x2"), "{status}");
