@@ -26,6 +26,8 @@ use crate::schedule::step_due;
 use crate::scheduler::Scheduler;
 use crate::store::Store;
 
+mod helpers;
+
 /// `println!` that returns a write error instead of panicking on it, so that a closed
 /// pipe (`followup status | head`) ends the command quietly (see `main`).
 macro_rules! out {
@@ -77,13 +79,16 @@ pub enum Command {
     /// Import and inspect contacts
     #[command(subcommand)]
     Contacts(ContactsCommand),
-    /// Put contacts into a sequence
+    /// Put contacts into a sequence (never twice, unless --again)
     Enroll {
         /// The sequence's name (its `name:` in sequences/)
         sequence: String,
         /// Contacts' email addresses, as imported
         #[arg(required = true)]
         emails: Vec<String>,
+        /// Also enroll contacts whose earlier enrollment in it stopped or finished (it stays as history)
+        #[arg(long)]
+        again: bool,
     },
     /// Take contacts out of a sequence for good
     Unenroll {
@@ -171,6 +176,9 @@ pub enum ContactsCommand {
         /// Also enroll the imported contacts in this sequence
         #[arg(long)]
         sequence: Option<String>,
+        /// With --sequence: also enroll contacts whose earlier enrollment in it stopped or finished
+        #[arg(long, requires = "sequence")]
+        again: bool,
         /// Show what would happen; change nothing
         #[arg(long)]
         dry_run: bool,
@@ -314,12 +322,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Contacts(ContactsCommand::Import {
             file,
             sequence,
+            again,
             dry_run,
         }) => {
             let Some(p) = load_project(&config_path, false) else {
                 return Ok(ExitCode::from(1));
             };
-            cmd_import(&p, &file, sequence.as_deref(), dry_run).await
+            let enroll = sequence.as_deref().map(|s| (s, again));
+            cmd_import(&p, &file, enroll, dry_run).await
         }
         Command::Contacts(ContactsCommand::Show { email }) => {
             let Some(p) = load_project(&config_path, false) else {
@@ -327,9 +337,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             cmd_show(&p, &email).await
         }
-        Command::Enroll { sequence, emails } => {
-            with_contacts(&config_path, &sequence, &emails, Action::Enroll).await
-        }
+        Command::Enroll {
+            sequence,
+            emails,
+            again,
+        } => with_contacts(&config_path, &sequence, &emails, Action::Enroll { again }).await,
         Command::Unenroll { sequence, emails } => {
             with_contacts(&config_path, &sequence, &emails, Action::Unenroll).await
         }
@@ -459,7 +471,7 @@ async fn cmd_init(dir: &Path, force: bool) -> anyhow::Result<ExitCode> {
     let Some(p) = load_project(&config_path, false) else {
         return Ok(ExitCode::from(1));
     };
-    let code = cmd_import(&p, &dir.join("contacts.csv"), Some("intro"), false).await?;
+    let code = cmd_import(&p, &dir.join("contacts.csv"), Some(("intro", false)), false).await?;
     let cfg = if dir == Path::new(".") {
         String::new()
     } else {
@@ -514,22 +526,18 @@ fn cmd_check(config_path: &Path, json: bool) -> ExitCode {
     }
 }
 
+/// `enroll`: the sequence and whether to enroll again those who ended it.
 async fn cmd_import(
     p: &Project,
     file: &Path,
-    sequence: Option<&str>,
+    enroll: Option<(&str, bool)>,
     dry_run: bool,
 ) -> anyhow::Result<ExitCode> {
-    let seq = match sequence {
-        Some(name) => match p.sequence(name) {
-            Some(s) => Some(s),
-            None => bail!(
-                "unknown sequence '{name}' (known: {})",
-                p.sequences.keys().cloned().collect::<Vec<_>>().join(", ")
-            ),
-        },
+    let seq = match enroll {
+        Some((name, _)) => Some(helpers::sequence(p, name)?),
         None => None,
     };
+    let again = enroll.is_some_and(|(_, again)| again);
     let parsed = contacts::read_csv(file, &p.config.limits)
         .with_context(|| format!("reading {}", file.display()))?;
     for r in &parsed.rejected {
@@ -589,13 +597,14 @@ async fn cmd_import(
     if let Some(seq) = seq {
         let emails: Vec<String> = upserted.iter().map(|u| u.email.clone()).collect();
         let stored = store.contacts_by_email(&emails).await?;
-        let r = contacts::enroll(p, &store, seq, &stored, now).await?;
+        let r = contacts::enroll(p, &store, seq, &stored, again, now).await?;
         out!(
             "enrolled {} in '{}' ({} already in it)",
             r.enrolled,
             seq.name,
             r.already
         );
+        helpers::print_not_again_summary(&r);
         for s in &r.suppressed {
             eprintln!("{s}: suppressed, not enrolled");
         }
@@ -621,7 +630,7 @@ fn suppression_pattern(target: &str) -> anyhow::Result<String> {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Action {
-    Enroll,
+    Enroll { again: bool },
     Unenroll,
     Pause,
     Resume,
@@ -636,12 +645,7 @@ async fn with_contacts(
     let Some(p) = load_project(config_path, false) else {
         return Ok(ExitCode::from(1));
     };
-    let Some(seq) = p.sequence(sequence) else {
-        bail!(
-            "unknown sequence '{sequence}' (known: {})",
-            p.sequences.keys().cloned().collect::<Vec<_>>().join(", ")
-        );
-    };
+    let seq = helpers::sequence(&p, sequence)?;
     let store = open_store(&p).await?;
     let now = Utc::now();
     let mut problems = 0;
@@ -655,7 +659,7 @@ async fn with_contacts(
             }
         }
     }
-    if action == Action::Enroll {
+    if let Action::Enroll { again } = action {
         let found = store.contacts_by_email(&normalised).await?;
         for e in &normalised {
             if !found.iter().any(|c| &c.email == e) {
@@ -665,13 +669,18 @@ async fn with_contacts(
                 problems += 1;
             }
         }
-        let r = contacts::enroll(&p, &store, seq, &found, now).await?;
+        let r = contacts::enroll(&p, &store, seq, &found, again, now).await?;
         out!(
             "enrolled {} in '{}' ({} already in it)",
             r.enrolled,
             seq.name,
             r.already
         );
+        // Each one left out says why; nothing done for it is a problem (exit 1).
+        for n in &r.not_again {
+            eprintln!("{n}");
+            problems += 1;
+        }
         for s in &r.suppressed {
             eprintln!("{s}: suppressed, not enrolled");
             problems += 1;
@@ -768,7 +777,7 @@ async fn change(
             Ok((u, ev("resumed", json!({}))))
         }
         (Action::Resume, s) => Err(format!("cannot resume: {s}")),
-        (Action::Enroll, _) => Err("internal: enroll is not a change".into()),
+        (Action::Enroll { .. }, _) => Err("internal: enroll is not a change".into()),
     })
 }
 
@@ -827,9 +836,7 @@ async fn cmd_preview(
     step: Option<&str>,
     contact: Option<&str>,
 ) -> anyhow::Result<ExitCode> {
-    let Some(seq) = p.sequence(sequence) else {
-        bail!("unknown sequence '{sequence}'")
-    };
+    let seq = helpers::sequence(p, sequence)?;
     let (index, step) = match step {
         Some(id) => seq.step(id).with_context(|| {
             format!(
@@ -908,9 +915,7 @@ async fn cmd_simulate(
     sequence: &str,
     contact: Option<&str>,
 ) -> anyhow::Result<ExitCode> {
-    let Some(seq) = p.sequence(sequence) else {
-        bail!("unknown sequence '{sequence}'")
-    };
+    let seq = helpers::sequence(p, sequence)?;
     let c = sample_contact(p, contact).await?;
     let (window, tz, holidays) = p.contact_schedule(seq, &c);
     let now = Utc::now();
@@ -1058,9 +1063,7 @@ async fn cmd_status(
     as_json: bool,
 ) -> anyhow::Result<ExitCode> {
     if let Some(s) = sequence {
-        if p.sequence(s).is_none() {
-            bail!("unknown sequence '{s}'");
-        }
+        helpers::sequence(p, s)?;
     }
     let store = open_store(p).await?;
     let st = store.status(sequence).await?;

@@ -42,7 +42,7 @@ pub async fn apply(
             continue;
         };
         let found = store.contacts_by_id(&ids).await?;
-        let r = contacts::enroll(project, store, seq, &found, now).await?;
+        let r = contacts::enroll(project, store, seq, &found, false, now).await?;
         if r.enrolled > 0 {
             info!(
                 sequence = target,
