@@ -258,17 +258,26 @@ fn print_diagnostics(d: &Diagnostics) {
     }
 }
 
-/// Loads the project; on errors prints them all and returns None.
-fn load_project(config: &Path, need_secrets: bool) -> Option<Project> {
-    match Project::load(config, need_secrets) {
+/// Loads the project; on errors prints them all and returns None (the command could
+/// not run: exit 2). `for_run`: the secrets must resolve, as `check` demands, and the
+/// warnings `check` prints are printed once; other commands keep quiet about them.
+fn load_project(config: &Path, for_run: bool) -> Option<Project> {
+    match Project::load(config, for_run) {
         Ok((p, warnings)) => {
-            print_diagnostics(&warnings);
+            if for_run {
+                print_diagnostics(&warnings);
+            }
             Some(p)
         }
-        Err(d) => {
+        Err(mut d) => {
+            // Only what stops the command; `check` shows the warnings as well.
+            if !for_run {
+                d.items
+                    .retain(|i| i.severity == crate::diagnostic::Severity::Error);
+            }
             print_diagnostics(&d);
             eprintln!(
-                "followup: {} error(s) in the project; nothing was changed",
+                "followup: {} error(s) in the project; nothing was changed (see `followup check`)",
                 d.error_count()
             );
             None
@@ -289,7 +298,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Check { json } => Ok(cmd_check(&config_path, json)),
         Command::Run { once } => {
             let Some(p) = load_project(&config_path, true) else {
-                return Ok(ExitCode::from(1));
+                return Ok(ExitCode::from(2));
             };
             let store = open_store(&p).await?;
             let project = Arc::new(p);
@@ -312,7 +321,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Migrate => {
             let Some(p) = load_project(&config_path, false) else {
-                return Ok(ExitCode::from(1));
+                return Ok(ExitCode::from(2));
             };
             let store = open_store(&p).await?;
             store.close().await;
@@ -326,14 +335,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             dry_run,
         }) => {
             let Some(p) = load_project(&config_path, false) else {
-                return Ok(ExitCode::from(1));
+                return Ok(ExitCode::from(2));
             };
             let enroll = sequence.as_deref().map(|s| (s, again));
             cmd_import(&p, &file, enroll, dry_run).await
         }
         Command::Contacts(ContactsCommand::Show { email }) => {
             let Some(p) = load_project(&config_path, false) else {
-                return Ok(ExitCode::from(1));
+                return Ok(ExitCode::from(2));
             };
             cmd_show(&p, &email).await
         }
@@ -352,7 +361,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             mailbox: Some(m), ..
         } => {
             let Some(p) = load_project(&config_path, false) else {
-                return Ok(ExitCode::from(1));
+                return Ok(ExitCode::from(2));
             };
             if !p.config.mailboxes.contains_key(&m) {
                 bail!("unknown mailbox '{m}'");
@@ -374,7 +383,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Suppress { target } => {
             let Some(p) = load_project(&config_path, false) else {
-                return Ok(ExitCode::from(1));
+                return Ok(ExitCode::from(2));
             };
             let pattern = suppression_pattern(&target)?;
             let store = open_store(&p).await?;
@@ -387,7 +396,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Unsuppress { target } => {
             let Some(p) = load_project(&config_path, false) else {
-                return Ok(ExitCode::from(1));
+                return Ok(ExitCode::from(2));
             };
             let pattern = suppression_pattern(&target)?;
             let store = open_store(&p).await?;
@@ -436,25 +445,25 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             contact,
         } => {
             let Some(p) = load_project(&config_path, false) else {
-                return Ok(ExitCode::from(1));
+                return Ok(ExitCode::from(2));
             };
             cmd_preview(&p, &sequence, step.as_deref(), contact.as_deref()).await
         }
         Command::Simulate { sequence, contact } => {
             let Some(p) = load_project(&config_path, false) else {
-                return Ok(ExitCode::from(1));
+                return Ok(ExitCode::from(2));
             };
             cmd_simulate(&p, &sequence, contact.as_deref()).await
         }
         Command::Status { sequence, json } => {
             let Some(p) = load_project(&config_path, false) else {
-                return Ok(ExitCode::from(1));
+                return Ok(ExitCode::from(2));
             };
             cmd_status(&p, sequence.as_deref(), json).await
         }
         Command::InDoubt(c) => {
             let Some(p) = load_project(&config_path, false) else {
-                return Ok(ExitCode::from(1));
+                return Ok(ExitCode::from(2));
             };
             cmd_in_doubt(&p, c).await
         }
@@ -469,7 +478,7 @@ async fn cmd_init(dir: &Path, force: bool) -> anyhow::Result<ExitCode> {
     // Enroll the sample contacts, so that `followup run` sends at once.
     let config_path = dir.join(config::DEFAULT_FILE);
     let Some(p) = load_project(&config_path, false) else {
-        return Ok(ExitCode::from(1));
+        return Ok(ExitCode::from(2));
     };
     let code = cmd_import(&p, &dir.join("contacts.csv"), Some(("intro", false)), false).await?;
     let cfg = if dir == Path::new(".") {
@@ -485,7 +494,8 @@ async fn cmd_init(dir: &Path, force: bool) -> anyhow::Result<ExitCode> {
 }
 
 fn cmd_check(config_path: &Path, json: bool) -> ExitCode {
-    let (diags, ok) = match Project::load(config_path, false) {
+    // With the secrets, as `run` loads it: what `run` would refuse, `check` reports.
+    let (diags, ok) = match Project::load(config_path, true) {
         Ok((_, w)) => (w, true),
         Err(d) => (d, false),
     };
@@ -643,7 +653,7 @@ async fn with_contacts(
     action: Action,
 ) -> anyhow::Result<ExitCode> {
     let Some(p) = load_project(config_path, false) else {
-        return Ok(ExitCode::from(1));
+        return Ok(ExitCode::from(2));
     };
     let seq = helpers::sequence(&p, sequence)?;
     let store = open_store(&p).await?;

@@ -175,9 +175,8 @@ pub fn parse_csv_with(bytes: &[u8], limits: &Limits) -> Parsed {
                 "timezone" => match cell.parse::<Tz>() {
                     Ok(_) => timezone = Some(cell.to_string()),
                     Err(_) => {
-                        bad = Some(format!(
-                            "unknown time zone '{cell}' (use an IANA name such as Asia/Shanghai)"
-                        ))
+                        let (message, help) = crate::diagnostic::unknown_time_zone(cell);
+                        bad = Some(format!("{message} ({help})"))
                     }
                 },
                 "country" => country = Some(cell.to_ascii_uppercase()),
@@ -421,7 +420,7 @@ mod tests {
             p.rejected.iter().map(|r| r.to_string()).collect::<Vec<_>>(),
             [
                 "row 3: 'not-an-address' has no '@'",
-                "row 6: unknown time zone 'Mars/Olympus' (use an IANA name such as Asia/Shanghai)"
+                "row 6: unknown time zone 'Mars/Olympus' (use an IANA name such as Asia/Shanghai or Europe/Berlin)"
             ]
         );
         assert_eq!(

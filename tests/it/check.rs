@@ -38,9 +38,10 @@ fn check_reports_every_problem_with_file_line_column() {
     for x in expect {
         assert!(e.contains(x), "expected\n{x}\nin\n{e}");
     }
-    // `run` refuses to start on the same errors, and says nothing was changed.
+    // `run` refuses to start on the same errors (could not run: 2), and says nothing
+    // was changed.
     let out = p.run(&["run", "--once"]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("unknown mailbox 'sale'"));
     assert!(
         !p.path("followup.db").exists(),
