@@ -22,7 +22,7 @@ use crate::diagnostic::Diagnostics;
 use crate::mail::compose::{self, subject_for, Draft, Thread};
 use crate::model::{Contact, Enrollment, NewEvent};
 use crate::project::Project;
-use crate::schedule::step_due;
+use crate::schedule::{step_due, step_due_explained};
 use crate::scheduler::Scheduler;
 use crate::store::Store;
 
@@ -934,19 +934,24 @@ async fn cmd_simulate(
         c.email,
         tz
     );
-    out!("{:<16} {:<26} UTC", "step", "local");
+    out!("{:<16} {:<26} {:<21} why later", "step", "local", "UTC");
     let mut at = now;
     for (i, step) in seq.steps.iter().enumerate() {
         let base = if i == 0 { now } else { at };
-        match step_due(base, step.wait, &window, tz, &holidays) {
-            Some(t) => {
+        match step_due_explained(base, step.wait, &window, tz, &holidays) {
+            Some(mut due) => {
+                if i == 0 {
+                    // Today's sends of the mailbox are known; later days' are not.
+                    helpers::mailbox_pacing(p, seq, &c, &mut due).await;
+                }
                 out!(
-                    "{:<16} {:<26} {}",
+                    "{:<16} {:<26} {:<21} {}",
                     step.id,
-                    t.with_timezone(&tz).format("%a %Y-%m-%d %H:%M %Z"),
-                    t.format("%Y-%m-%d %H:%M UTC")
+                    due.at.with_timezone(&tz).format("%a %Y-%m-%d %H:%M %Z"),
+                    due.at.format("%Y-%m-%d %H:%M UTC"),
+                    helpers::why_moved(p, &c, &due.moved)
                 );
-                at = t;
+                at = due.at;
             }
             None => {
                 out!("{:<16} never: the window never opens", step.id);
@@ -954,7 +959,7 @@ async fn cmd_simulate(
             }
         }
     }
-    out!("(a mailbox's daily limit and spacing can move sends later)");
+    out!("(other contacts due first can move sends later within a mailbox's daily limit)");
     Ok(ExitCode::SUCCESS)
 }
 

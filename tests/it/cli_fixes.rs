@@ -350,3 +350,55 @@ fn exit_codes_and_did_you_mean() {
         );
     }
 }
+
+#[test]
+fn simulate_says_why_a_step_moved() {
+    let tmp = tempfile::tempdir().unwrap();
+    let smtp = Smtp::start(&tmp.path().join("smtp"), "accept");
+    let p = Project::new(
+        Db::Sqlite,
+        &Options {
+            smtp_port: smtp.port,
+            extra_mailbox: "daily_limit = 1\n",
+            ..Options::default()
+        },
+    );
+    // German contacts have the next ten days off (dates relative to today, so that the
+    // test holds on any day).
+    let today = chrono::Utc::now().date_naive();
+    let off = format!(
+        "{}..{}",
+        today - chrono::Duration::days(1),
+        today + chrono::Duration::days(9)
+    );
+    let cfg = std::fs::read_to_string(&p.config).unwrap();
+    std::fs::write(
+        &p.config,
+        format!("{cfg}\n[country_holidays]\nDE = [\"{off}\"]\n"),
+    )
+    .unwrap();
+    p.write(
+        "people.csv",
+        "email,company,country\nde@prospect.example,Acme,DE\ncn@prospect.example,Bee,CN\nx@prospect.example,X,CN\n",
+    );
+    p.ok(&["contacts", "import", p.path("people.csv").to_str().unwrap()]);
+    let o = p.ok(&["simulate", "intro", "--contact", "de@prospect.example"]);
+    let first = o.lines().find(|l| l.starts_with("first ")).unwrap();
+    assert!(
+        first.contains(&format!("holiday {today} (country_holidays.DE)")),
+        "{o}"
+    );
+    // The mailbox sends one a day: once it has, a contact due now goes tomorrow.
+    let o = p.ok(&["simulate", "intro", "--contact", "cn@prospect.example"]);
+    let first = o.lines().find(|l| l.starts_with("first ")).unwrap();
+    assert!(first.ends_with(" -"), "not moved: {o}");
+    p.ok(&["enroll", "intro", "x@prospect.example"]);
+    p.ok(&["run", "--once"]);
+    assert_eq!(smtp.received().len(), 1);
+    let o = p.ok(&["simulate", "intro", "--contact", "cn@prospect.example"]);
+    let first = o.lines().find(|l| l.starts_with("first ")).unwrap();
+    assert!(
+        first.contains("mailbox's daily limit of 1 reached today"),
+        "{o}"
+    );
+}
