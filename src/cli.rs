@@ -585,7 +585,13 @@ async fn cmd_import(
     }
     let store = open_store(p).await?;
     let now = Utc::now();
-    let upserted = store.upsert_contacts(&parsed.contacts, now).await?;
+    let bar = helpers::progress(parsed.contacts.len(), "importing");
+    let mut upserted = Vec::with_capacity(parsed.contacts.len());
+    for slice in parsed.contacts.chunks(helpers::PROGRESS_STEP) {
+        upserted.extend(store.upsert_contacts(slice, now).await?);
+        bar.inc(slice.len() as u64);
+    }
+    bar.finish_and_clear();
     let created = upserted.iter().filter(|u| u.created).count();
     let changed: Vec<i64> = upserted
         .iter()
@@ -607,7 +613,13 @@ async fn cmd_import(
     if let Some(seq) = seq {
         let emails: Vec<String> = upserted.iter().map(|u| u.email.clone()).collect();
         let stored = store.contacts_by_email(&emails).await?;
-        let r = contacts::enroll(p, &store, seq, &stored, again, now).await?;
+        let bar = helpers::progress(stored.len(), "enrolling");
+        let mut r = contacts::Enrolled::default();
+        for slice in stored.chunks(helpers::PROGRESS_STEP) {
+            r.add(contacts::enroll(p, &store, seq, slice, again, now).await?);
+            bar.inc(slice.len() as u64);
+        }
+        bar.finish_and_clear();
         out!(
             "enrolled {} in '{}' ({} already in it)",
             r.enrolled,

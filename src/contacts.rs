@@ -258,6 +258,16 @@ pub struct Enrolled {
     pub not_again: Vec<NotAgain>,
 }
 
+impl Enrolled {
+    /// Adds up the results of enrolling contacts a slice at a time.
+    pub fn add(&mut self, other: Enrolled) {
+        self.enrolled += other.enrolled;
+        self.already += other.already;
+        self.suppressed.extend(other.suppressed);
+        self.not_again.extend(other.not_again);
+    }
+}
+
 /// A contact left out of a sequence it is, or was, in.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NotAgain {

@@ -123,3 +123,22 @@ pub(super) async fn mailbox_pacing(p: &Project, seq: &Sequence, c: &Contact, due
         });
     }
 }
+
+/// Rows per step of an import's progress bar (and per call into the store).
+pub(super) const PROGRESS_STEP: usize = 2_000;
+
+/// A progress bar on stderr for `len` rows, drawn only on a terminal: in pipes, logs
+/// and tests it stays hidden and prints nothing.
+pub(super) fn progress(len: usize, what: &'static str) -> indicatif::ProgressBar {
+    use std::io::IsTerminal as _;
+    if !std::io::stderr().is_terminal() || len < PROGRESS_STEP {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(len as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg} {bar:40} {pos}/{len} rows ({eta} left)")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.set_message(what);
+    bar
+}

@@ -553,6 +553,10 @@ impl Store {
                 ));
             }
             let to_write: Vec<_> = rows.iter().filter(|r| r.7).collect();
+            // Ids: of rows left alone from the look-up above, of rows written from the
+            // INSERT's RETURNING (no second look-up per chunk).
+            let mut ids: HashMap<String, i64> =
+                existing.iter().map(|(e, c)| (e.clone(), c.id)).collect();
             if !to_write.is_empty() {
                 with_pool!(self, p => {
                     let mut qb = QueryBuilder::new(
@@ -564,17 +568,14 @@ impl Store {
                     });
                     qb.push(
                         " ON CONFLICT (email) DO UPDATE SET name = excluded.name, fields = excluded.fields, \
-                         timezone = excluded.timezone, country = excluded.country, updated_at = excluded.updated_at",
+                         timezone = excluded.timezone, country = excluded.country, updated_at = excluded.updated_at \
+                         RETURNING id, email",
                     );
-                    qb.build().execute(p).await?;
+                    for r in qb.build().fetch_all(p).await? {
+                        ids.insert(r.try_get("email")?, r.try_get("id")?);
+                    }
                 });
             }
-            let ids: HashMap<String, i64> = self
-                .contacts_by_email(&chunk.iter().map(|c| c.email.clone()).collect::<Vec<_>>())
-                .await?
-                .into_iter()
-                .map(|c| (c.email, c.id))
-                .collect();
             for r in rows {
                 let id = *ids.get(&r.0).ok_or(Error::Corrupt {
                     what: "contact",

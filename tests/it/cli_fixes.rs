@@ -402,3 +402,52 @@ fn simulate_says_why_a_step_moved() {
         "{o}"
     );
 }
+
+#[test]
+fn import_progress_only_on_a_terminal() {
+    let p = Project::new(Db::Sqlite, &Options::default());
+    let mut csv = String::from("email,company\n");
+    for i in 0..5_000 {
+        csv.push_str(&format!("p{i:05}@prospect.example,Co {i}\n"));
+    }
+    p.write("many.csv", &csv);
+    let file = p.path("many.csv");
+    // In a pipe (as here, and in logs): no bar, only the summary.
+    let out = p.run(&[
+        "contacts",
+        "import",
+        file.to_str().unwrap(),
+        "--sequence",
+        "intro",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stderr(&out), "", "nothing but the result in a pipe");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("enrolled 5000 in 'intro'"));
+    // On a terminal (a pseudo-terminal from util-linux's `script`), the bar is drawn.
+    if std::process::Command::new("script")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        return;
+    }
+    p.write("more.csv", &csv.replace("@prospect", "@other"));
+    let cmd = format!(
+        "{} --config {} contacts import {} --sequence intro",
+        crate::support::BIN,
+        p.config.display(),
+        p.path("more.csv").display()
+    );
+    let out = std::process::Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .env("FOLLOWUP_LOG", "warn")
+        .output()
+        .unwrap();
+    let tty = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{tty}");
+    assert!(
+        tty.contains("importing") || tty.contains("enrolling"),
+        "{tty}"
+    );
+    assert!(tty.contains("enrolled 5000 in 'intro'"), "{tty}");
+}
