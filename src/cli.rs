@@ -22,9 +22,11 @@ use crate::diagnostic::Diagnostics;
 use crate::mail::compose::{self, subject_for, Draft, Thread};
 use crate::model::{Contact, Enrollment};
 use crate::project::Project;
-use crate::schedule::step_due;
+use crate::schedule::step_due_explained;
 use crate::scheduler::Scheduler;
 use crate::store::Store;
+
+mod helpers;
 
 /// `println!` that returns a write error instead of panicking on it, so that a closed
 /// pipe (`followup status | head`) ends the command quietly (see `main`).
@@ -77,13 +79,16 @@ pub enum Command {
     /// Import and inspect contacts
     #[command(subcommand)]
     Contacts(ContactsCommand),
-    /// Put contacts into a sequence
+    /// Put contacts into a sequence (never twice, unless --again)
     Enroll {
         /// The sequence's name (its `name:` in sequences/)
         sequence: String,
         /// Contacts' email addresses, as imported
         #[arg(required = true)]
         emails: Vec<String>,
+        /// Also enroll contacts whose earlier enrollment in it stopped or finished (it stays as history)
+        #[arg(long)]
+        again: bool,
     },
     /// Take contacts out of a sequence for good
     Unenroll {
@@ -171,6 +176,9 @@ pub enum ContactsCommand {
         /// Also enroll the imported contacts in this sequence
         #[arg(long)]
         sequence: Option<String>,
+        /// With --sequence: also enroll contacts whose earlier enrollment in it stopped or finished
+        #[arg(long, requires = "sequence")]
+        again: bool,
         /// Show what would happen; change nothing
         #[arg(long)]
         dry_run: bool,
@@ -250,17 +258,26 @@ fn print_diagnostics(d: &Diagnostics) {
     }
 }
 
-/// Loads the project; on errors prints them all and returns None.
-fn load_project(config: &Path, need_secrets: bool) -> Option<Project> {
-    match Project::load(config, need_secrets) {
+/// Loads the project; on errors prints them all and returns None (the command could
+/// not run: exit 2). `for_run`: the secrets must resolve, as `check` demands, and the
+/// warnings `check` prints are printed once; other commands keep quiet about them.
+fn load_project(config: &Path, for_run: bool) -> Option<Project> {
+    match Project::load(config, for_run) {
         Ok((p, warnings)) => {
-            print_diagnostics(&warnings);
+            if for_run {
+                print_diagnostics(&warnings);
+            }
             Some(p)
         }
-        Err(d) => {
+        Err(mut d) => {
+            // Only what stops the command; `check` shows the warnings as well.
+            if !for_run {
+                d.items
+                    .retain(|i| i.severity == crate::diagnostic::Severity::Error);
+            }
             print_diagnostics(&d);
             eprintln!(
-                "followup: {} error(s) in the project; nothing was changed",
+                "followup: {} error(s) in the project; nothing was changed (see `followup check`)",
                 d.error_count()
             );
             None
@@ -281,7 +298,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Check { json } => Ok(cmd_check(&config_path, json)),
         Command::Run { once } => {
             let Some(p) = load_project(&config_path, true) else {
-                return Ok(ExitCode::from(1));
+                return Ok(ExitCode::from(2));
             };
             let store = open_store(&p).await?;
             let project = Arc::new(p);
@@ -304,7 +321,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Migrate => {
             let Some(p) = load_project(&config_path, false) else {
-                return Ok(ExitCode::from(1));
+                return Ok(ExitCode::from(2));
             };
             let store = open_store(&p).await?;
             store.close().await;
@@ -314,22 +331,26 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Contacts(ContactsCommand::Import {
             file,
             sequence,
+            again,
             dry_run,
         }) => {
             let Some(p) = load_project(&config_path, false) else {
-                return Ok(ExitCode::from(1));
+                return Ok(ExitCode::from(2));
             };
-            cmd_import(&p, &file, sequence.as_deref(), dry_run).await
+            let enroll = sequence.as_deref().map(|s| (s, again));
+            cmd_import(&p, &file, enroll, dry_run).await
         }
         Command::Contacts(ContactsCommand::Show { email }) => {
             let Some(p) = load_project(&config_path, false) else {
-                return Ok(ExitCode::from(1));
+                return Ok(ExitCode::from(2));
             };
             cmd_show(&p, &email).await
         }
-        Command::Enroll { sequence, emails } => {
-            with_contacts(&config_path, &sequence, &emails, Action::Enroll).await
-        }
+        Command::Enroll {
+            sequence,
+            emails,
+            again,
+        } => with_contacts(&config_path, &sequence, &emails, Action::Enroll { again }).await,
         Command::Unenroll { sequence, emails } => {
             with_contacts(&config_path, &sequence, &emails, Action::Unenroll).await
         }
@@ -340,7 +361,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             mailbox: Some(m), ..
         } => {
             let Some(p) = load_project(&config_path, false) else {
-                return Ok(ExitCode::from(1));
+                return Ok(ExitCode::from(2));
             };
             if !p.config.mailboxes.contains_key(&m) {
                 bail!("unknown mailbox '{m}'");
@@ -362,7 +383,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Suppress { target } => {
             let Some(p) = load_project(&config_path, false) else {
-                return Ok(ExitCode::from(1));
+                return Ok(ExitCode::from(2));
             };
             let pattern = suppression_pattern(&target)?;
             let store = open_store(&p).await?;
@@ -379,7 +400,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Unsuppress { target } => {
             let Some(p) = load_project(&config_path, false) else {
-                return Ok(ExitCode::from(1));
+                return Ok(ExitCode::from(2));
             };
             let pattern = suppression_pattern(&target)?;
             let store = open_store(&p).await?;
@@ -428,25 +449,25 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             contact,
         } => {
             let Some(p) = load_project(&config_path, false) else {
-                return Ok(ExitCode::from(1));
+                return Ok(ExitCode::from(2));
             };
             cmd_preview(&p, &sequence, step.as_deref(), contact.as_deref()).await
         }
         Command::Simulate { sequence, contact } => {
             let Some(p) = load_project(&config_path, false) else {
-                return Ok(ExitCode::from(1));
+                return Ok(ExitCode::from(2));
             };
             cmd_simulate(&p, &sequence, contact.as_deref()).await
         }
         Command::Status { sequence, json } => {
             let Some(p) = load_project(&config_path, false) else {
-                return Ok(ExitCode::from(1));
+                return Ok(ExitCode::from(2));
             };
             cmd_status(&p, sequence.as_deref(), json).await
         }
         Command::InDoubt(c) => {
             let Some(p) = load_project(&config_path, false) else {
-                return Ok(ExitCode::from(1));
+                return Ok(ExitCode::from(2));
             };
             cmd_in_doubt(&p, c).await
         }
@@ -461,9 +482,9 @@ async fn cmd_init(dir: &Path, force: bool) -> anyhow::Result<ExitCode> {
     // Enroll the sample contacts, so that `followup run` sends at once.
     let config_path = dir.join(config::DEFAULT_FILE);
     let Some(p) = load_project(&config_path, false) else {
-        return Ok(ExitCode::from(1));
+        return Ok(ExitCode::from(2));
     };
-    let code = cmd_import(&p, &dir.join("contacts.csv"), Some("intro"), false).await?;
+    let code = cmd_import(&p, &dir.join("contacts.csv"), Some(("intro", false)), false).await?;
     let cfg = if dir == Path::new(".") {
         String::new()
     } else {
@@ -477,11 +498,12 @@ async fn cmd_init(dir: &Path, force: bool) -> anyhow::Result<ExitCode> {
 }
 
 fn cmd_check(config_path: &Path, json: bool) -> ExitCode {
-    let (diags, mut ok) = match Project::load(config_path, false) {
+    // With the secrets, as `run` loads it: what `run` would refuse, `check` reports.
+    let (diags, mut ok) = match Project::load(config_path, true) {
         Ok((p, w)) => (check_database_files(&p.config, config_path, w), true),
         Err(d) => match config::load(config_path, false) {
             // The project has other errors; its database's folder is still checked.
-            Ok(config) => (check_database_files(&config, config_path, d), false),
+            Ok(config) => (check_database_files(&config.0, config_path, d), false),
             Err(_) => (d, false),
         },
     };
@@ -541,22 +563,18 @@ fn check_database_files(
     diags
 }
 
+/// `enroll`: the sequence and whether to enroll again those who ended it.
 async fn cmd_import(
     p: &Project,
     file: &Path,
-    sequence: Option<&str>,
+    enroll: Option<(&str, bool)>,
     dry_run: bool,
 ) -> anyhow::Result<ExitCode> {
-    let seq = match sequence {
-        Some(name) => match p.sequence(name) {
-            Some(s) => Some(s),
-            None => bail!(
-                "unknown sequence '{name}' (known: {})",
-                p.sequences.keys().cloned().collect::<Vec<_>>().join(", ")
-            ),
-        },
+    let seq = match enroll {
+        Some((name, _)) => Some(helpers::sequence(p, name)?),
         None => None,
     };
+    let again = enroll.is_some_and(|(_, again)| again);
     let parsed = contacts::read_csv(file, &p.config.limits)
         .with_context(|| format!("reading {}", file.display()))?;
     for r in &parsed.rejected {
@@ -594,7 +612,13 @@ async fn cmd_import(
     }
     let store = open_store(p).await?;
     let now = Utc::now();
-    let upserted = store.upsert_contacts(&parsed.contacts, now).await?;
+    let bar = helpers::progress(parsed.contacts.len(), "importing");
+    let mut upserted = Vec::with_capacity(parsed.contacts.len());
+    for slice in parsed.contacts.chunks(helpers::PROGRESS_STEP) {
+        upserted.extend(store.upsert_contacts(slice, now).await?);
+        bar.inc(slice.len() as u64);
+    }
+    bar.finish_and_clear();
     let created = upserted.iter().filter(|u| u.created).count();
     let changed: Vec<i64> = upserted
         .iter()
@@ -616,13 +640,20 @@ async fn cmd_import(
     if let Some(seq) = seq {
         let emails: Vec<String> = upserted.iter().map(|u| u.email.clone()).collect();
         let stored = store.contacts_by_email(&emails).await?;
-        let r = contacts::enroll(p, &store, seq, &stored, now).await?;
+        let bar = helpers::progress(stored.len(), "enrolling");
+        let mut r = contacts::Enrolled::default();
+        for slice in stored.chunks(helpers::PROGRESS_STEP) {
+            r.add(contacts::enroll(p, &store, seq, slice, again, now).await?);
+            bar.inc(slice.len() as u64);
+        }
+        bar.finish_and_clear();
         out!(
             "enrolled {} in '{}' ({} already in it)",
             r.enrolled,
             seq.name,
             r.already
         );
+        helpers::print_not_again_summary(&r);
         for s in &r.suppressed {
             eprintln!("{s}: suppressed, not enrolled");
         }
@@ -648,7 +679,7 @@ fn suppression_pattern(target: &str) -> anyhow::Result<String> {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Action {
-    Enroll,
+    Enroll { again: bool },
     Unenroll,
     Pause,
     Resume,
@@ -661,14 +692,9 @@ async fn with_contacts(
     action: Action,
 ) -> anyhow::Result<ExitCode> {
     let Some(p) = load_project(config_path, false) else {
-        return Ok(ExitCode::from(1));
+        return Ok(ExitCode::from(2));
     };
-    let Some(seq) = p.sequence(sequence) else {
-        bail!(
-            "unknown sequence '{sequence}' (known: {})",
-            p.sequences.keys().cloned().collect::<Vec<_>>().join(", ")
-        );
-    };
+    let seq = helpers::sequence(&p, sequence)?;
     let store = open_store(&p).await?;
     let now = Utc::now();
     let mut problems = 0;
@@ -682,7 +708,7 @@ async fn with_contacts(
             }
         }
     }
-    if action == Action::Enroll {
+    if let Action::Enroll { again } = action {
         let found = store.contacts_by_email(&normalised).await?;
         for e in &normalised {
             if !found.iter().any(|c| &c.email == e) {
@@ -692,13 +718,18 @@ async fn with_contacts(
                 problems += 1;
             }
         }
-        let r = contacts::enroll(&p, &store, seq, &found, now).await?;
+        let r = contacts::enroll(&p, &store, seq, &found, again, now).await?;
         out!(
             "enrolled {} in '{}' ({} already in it)",
             r.enrolled,
             seq.name,
             r.already
         );
+        // Each one left out says why; nothing done for it is a problem (exit 1).
+        for n in &r.not_again {
+            eprintln!("{n}");
+            problems += 1;
+        }
         for s in &r.suppressed {
             eprintln!("{s}: suppressed, not enrolled");
             problems += 1;
@@ -750,7 +781,7 @@ async fn change(
         Action::Resume => Command::Resume {
             suppressed: store.is_suppressed(&e.email).await?,
         },
-        Action::Enroll => bail!("internal: enroll is not a change"),
+        Action::Enroll { .. } => bail!("internal: enroll is not a change"),
     };
     let contact = store.contact(&e.email).await?.context("contact vanished")?;
     let (window, tz, holidays) = p.contact_schedule(seq, &contact);
@@ -822,9 +853,7 @@ async fn cmd_preview(
     step: Option<&str>,
     contact: Option<&str>,
 ) -> anyhow::Result<ExitCode> {
-    let Some(seq) = p.sequence(sequence) else {
-        bail!("unknown sequence '{sequence}'")
-    };
+    let seq = helpers::sequence(p, sequence)?;
     let (index, step) = match step {
         Some(id) => seq.step(id).with_context(|| {
             format!(
@@ -903,9 +932,7 @@ async fn cmd_simulate(
     sequence: &str,
     contact: Option<&str>,
 ) -> anyhow::Result<ExitCode> {
-    let Some(seq) = p.sequence(sequence) else {
-        bail!("unknown sequence '{sequence}'")
-    };
+    let seq = helpers::sequence(p, sequence)?;
     let c = sample_contact(p, contact).await?;
     let (window, tz, holidays) = p.contact_schedule(seq, &c);
     let now = Utc::now();
@@ -914,19 +941,24 @@ async fn cmd_simulate(
         c.email,
         tz
     );
-    out!("{:<16} {:<26} UTC", "step", "local");
+    out!("{:<16} {:<26} {:<21} why later", "step", "local", "UTC");
     let mut at = now;
     for (i, step) in seq.steps.iter().enumerate() {
         let base = if i == 0 { now } else { at };
-        match step_due(base, step.wait, &window, tz, &holidays) {
-            Some(t) => {
+        match step_due_explained(base, step.wait, &window, tz, &holidays) {
+            Some(mut due) => {
+                if i == 0 {
+                    // Today's sends of the mailbox are known; later days' are not.
+                    helpers::mailbox_pacing(p, seq, &c, &mut due).await;
+                }
                 out!(
-                    "{:<16} {:<26} {}",
+                    "{:<16} {:<26} {:<21} {}",
                     step.id,
-                    t.with_timezone(&tz).format("%a %Y-%m-%d %H:%M %Z"),
-                    t.format("%Y-%m-%d %H:%M UTC")
+                    due.at.with_timezone(&tz).format("%a %Y-%m-%d %H:%M %Z"),
+                    due.at.format("%Y-%m-%d %H:%M UTC"),
+                    helpers::why_moved(p, &c, &due.moved)
                 );
-                at = t;
+                at = due.at;
             }
             None => {
                 out!("{:<16} never: the window never opens", step.id);
@@ -934,7 +966,7 @@ async fn cmd_simulate(
             }
         }
     }
-    out!("(a mailbox's daily limit and spacing can move sends later)");
+    out!("(other contacts due first can move sends later within a mailbox's daily limit)");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -1053,9 +1085,7 @@ async fn cmd_status(
     as_json: bool,
 ) -> anyhow::Result<ExitCode> {
     if let Some(s) = sequence {
-        if p.sequence(s).is_none() {
-            bail!("unknown sequence '{s}'");
-        }
+        helpers::sequence(p, s)?;
     }
     let store = open_store(p).await?;
     let st = store.status(sequence).await?;

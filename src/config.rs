@@ -480,9 +480,10 @@ impl SourceMap<'_> {
     }
 }
 
-/// Reads the configuration. Secrets are resolved when `need_secrets` is set (`run`);
-/// `check` only warns about missing ones, since they often exist on the server alone.
-pub fn load(path: &Path, need_secrets: bool) -> Result<Config, Diagnostics> {
+/// Reads the configuration, with its warnings. Secrets are resolved when `need_secrets`
+/// is set (`check` and `run`, which must agree); other commands (`status`, `enroll`...)
+/// only warn about missing ones, since they often run where the secrets are not.
+pub fn load(path: &Path, need_secrets: bool) -> Result<(Config, Diagnostics), Diagnostics> {
     let mut diags = Diagnostics::default();
     // Read with the default bound: the file's own `[limits]` are not known yet.
     let text = match crate::project::read_bounded(path, Limits::default().max_file_size) {
@@ -532,10 +533,7 @@ pub fn load(path: &Path, need_secrets: bool) -> Result<Config, Diagnostics> {
 
     let timezone = match &raw.timezone {
         Some(tz) => tz.get_ref().parse::<Tz>().unwrap_or_else(|_| {
-            diags.push(
-                map.error(tz.span(), format!("unknown time zone '{}'", tz.get_ref()))
-                    .with_help("use an IANA name such as Asia/Shanghai or Europe/Berlin"),
-            );
+            diags.push(unknown_tz(&map, tz));
             Tz::UTC
         }),
         None => Tz::UTC,
@@ -651,7 +649,7 @@ pub fn load(path: &Path, need_secrets: bool) -> Result<Config, Diagnostics> {
             parse_window(&map, m.window.as_ref(), &mut diags).unwrap_or_else(|| window.clone());
         let mailbox_tz = match &m.timezone {
             Some(tz) => tz.get_ref().parse::<Tz>().unwrap_or_else(|_| {
-                diags.push(map.error(tz.span(), format!("unknown time zone '{}'", tz.get_ref())));
+                diags.push(unknown_tz(&map, tz));
                 timezone
             }),
             None => timezone,
@@ -799,15 +797,14 @@ pub fn load(path: &Path, need_secrets: bool) -> Result<Config, Diagnostics> {
         replies,
         limits,
     };
-    if diags.is_empty() {
-        Ok(config)
-    } else {
-        // Only warnings: hand them back through the log, keep going.
-        for d in &diags.items {
-            tracing::warn!("{d}");
-        }
-        Ok(config)
-    }
+    // Only warnings: the caller decides who sees them (`check`, and `run` once).
+    Ok((config, diags))
+}
+
+/// An unknown time zone at its place, with the name it most likely meant.
+fn unknown_tz(map: &SourceMap<'_>, tz: &Spanned<String>) -> Diagnostic {
+    let (message, help) = crate::diagnostic::unknown_time_zone(tz.get_ref());
+    map.error(tz.span(), message).with_help(help)
 }
 
 /// `[limits]`: zero would refuse every file or field, so it is an error.
@@ -1339,7 +1336,7 @@ mod tests {
         let mailbox =
             "[mailboxes.sales]\nfrom = \"Iris <iris@example.com>\"\nsmtp = \"file://outbox\"\n";
         let p = write(dir.path(), &format!("{head}{mailbox}"));
-        let h = load(&p, false).unwrap().http.unwrap();
+        let h = load(&p, false).unwrap().0.http.unwrap();
         assert_eq!(h.header_timeout, std::time::Duration::from_secs(10));
         assert_eq!(h.idle_timeout, std::time::Duration::from_secs(60));
         assert_eq!(h.body_timeout, std::time::Duration::from_secs(10));
@@ -1352,7 +1349,7 @@ mod tests {
                  body_timeout = \"3s\"\nmax_connections = 100\ntrusted_proxies = [\"127.0.0.1\", \"10.1.2.3/8\", \"::1\"]\n{mailbox}"
             ),
         );
-        let h = load(&p, false).unwrap().http.unwrap();
+        let h = load(&p, false).unwrap().0.http.unwrap();
         assert_eq!(h.admin_listen, Some("127.0.0.1:9187".parse().unwrap()));
         assert_eq!(h.header_timeout, std::time::Duration::from_secs(2));
         assert_eq!(h.idle_timeout, std::time::Duration::from_secs(60));
@@ -1485,7 +1482,7 @@ mod tests {
             "smtps://relay.example.com:4650",
         );
         std::env::set_var("FOLLOWUP_MAILBOX_EU_SALES_PASSWORD", "s3cret");
-        let c = load(&p, true).unwrap();
+        let (c, _) = load(&p, true).unwrap();
         std::env::remove_var("FOLLOWUP_MAILBOX_EU_SALES_SMTP");
         std::env::remove_var("FOLLOWUP_MAILBOX_EU_SALES_PASSWORD");
         let m = &c.mailboxes["eu-sales"];
@@ -1580,7 +1577,7 @@ mod tests {
     fn limits_default_and_refuse_zero() {
         let dir = tempfile::tempdir().unwrap();
         let base = "[mailboxes.sales]\nfrom = \"a@example.com\"\nsmtp = \"file://outbox\"\n";
-        let c = load(&write(dir.path(), base), false).unwrap();
+        let (c, _) = load(&write(dir.path(), base), false).unwrap();
         assert_eq!(c.limits, Limits::default());
         let c = load(
             &write(
@@ -1589,7 +1586,8 @@ mod tests {
             ),
             false,
         )
-        .unwrap();
+        .unwrap()
+        .0;
         assert_eq!(
             (c.limits.max_file_size, c.limits.max_field_length),
             (2048, 80)

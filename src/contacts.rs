@@ -7,7 +7,7 @@
 //! reported with its row number (as a spreadsheet shows it: the header is row 1) and
 //! reason while the good rows go in.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::path::Path;
 
@@ -175,9 +175,8 @@ pub fn parse_csv_with(bytes: &[u8], limits: &Limits) -> Parsed {
                 "timezone" => match cell.parse::<Tz>() {
                     Ok(_) => timezone = Some(cell.to_string()),
                     Err(_) => {
-                        bad = Some(format!(
-                            "unknown time zone '{cell}' (use an IANA name such as Asia/Shanghai)"
-                        ))
+                        let (message, help) = crate::diagnostic::unknown_time_zone(cell);
+                        bad = Some(format!("{message} ({help})"))
                     }
                 },
                 "country" => country = Some(cell.to_ascii_uppercase()),
@@ -255,16 +254,73 @@ pub struct Enrolled {
     pub enrolled: usize,
     pub already: usize,
     pub suppressed: Vec<String>,
+    /// Those left out because of an enrollment there, with why, in the order given.
+    pub not_again: Vec<NotAgain>,
+}
+
+impl Enrolled {
+    /// Adds up the results of enrolling contacts a slice at a time.
+    pub fn add(&mut self, other: Enrolled) {
+        self.enrolled += other.enrolled;
+        self.already += other.already;
+        self.suppressed.extend(other.suppressed);
+        self.not_again.extend(other.not_again);
+    }
+}
+
+/// A contact left out of a sequence it is, or was, in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NotAgain {
+    pub email: String,
+    pub sequence: String,
+    pub existing: store::Existing,
+}
+
+impl NotAgain {
+    /// Whether `--again` would enroll it: its enrollment there has ended.
+    pub fn ended(&self) -> bool {
+        matches!(self.existing.state.as_str(), "stopped" | "finished")
+    }
+}
+
+impl fmt::Display for NotAgain {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let e = &self.existing;
+        let on = e.since.format("%Y-%m-%d %H:%M UTC");
+        let seq = &self.sequence;
+        match e.state.as_str() {
+            "finished" => write!(
+                f,
+                "{}: already finished sequence '{seq}' on {on}",
+                self.email
+            )?,
+            "stopped" => write!(
+                f,
+                "{}: already stopped in sequence '{seq}' on {on} ({})",
+                self.email,
+                e.reason.as_deref().unwrap_or("no reason recorded")
+            )?,
+            state => write!(f, "{}: already in sequence '{seq}' ({state})", self.email)?,
+        }
+        if self.ended() {
+            write!(f, "; use --again to enroll again")?;
+        }
+        Ok(())
+    }
 }
 
 /// Enrolls stored contacts into `seq`. Each gets a mailbox now and keeps it: its owner
 /// if that mailbox sends this sequence, else the least busy sender. The first step is
-/// due after its wait, moved into the window in the contact's time zone.
+/// due after its wait, moved into the window in the contact's time zone. A contact is
+/// never enrolled twice, unless `again`: then one whose enrollment there stopped or
+/// finished (unenrolled, replied, suppressed and since unsuppressed...) starts over,
+/// its earlier enrollment, messages and events kept as history.
 pub async fn enroll(
     project: &Project,
     store: &Store,
     seq: &Sequence,
     contacts: &[Contact],
+    again: bool,
     now: DateTime<Utc>,
 ) -> Result<Enrolled, store::Error> {
     let mut loads = store.mailbox_loads(&seq.name).await?;
@@ -298,9 +354,27 @@ pub async fn enroll(
             next_run_at: due,
         });
     }
-    let created = store.enroll(&items, now).await?;
+    let created = store.enroll_with(&items, again, now).await?;
     out.enrolled = created.len();
     out.already = items.len() - created.len();
+    if out.already > 0 {
+        let new: HashSet<i64> = created.iter().map(|(_, c)| *c).collect();
+        let left: Vec<i64> = items
+            .iter()
+            .map(|i| i.contact_id)
+            .filter(|c| !new.contains(c))
+            .collect();
+        let existing = store.latest_enrollments(&seq.name, &left).await?;
+        for c in contacts {
+            if let Some(e) = existing.get(&c.id).filter(|_| !new.contains(&c.id)) {
+                out.not_again.push(NotAgain {
+                    email: c.email.clone(),
+                    sequence: seq.name.clone(),
+                    existing: e.clone(),
+                });
+            }
+        }
+    }
     Ok(out)
 }
 
@@ -356,7 +430,7 @@ mod tests {
             p.rejected.iter().map(|r| r.to_string()).collect::<Vec<_>>(),
             [
                 "row 3: 'not-an-address' has no '@'",
-                "row 6: unknown time zone 'Mars/Olympus' (use an IANA name such as Asia/Shanghai)"
+                "row 6: unknown time zone 'Mars/Olympus' (use an IANA name such as Asia/Shanghai or Europe/Berlin)"
             ]
         );
         assert_eq!(

@@ -178,6 +178,33 @@ pub fn did_you_mean<'a>(
         .map(|(_, c)| c)
 }
 
+/// The IANA time zone an unknown name most likely meant: the same name in other case
+/// ("asia/shanghai"), a city without its region ("Berlin"), or a near spelling
+/// ("Asia/Shangai").
+pub fn closest_time_zone(name: &str) -> Option<&'static str> {
+    let names = || chrono_tz::TZ_VARIANTS.iter().map(|tz| tz.name());
+    let name = name.trim();
+    names()
+        .find(|n| n.eq_ignore_ascii_case(name))
+        .or_else(|| {
+            names().find(|n| {
+                n.rsplit('/')
+                    .next()
+                    .is_some_and(|city| city.eq_ignore_ascii_case(&name.replace(' ', "_")))
+            })
+        })
+        .or_else(|| did_you_mean(name, names()))
+}
+
+/// "unknown time zone 'X'", with the name it most likely meant, or an example.
+pub fn unknown_time_zone(name: &str) -> (String, String) {
+    let help = match closest_time_zone(name) {
+        Some(tz) => format!("did you mean '{tz}'?"),
+        None => "use an IANA name such as Asia/Shanghai or Europe/Berlin".to_string(),
+    };
+    (format!("unknown time zone '{name}'"), help)
+}
+
 /// Shows `path` relative to `base` when it is inside it, so messages stay short.
 pub fn display_path(base: &Path, path: &Path) -> PathBuf {
     path.strip_prefix(base)
@@ -219,5 +246,14 @@ mod tests {
         );
         assert_eq!(did_you_mean("sender", ["steps", "name"]), None);
         assert_eq!(did_you_mean("windw", ["window", "wait"]), Some("window"));
+    }
+
+    #[test]
+    fn suggests_time_zones() {
+        assert_eq!(closest_time_zone("Asia/Shangai"), Some("Asia/Shanghai"));
+        assert_eq!(closest_time_zone("europe/berlin"), Some("Europe/Berlin"));
+        assert_eq!(closest_time_zone("Berlin"), Some("Europe/Berlin"));
+        assert_eq!(closest_time_zone("New York"), Some("America/New_York"));
+        assert_eq!(closest_time_zone("Mars/Olympus"), None);
     }
 }

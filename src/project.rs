@@ -99,7 +99,8 @@ pub struct Project {
 }
 
 impl Project {
-    /// Loads and validates everything. `need_secrets`: passwords must resolve (run).
+    /// Loads and validates everything. `need_secrets`: passwords and the tracking
+    /// secret must resolve (`check`, `run`).
     /// Warnings come back with the project; any error means no project.
     pub fn load(
         config_path: &Path,
@@ -107,7 +108,10 @@ impl Project {
     ) -> Result<(Project, Diagnostics), Diagnostics> {
         let mut diags = Diagnostics::default();
         let config = match config::load(config_path, need_secrets) {
-            Ok(c) => c,
+            Ok((c, warnings)) => {
+                diags.extend(warnings);
+                c
+            }
             Err(d) => {
                 diags.extend(d);
                 // Templates and sequences are still checked so that every problem shows.
@@ -122,7 +126,7 @@ impl Project {
                 diags.extend(d);
                 let known = Known {
                     mailboxes: Default::default(),
-                    templates: templates.names(),
+                    templates: templates.known_names(),
                 };
                 let (_, d) = sequence::load_dir(&root.join("sequences"), &known, &files);
                 // Without a config, every sender is unknown: those errors would be noise.
@@ -131,6 +135,9 @@ impl Project {
                         .into_iter()
                         .filter(|d| !d.message.starts_with("unknown mailbox")),
                 );
+                for d in &mut diags.items {
+                    d.path = display_path(&root, &d.path);
+                }
                 return Err(diags);
             }
         };
@@ -139,7 +146,7 @@ impl Project {
         diags.extend(d);
         let known = Known {
             mailboxes: config.mailboxes.keys().cloned().collect(),
-            templates: templates.names(),
+            templates: templates.known_names(),
         };
         let (seqs, d) = sequence::load_dir(&config.sequences_dir(), &known, &files);
         diags.extend(d);

@@ -24,6 +24,7 @@ use std::str::FromStr;
 
 use chrono::{
     DateTime, Datelike, Duration, NaiveDate, NaiveDateTime, NaiveTime, Offset, TimeZone, Utc,
+    Weekday,
 };
 use chrono_tz::Tz;
 
@@ -520,6 +521,94 @@ pub fn step_due(
     next_in_window(previous.checked_add_signed(wait)?, window, tz, holidays)
 }
 
+/// Why a send time was moved later than asked for, as `simulate` tells it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Moved {
+    /// The time asked for fell outside the window's hours on a day it is open.
+    OutsideWindow,
+    /// The window is closed all day on these consecutive local weekdays (e.g. Sat, Sun).
+    ClosedDays(Vec<Weekday>),
+    /// A day off (local date).
+    Holiday(NaiveDate),
+    /// The mailbox had sent its daily limit on the local day.
+    DailyLimit(u32),
+    /// The mailbox spaces its sends (`min_gap`, a daily limit spread over its window).
+    Spacing,
+}
+
+impl Moved {
+    /// True for Saturday and Sunday together (or alone): the usual weekend.
+    pub fn is_weekend(&self) -> bool {
+        matches!(self, Moved::ClosedDays(d) if !d.is_empty() && d.iter().all(|d| matches!(d, Weekday::Sat | Weekday::Sun)))
+    }
+}
+
+/// A due time and why it is later than `previous + wait`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Due {
+    pub at: DateTime<Utc>,
+    pub moved: Vec<Moved>,
+}
+
+/// [`step_due`], with why the time moved: each local day it passed over, and whether the
+/// hour asked for was outside the window. The time is [`step_due`]'s; the reasons read
+/// the same window and days off for the days between.
+pub fn step_due_explained(
+    previous: DateTime<Utc>,
+    wait: Duration,
+    window: &Window,
+    tz: Tz,
+    holidays: &Holidays,
+) -> Option<Due> {
+    let asked = previous.checked_add_signed(wait)?;
+    let at = next_in_window(asked, window, tz, holidays)?;
+    Some(Due {
+        at,
+        moved: moved_between(asked, at, window, tz, holidays),
+    })
+}
+
+/// Why `at` (a time in the window) is later than `asked`.
+fn moved_between(
+    asked: DateTime<Utc>,
+    at: DateTime<Utc>,
+    window: &Window,
+    tz: Tz,
+    holidays: &Holidays,
+) -> Vec<Moved> {
+    let mut out: Vec<Moved> = Vec::new();
+    if at <= asked {
+        return out;
+    }
+    let last = at.with_timezone(&tz).date_naive();
+    let first = asked.with_timezone(&tz).date_naive();
+    let mut date = first;
+    while date <= last {
+        let reason = if holidays.contains(date) {
+            Some(Moved::Holiday(date))
+        } else if window.ranges_on(date).is_empty() {
+            Some(Moved::ClosedDays(vec![date.weekday()]))
+        } else if date == first {
+            // An open day, and the time was moved off it or later on it: the hour
+            // asked for was outside its ranges. (Days after it were passed over only
+            // for being closed; the day it lands on is where it opens.)
+            Some(Moved::OutsideWindow)
+        } else {
+            None
+        };
+        match (out.last_mut(), reason) {
+            (Some(Moved::ClosedDays(days)), Some(Moved::ClosedDays(d))) => days.extend(d),
+            (_, Some(r)) => out.push(r),
+            (_, None) => {}
+        }
+        match date.succ_opt() {
+            Some(next) => date = next,
+            None => break,
+        }
+    }
+    out
+}
+
 /// The UTC offset of `tz` at `t`, in seconds (local = UTC + offset).
 fn offset_at(tz: Tz, t: DateTime<Utc>) -> i64 {
     i64::from(
@@ -798,6 +887,62 @@ fn duration_from_secs(secs: f64) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn explains_why_a_step_moved() {
+        let window: Window = "Mon-Fri 09:00-17:00".parse().unwrap();
+        let tz: Tz = "Europe/Berlin".parse().unwrap();
+        let holidays = Holidays::parse(&["2026-12-24..2026-12-25".into()]).unwrap();
+        let local = |s: &str| {
+            tz.from_local_datetime(&NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M").unwrap())
+                .unwrap()
+                .with_timezone(&Utc)
+        };
+        // Wednesday 2026-12-23 18:00: after hours, Thu and Fri off, then the weekend.
+        let due = step_due_explained(
+            local("2026-12-23 18:00"),
+            Duration::zero(),
+            &window,
+            tz,
+            &holidays,
+        )
+        .unwrap();
+        assert_eq!(due.at, local("2026-12-28 09:00"));
+        let d = |s: &str| NaiveDate::parse_from_str(s, "%Y-%m-%d").unwrap();
+        assert_eq!(
+            due.moved,
+            [
+                Moved::OutsideWindow,
+                Moved::Holiday(d("2026-12-24")),
+                Moved::Holiday(d("2026-12-25")),
+                Moved::ClosedDays(vec![Weekday::Sat, Weekday::Sun]),
+            ]
+        );
+        assert!(due.moved[3].is_weekend());
+        // Early on a Monday: only the hour.
+        let due = step_due_explained(
+            local("2026-12-28 07:00"),
+            Duration::zero(),
+            &window,
+            tz,
+            &holidays,
+        )
+        .unwrap();
+        assert_eq!(
+            (due.at, due.moved),
+            (local("2026-12-28 09:00"), vec![Moved::OutsideWindow])
+        );
+        // In the window: not moved.
+        let due = step_due_explained(
+            local("2026-12-28 10:00"),
+            Duration::hours(1),
+            &window,
+            tz,
+            &holidays,
+        )
+        .unwrap();
+        assert!(due.moved.is_empty());
+    }
     use chrono::{Timelike, Weekday};
     use chrono_tz::America::{New_York, Santiago};
     use chrono_tz::Asia::Shanghai;

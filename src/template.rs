@@ -108,6 +108,9 @@ pub struct Templates {
     /// Subjects and text parts: not escaped (they are not HTML).
     plain: Handlebars<'static>,
     by_name: BTreeMap<String, Template>,
+    /// Templates whose files are there but have errors (reported where they are): a
+    /// sequence that names one is not also told the template is unknown.
+    broken: BTreeSet<String>,
 }
 
 impl std::fmt::Debug for Templates {
@@ -124,6 +127,11 @@ pub const BUILTIN_FIELDS: &[&str] = &["email", "sender", "unsubscribe_url"];
 impl Templates {
     pub fn names(&self) -> BTreeSet<String> {
         self.by_name.keys().cloned().collect()
+    }
+
+    /// Every template that has a file, loaded or not: what a sequence may name.
+    pub fn known_names(&self) -> BTreeSet<String> {
+        self.by_name.keys().chain(&self.broken).cloned().collect()
     }
 
     pub fn get(&self, name: &str) -> Option<&Template> {
@@ -182,16 +190,28 @@ impl Templates {
                                     &html_path,
                                     format!("cannot read: {e}"),
                                 ));
+                                if let Some(name) = path.file_stem().and_then(|s| s.to_str()) {
+                                    t.broken.insert(name.to_string());
+                                }
                                 continue;
                             }
                         }
                     } else {
                         None
                     };
-                    match reader.read(path) {
-                        Ok(text) => diags.extend(t.add(path, &text, html)),
-                        Err(e) => diags.push(Diagnostic::error(path, format!("cannot read: {e}"))),
+                    let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or("");
+                    let added = match reader.read(path) {
+                        Ok(text) => t.add(path, &text, html),
+                        Err(e) => {
+                            let mut d = Diagnostics::default();
+                            d.push(Diagnostic::error(path, format!("cannot read: {e}")));
+                            d
+                        }
+                    };
+                    if added.has_errors() && !t.by_name.contains_key(name) {
+                        t.broken.insert(name.to_string());
                     }
+                    diags.extend(added);
                 }
                 Some("html") if !files.contains(&path.with_extension("hbs")) => {
                     diags.push(Diagnostic::warning(
@@ -247,6 +267,7 @@ impl Templates {
         }
         for name in bad {
             self.by_name.remove(&name);
+            self.broken.insert(name);
         }
         diags
     }
@@ -279,6 +300,7 @@ impl Templates {
             html,
             plain,
             by_name: BTreeMap::new(),
+            broken: BTreeSet::new(),
         }
     }
 

@@ -147,7 +147,8 @@ async fn enroll(
             continue;
         };
         let found = store.contacts_by_id(&ids).await?;
-        let r = contacts::enroll(project, store, seq, &found, now).await?;
+        // A rule never enrolls anyone twice: run again after a crash, it changes nothing.
+        let r = contacts::enroll(project, store, seq, &found, false, now).await?;
         if r.enrolled > 0 {
             info!(
                 sequence = target,

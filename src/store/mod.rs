@@ -504,7 +504,21 @@ impl Store {
 
     pub async fn migrate(&self) -> Result<()> {
         match &self.pool {
-            Pool::Sqlite(p) => sqlx::migrate!("migrations/sqlite").run(&p.write).await?,
+            Pool::Sqlite(p) => {
+                sqlx::migrate!("migrations/sqlite").run(&p.write).await?;
+                // With foreign keys off, as SQLite's way of changing a table's
+                // constraints (build a new one, copy, drop, rename) needs when other
+                // tables refer to it; the pragma is a no-op inside a transaction.
+                let mut conn = p.write.acquire().await?;
+                sqlx::query("PRAGMA foreign_keys = OFF")
+                    .execute(&mut *conn)
+                    .await?;
+                let rebuilt = schema::drop_enrollments_unique(&mut conn).await;
+                sqlx::query("PRAGMA foreign_keys = ON")
+                    .execute(&mut *conn)
+                    .await?;
+                rebuilt?;
+            }
             Pool::Postgres(p) => sqlx::migrate!("migrations/postgres").run(p).await?,
         }
         Ok(())
@@ -670,6 +684,10 @@ impl Store {
                 ));
             }
             let to_write: Vec<_> = rows.iter().filter(|r| r.7).collect();
+            // Ids: of rows left alone from the look-up above, of rows written from the
+            // INSERT's RETURNING (no second look-up per chunk).
+            let mut ids: HashMap<String, i64> =
+                existing.iter().map(|(e, c)| (e.clone(), c.id)).collect();
             if !to_write.is_empty() {
                 with_pool!(self, p => {
                     let mut qb = QueryBuilder::new(
@@ -681,17 +699,14 @@ impl Store {
                     });
                     qb.push(
                         " ON CONFLICT (email) DO UPDATE SET name = excluded.name, fields = excluded.fields, \
-                         timezone = excluded.timezone, country = excluded.country, updated_at = excluded.updated_at",
+                         timezone = excluded.timezone, country = excluded.country, updated_at = excluded.updated_at \
+                         RETURNING id, email",
                     );
-                    qb.build().execute(p).await?;
+                    for r in qb.build().fetch_all(p).await? {
+                        ids.insert(r.try_get("email")?, r.try_get("id")?);
+                    }
                 });
             }
-            let ids: HashMap<String, i64> = self
-                .contacts_by_email(&chunk.iter().map(|c| c.email.clone()).collect::<Vec<_>>())
-                .await?
-                .into_iter()
-                .map(|c| (c.email, c.id))
-                .collect();
             for r in rows {
                 let id = *ids.get(&r.0).ok_or(Error::Corrupt {
                     what: "contact",
@@ -820,10 +835,44 @@ impl Store {
         items: &[NewEnrollment],
         now: DateTime<Utc>,
     ) -> Result<Vec<(i64, i64)>> {
+        self.enroll_with(items, false, now).await
+    }
+
+    /// [`Store::enroll`], or with `again`, enrolls contacts whose enrollment in the
+    /// sequence stopped or finished once more: then only a live enrollment there
+    /// (active, paused, held) keeps a contact out, and the ended one stays as history.
+    pub async fn enroll_with(
+        &self,
+        items: &[NewEnrollment],
+        again: bool,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<(i64, i64)>> {
         let mut created = Vec::new();
         for chunk in items.chunks(CHUNK) {
             with_pool!(self, p => {
                 let mut tx = p.begin_write().await?;
+                // Never twice without `again`: looked at inside the write transaction,
+                // so that a contact's enrollment ending meanwhile cannot slip through.
+                let mut ever: Vec<(i64, String)> = Vec::new();
+                if !again {
+                    let mut qb = QueryBuilder::new("SELECT contact_id, sequence FROM enrollments WHERE contact_id IN (");
+                    let mut sep = qb.separated(", ");
+                    for e in chunk {
+                        sep.push_bind(e.contact_id);
+                    }
+                    qb.push(")");
+                    for r in qb.build().fetch_all(&mut *tx).await? {
+                        ever.push((r.try_get("contact_id")?, r.try_get("sequence")?));
+                    }
+                }
+                let chunk: Vec<&NewEnrollment> = chunk
+                    .iter()
+                    .filter(|e| !ever.iter().any(|(c, s)| *c == e.contact_id && *s == e.sequence))
+                    .collect();
+                if chunk.is_empty() {
+                    tx.commit().await?;
+                    continue;
+                }
                 let mut qb = QueryBuilder::new(
                     "INSERT INTO enrollments (contact_id, sequence, mailbox, state, step_index, step_id, priority, next_run_at, created_at, updated_at) ",
                 );
@@ -832,7 +881,8 @@ impl Store {
                         .push_bind(0i64).push_bind(&e.step_id).push_bind(priority(0)).push_bind(ms(e.next_run_at))
                         .push_bind(ms(now)).push_bind(ms(now));
                 });
-                qb.push(" ON CONFLICT (contact_id, sequence) DO NOTHING RETURNING id, contact_id");
+                // Live enrollments are unique per contact and sequence (a partial index).
+                qb.push(" ON CONFLICT (contact_id, sequence) WHERE state IN ('active', 'paused', 'held') DO NOTHING RETURNING id, contact_id");
                 let rows = qb.build().fetch_all(&mut *tx).await?;
                 let mut new_ids = Vec::new();
                 for r in &rows {
@@ -846,13 +896,18 @@ impl Store {
                             .push_bind(serde_json::json!({ "sequence": seq }).to_string());
                     });
                     qb.build().execute(&mut *tx).await?;
-                    for e in chunk.iter().filter(|e| new_ids.iter().any(|(_, c)| *c == e.contact_id)) {
-                        sqlx::query("UPDATE contacts SET owner_mailbox = $1 WHERE id = $2 AND owner_mailbox IS NULL")
-                            .bind(&e.mailbox)
-                            .bind(e.contact_id)
-                            .execute(&mut *tx)
-                            .await?;
-                    }
+                    // One statement per chunk, not one per contact (a 100,000-row
+                    // import spent most of its time here).
+                    let owners: Vec<&&NewEnrollment> = chunk
+                        .iter()
+                        .filter(|e| new_ids.iter().any(|(_, c)| *c == e.contact_id))
+                        .collect();
+                    let mut qb = QueryBuilder::new("UPDATE contacts SET owner_mailbox = v.column2 FROM (");
+                    qb.push_values(owners.iter(), |mut b, e| {
+                        b.push_bind(e.contact_id).push_bind(&e.mailbox);
+                    });
+                    qb.push(") AS v WHERE contacts.id = v.column1 AND contacts.owner_mailbox IS NULL");
+                    qb.build().execute(&mut *tx).await?;
                 }
                 tx.commit().await?;
                 created.extend(new_ids);
@@ -861,10 +916,11 @@ impl Store {
         Ok(created)
     }
 
+    /// A contact's latest enrollment in a sequence (earlier ones, ended, are history).
     pub async fn enrollment(&self, sequence: &str, email: &str) -> Result<Option<Enrollment>> {
         with_read_pool!(self, p => {
             let row = sqlx::query(&format!(
-                "SELECT {ENROLLMENT_COLUMNS} FROM enrollments e JOIN contacts c ON c.id = e.contact_id WHERE e.sequence = $1 AND c.email = $2"
+                "SELECT {ENROLLMENT_COLUMNS} FROM enrollments e JOIN contacts c ON c.id = e.contact_id WHERE e.sequence = $1 AND c.email = $2 ORDER BY e.id DESC LIMIT 1"
             ))
             .bind(sequence)
             .bind(email)
@@ -926,13 +982,16 @@ impl Store {
     }
 }
 
+mod history;
 mod inbound;
 mod liveness;
 mod rules;
+mod schema;
 mod send;
 mod status;
 mod track;
 
+pub use history::Existing;
 pub use inbound::{Checkpoint, InboundRecord, SetAside, WatchState};
 pub use liveness::{check_nodes_dir, Liveness, WireJournal};
 pub use rules::EventPage;

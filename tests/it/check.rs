@@ -38,9 +38,10 @@ fn check_reports_every_problem_with_file_line_column() {
     for x in expect {
         assert!(e.contains(x), "expected\n{x}\nin\n{e}");
     }
-    // `run` refuses to start on the same errors, and says nothing was changed.
+    // `run` refuses to start on the same errors (could not run: 2), and says nothing
+    // was changed.
     let out = p.run(&["run", "--once"]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("unknown mailbox 'sale'"));
     assert!(
         !p.path("followup.db").exists(),
@@ -175,8 +176,13 @@ fn enroll_pause_resume_unenroll() {
         "B@prospect.example",
     ]);
     assert!(o.contains("enrolled 2"), "{o}");
-    let o = p.ok(&["enroll", "intro", "a@prospect.example"]);
-    assert!(o.contains("enrolled 0 in 'intro' (1 already in it)"), "{o}");
+    // Nothing to do is exit 1, with why.
+    let out = p.run(&["enroll", "intro", "a@prospect.example"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("enrolled 0 in 'intro' (1 already in it)")
+    );
+    assert!(stderr(&out).contains("a@prospect.example: already in sequence 'intro' (active)"));
     let out = p.run(&["enroll", "intro", "nobody@prospect.example"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("nobody@prospect.example: no such contact"));

@@ -5,6 +5,7 @@
 mod support;
 
 mod check;
+mod cli_fixes;
 mod crash;
 mod http_limits;
 mod mailworld;

@@ -1,0 +1,8 @@
+-- A contact may be enrolled in a sequence again on purpose (`enroll --again`) once its
+-- earlier enrollment there stopped or finished; the old row stays, with its messages
+-- and events, as history. So (contact_id, sequence) is unique only among live
+-- enrollments (active, paused, held).
+ALTER TABLE enrollments DROP CONSTRAINT enrollments_contact_id_sequence_key;
+CREATE INDEX enrollments_contact ON enrollments (contact_id, sequence);
+CREATE UNIQUE INDEX enrollments_live ON enrollments (contact_id, sequence)
+    WHERE state IN ('active', 'paused', 'held');
