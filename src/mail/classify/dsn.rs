@@ -12,7 +12,10 @@ use super::limits::{
     Unique, MAX_ADDRESSES, MAX_BODY_BYTES, MAX_PARTS, MAX_RECIPIENTS, MAX_REFERENCES,
 };
 use super::quote::main_text;
-use super::scan::{addresses_in, cap, lower, shorten};
+use super::reasons::{
+    mta_family, reason_for, reason_in_text, reason_of_code, BounceReason, MtaFamily,
+};
+use super::scan::{addresses_in, cap, lower, shorten, strip_address_prefix};
 use super::{Action, Classification, Kind, RecipientStatus};
 
 pub(super) enum Report<'m> {
@@ -107,6 +110,31 @@ pub(super) struct Original {
     pub(super) message_id: Option<String>,
     pub(super) to: Unique,
     pub(super) senders: Unique,
+    /// The copy was list mail (List-*, X-BeenThere, Mailman headers): its To and Cc
+    /// are the list's own addresses, never the one that failed.
+    pub(super) list: bool,
+    /// "for <addr>" of the copy's first Received line: the receiving MTA's envelope
+    /// recipient, the last resort for naming the failed address.
+    pub(super) received_for: Option<String>,
+}
+
+/// A list's own address by its local part (Mailman, Sympa, ezmlm conventions).
+pub(super) fn is_list_address(a: &str) -> bool {
+    let local = a.split('@').next().unwrap_or("");
+    [
+        "-request", "-bounces", "-bounce", "-owner", "-admin", "-confirm", "-join", "-leave",
+    ]
+    .iter()
+    .any(|s| local.ends_with(s))
+        || local.contains("-bounces+")
+        || local.starts_with("owner-")
+}
+
+/// The address after "for" in a Received header value.
+fn received_for(value: &str) -> Option<String> {
+    let low = value.to_ascii_lowercase();
+    let at = low.find(" for ")?;
+    addresses_in(&low[at..]).into_iter().next().map(|(_, a)| a)
 }
 
 impl Original {
@@ -120,6 +148,10 @@ impl Original {
                         message_id: m.message_id().and_then(bracket_id),
                         ..Original::default()
                     };
+                    o.list = ["List-Id", "List-Post", "X-BeenThere", "X-Mailman-Version"]
+                        .into_iter()
+                        .any(|h| m.header_raw(h).is_some());
+                    o.received_for = m.header_raw("Received").and_then(received_for);
                     let to = m.to().into_iter().flat_map(|a| a.iter());
                     for a in to.take(MAX_ADDRESSES) {
                         if let Some(addr) = a.address() {
@@ -159,6 +191,10 @@ impl Original {
                         o.senders.push(a);
                     }
                 }
+                "list-id" | "list-post" | "list-help" | "x-beenthere" | "x-mailman-version" => {
+                    o.list = true;
+                }
+                "received" if o.received_for.is_none() => o.received_for = received_for(&value),
                 _ => {}
             }
         }
@@ -239,7 +275,8 @@ pub(super) fn dsn_bounce(msg: &Message<'_>, report: &str, c: &mut Classification
         });
         let basic = r.diagnostic.as_deref().and_then(basic_code);
         let action = match r.action.as_deref() {
-            Some("failed") => Action::Failed,
+            // "failure" and "error" are not RFC 3464 words, but old MTAs write them.
+            Some("failed" | "failure" | "error") => Action::Failed,
             Some("delayed") => Action::Delayed,
             Some(_) => {
                 delivered.push(r.recipient.clone());
@@ -251,15 +288,18 @@ pub(super) fn dsn_bounce(msg: &Message<'_>, report: &str, c: &mut Classification
                 _ => continue,
             },
         };
+        let diag_low = lower(r.diagnostic.as_deref().unwrap_or(""));
+        let reason = reason_for(code.as_ref(), &diag_low);
         let permanent = match action {
             Action::Delayed => Some(false),
-            Action::Failed => permanence(code.as_ref(), basic),
+            Action::Failed => decide_permanence(code.as_ref(), basic, reason),
         };
         failures.push(RecipientStatus {
             recipient: r.recipient.clone(),
             action,
             status: code.map(|c| c.text),
             permanent,
+            reason,
             diagnostic: r.diagnostic.as_deref().map(|d| shorten(d, 200)),
         });
     }
@@ -271,14 +311,25 @@ pub(super) fn dsn_bounce(msg: &Message<'_>, report: &str, c: &mut Classification
         );
         return true;
     }
-    // Without any status code, fall back on the human-readable part's words.
-    if failures.iter().all(|f| f.permanent.is_none()) {
-        let human = lower(&main_text(msg, false));
+    // Without any status code or telling diagnostic, the human-readable part's words
+    // decide: its reason first, then its general words ("permanent error").
+    let human = lower(cap(&main_text(msg, false), 16 * 1024));
+    if failures
+        .iter()
+        .any(|f| f.permanent.is_none() || f.reason == BounceReason::Unknown)
+    {
+        let reason = reason_in_text(&human);
         let hints = text_hints(&human);
-        for f in failures.iter_mut().filter(|f| f.action == Action::Failed) {
-            f.permanent = hints.permanent();
+        for f in failures.iter_mut() {
+            if f.reason == BounceReason::Unknown {
+                f.reason = reason;
+            }
+            if f.permanent.is_none() && f.action == Action::Failed {
+                f.permanent = f.reason.permanent().or(hints.permanent());
+            }
         }
     }
+    c.mta = Some(mta_family(&[&human, &lower(report)]));
     let mut original = Original::from_parts(msg);
     if original.message_id.is_none() {
         // Gmail names the original in its per-message fields even when it returns
@@ -330,11 +381,12 @@ pub(super) fn dsn_records(report: &str) -> Vec<DsnRecord> {
     fn address_field(value: &str) -> Option<String> {
         // "rfc822; li@example.cn" (address-type ";" generic-address), RFC 3464 §2.3.1.
         let addr = value.split_once(';').map_or(value, |(_, a)| a);
-        let addr = addr
-            .trim()
-            .trim_start_matches('<')
-            .trim_end_matches('>')
-            .trim();
+        let addr = strip_address_prefix(
+            addr.trim()
+                .trim_start_matches('<')
+                .trim_end_matches('>')
+                .trim(),
+        );
         (addr.contains('@')).then(|| addr.to_lowercase())
     }
     let mut out = Vec::new();
@@ -405,6 +457,32 @@ pub(super) fn permanence(code: Option<&Code>, basic: Option<u16>) -> Option<bool
         Some(5) => Some(basic != Some(552)),
         Some(4) => Some(false),
         _ => None,
+    }
+}
+
+/// Permanent or not for one recipient, from its codes and the reason its words give
+/// (Sisimai-like: the words decide when no RFC 3463 code does).
+/// - A specific enhanced code decides alone (5.1.1 permanent, 5.2.2 and 4.x.x not).
+/// - A catch-all class-5 code (5.0.0, 5.5.0, 5.7.1...) with words that mean
+///   "temporary" (mailbox full, over quota, too large, expired) is temporary.
+/// - A basic 4xx reply is temporary; a basic 5xx follows the words when they say
+///   something (552 is "mailbox full" or "too large" as often as a refusal).
+/// - Without any code, the words alone.
+pub(super) fn decide_permanence(
+    code: Option<&Code>,
+    basic: Option<u16>,
+    reason: BounceReason,
+) -> Option<bool> {
+    if let Some(c) = code {
+        let specific = reason_of_code(c).1;
+        if c.class == 5 && !specific && reason.permanent() == Some(false) {
+            return Some(false);
+        }
+        return permanence(Some(c), basic);
+    }
+    match basic.map(|b| b / 100) {
+        Some(4) => Some(false),
+        _ => reason.permanent().or(permanence(None, basic)),
     }
 }
 
@@ -506,6 +584,12 @@ pub(super) fn finish_bounce(
     } else {
         None
     };
+    c.bounce_reason = failures
+        .iter()
+        .find(|f| f.permanent == Some(true))
+        .or_else(|| failures.first())
+        .map(|f| f.reason)
+        .or(Some(BounceReason::Unknown));
     c.status = failures
         .iter()
         .find(|f| f.permanent == Some(true) && f.status.is_some())
@@ -549,6 +633,12 @@ pub(super) fn finish_bounce(
     } else if c.status.is_none() {
         reason.push_str(" (permanent: the text says so)");
     }
+    // The rule's outcome in the fixed vocabulary, for `followup classify` and logs.
+    reason.push_str(&format!(
+        " [reason {}, mta {}]",
+        c.bounce_reason.unwrap_or(BounceReason::Unknown).as_str(),
+        c.mta.unwrap_or(MtaFamily::Other).as_str()
+    ));
     c.reason = reason;
     c.failures = failures;
 }
