@@ -118,7 +118,8 @@ pub(super) fn looks_like_bounce(
     // Ours, the mail system's, or a list's: never the address that failed.
     let ours = |a: &str| {
         head.ours.contains(a)
-            || original.senders.contains(a)
+            // A sender of the copy, unless it wrote to itself (a test message).
+            || (original.senders.contains(a) && !original.to.contains(a))
             || from == a
             || is_system_address(a)
             || is_list_address(a)
@@ -142,6 +143,7 @@ pub(super) fn looks_like_bounce(
                 ">>> mail from",
                 "dkim-signature:",
                 "subject:",
+                "to:",
                 "cc:",
                 "sent:",
                 "x-",
@@ -212,8 +214,10 @@ pub(super) fn looks_like_bounce(
         };
         // The recipient's own words first; the whole notice's when it names one.
         let mut reason = reason_for(code.as_ref(), seg);
-        if reason == BounceReason::Unknown && single {
-            reason = reason_for(global_code.as_ref(), region);
+        if reason == BounceReason::Unknown {
+            // The notice's general words apply to every recipient; its code only
+            // when it names one.
+            reason = reason_for(global_code.as_ref().filter(|_| single), region);
         }
         let permanent = match action {
             Action::Delayed => Some(false),
@@ -229,7 +233,16 @@ pub(super) fn looks_like_bounce(
         });
     }
     c.mta = Some(mta_family(&[region, subject_low, from]));
+    let no_recipient = failures.is_empty();
     finish_bounce(c, original, failures, &format!("{label} bounce text"));
+    if no_recipient {
+        // Nobody named, but the notice still says why and whether for good: the
+        // caller matches it by the returned Message-ID.
+        let reason = reason_for(global_code.as_ref(), region);
+        c.bounce_reason = Some(reason);
+        c.permanent =
+            decide_permanence(global_code.as_ref(), global_basic, reason).or(hints.permanent());
+    }
     true
 }
 
@@ -255,6 +268,17 @@ fn mail_system_sender(msg: &Message<'_>, from: &str) -> bool {
         .and_then(|a| a.name())
         .map(lower)
         .unwrap_or_default();
+    // mail-parser gives no address for some old From lines; the raw header still
+    // names the mail system, and so may the envelope sender.
+    let raw_says = |h: &str| {
+        msg.header_raw(h).is_some_and(|v| {
+            let v = lower(v);
+            v.contains("mailer-daemon") || v.contains("postmaster")
+        })
+    };
+    if (from.is_empty() && raw_says("From")) || raw_says("Return-Path") {
+        return true;
+    }
     [
         "mail delivery",
         "postmaster",

@@ -4,7 +4,7 @@
 
 use std::borrow::Cow;
 
-use mail_parser::{Message, MessagePart, MimeHeaders, PartType};
+use mail_parser::{HeaderName, Message, MessagePart, MimeHeaders, PartType};
 
 use super::bounce_text::text_hints;
 use super::headers::bracket_id;
@@ -133,8 +133,12 @@ pub(super) fn is_list_address(a: &str) -> bool {
 /// The address after "for" in a Received header value.
 fn received_for(value: &str) -> Option<String> {
     let low = value.to_ascii_lowercase();
-    let at = low.find(" for ")?;
-    addresses_in(&low[at..]).into_iter().next().map(|(_, a)| a)
+    let mut words = low.split_whitespace();
+    words.find(|w| *w == "for")?;
+    addresses_in(words.next()?)
+        .into_iter()
+        .next()
+        .map(|(_, a)| a)
 }
 
 impl Original {
@@ -151,7 +155,17 @@ impl Original {
                     o.list = ["List-Id", "List-Post", "X-BeenThere", "X-Mailman-Version"]
                         .into_iter()
                         .any(|h| m.header_raw(h).is_some());
-                    o.received_for = m.header_raw("Received").and_then(received_for);
+                    // The first Received line (header_raw would give the last).
+                    o.received_for = m
+                        .root_part()
+                        .headers
+                        .iter()
+                        .find(|h| h.name == HeaderName::Received)
+                        .and_then(|h| {
+                            m.raw_message
+                                .get(h.offset_start as usize..h.offset_end as usize)
+                        })
+                        .and_then(|raw| received_for(&String::from_utf8_lossy(raw)));
                     let to = m.to().into_iter().flat_map(|a| a.iter());
                     for a in to.take(MAX_ADDRESSES) {
                         if let Some(addr) = a.address() {
@@ -273,7 +287,12 @@ pub(super) fn dsn_bounce(msg: &Message<'_>, report: &str, c: &mut Classification
                 .as_deref()
                 .and_then(|d| first_enhanced_code(&d.to_ascii_lowercase()))
         });
-        let basic = r.diagnostic.as_deref().and_then(basic_code);
+        // Old MTAs put the reply in Status ("553 Exceeded maximum inbound message size").
+        let basic = r
+            .diagnostic
+            .as_deref()
+            .and_then(basic_code)
+            .or_else(|| r.status.as_deref().and_then(basic_code));
         let action = match r.action.as_deref() {
             // "failure" and "error" are not RFC 3464 words, but old MTAs write them.
             Some("failed" | "failure" | "error") => Action::Failed,
@@ -288,7 +307,11 @@ pub(super) fn dsn_bounce(msg: &Message<'_>, report: &str, c: &mut Classification
                 _ => continue,
             },
         };
-        let diag_low = lower(r.diagnostic.as_deref().unwrap_or(""));
+        let diag_low = lower(&format!(
+            "{} {}",
+            r.diagnostic.as_deref().unwrap_or(""),
+            r.status.as_deref().unwrap_or("")
+        ));
         let reason = reason_for(code.as_ref(), &diag_low);
         let permanent = match action {
             Action::Delayed => Some(false),
@@ -545,7 +568,7 @@ pub(super) fn basic_code(text: &str) -> Option<u16> {
         {
             let before = text[..i].trim_end_matches([' ', '\t']);
             let prev_ok = before.is_empty()
-                || before.ends_with(['\n', ':', ';', '(', '#', '<', '：', ']'])
+                || before.ends_with(['\n', ':', ';', '(', '#', '<', '：', ']', '"'])
                 || before.ends_with("said")
                 || before.ends_with("error");
             let prev_char_ok = i == 0 || !b[i - 1].is_ascii_alphanumeric() && b[i - 1] != b'.';
@@ -612,7 +635,9 @@ pub(super) fn finish_bounce(
         parts.push("no failed address found; match by the returned Message-ID".to_string());
     }
     let mut reason = format!("{source}: {}", parts.join(", "));
-    if failed.is_empty() {
+    if failures.is_empty() {
+        // Nothing to add: the caller fills permanence from the notice's words.
+    } else if failed.is_empty() {
         reason.push_str(" (delay warning: still being retried)");
     } else if c.permanent == Some(false) {
         if failed

@@ -242,6 +242,7 @@ static REASON_PHRASES: &[(&str, BounceReason)] = &[
     ("no mx record", R::HostUnknown),
     ("mx lookup failed", R::HostUnknown),
     ("unrouteable mail domain", R::HostUnknown),
+    ("could not find a gateway", R::HostUnknown),
     ("域名不存在", R::HostUnknown),
     // Full or over quota.
     ("mailbox full", R::MailboxFull),
@@ -343,6 +344,7 @@ static REASON_PHRASES: &[(&str, BounceReason)] = &[
     ("exceeds fixed maximum message size", R::TooLarge),
     ("exceeds the maximum size", R::TooLarge),
     ("message length exceeds", R::TooLarge),
+    ("inbound message size", R::TooLarge),
     ("size limit exceeded", R::TooLarge),
     ("邮件过大", R::TooLarge),
     // On the way.
