@@ -482,7 +482,7 @@ pub async fn handle(
                             enrollment_id: None,
                             message_id: None,
                             kind: "soft_bounced".into(),
-                            data: json!({ "status": c.status, "reason": c.reason, "message_id": message_id }),
+                            data: json!({ "status": c.status, "bounce_reason": c.bounce_reason, "reason": c.reason, "message_id": message_id }),
                         });
                     }
                 }

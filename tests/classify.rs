@@ -416,3 +416,40 @@ fn labelled_corpus_accuracy() {
         100.0 * MIN_ACCURACY
     );
 }
+
+/// What `followup classify --json` prints for real bounces: the reason from the fixed
+/// list, the permanence, the MTA family and each failed recipient with its reason.
+#[test]
+fn bounce_json_names_reason_permanence_and_mta() {
+    let corpus = corpus::load();
+    let json_of = |name: &str| {
+        let m = corpus
+            .iter()
+            .find(|m| m.name == name)
+            .unwrap_or_else(|| panic!("{name} not in the corpus"));
+        serde_json::to_value(classify(&m.raw)).unwrap_or_default()
+    };
+    // qmail, no RFC 3464 report: "Sorry, no mailbox here by that name. (#5.1.1)".
+    let j = json_of("written/bounce-qmail-nomailbox.eml");
+    assert_eq!(j["bounce_reason"], "user_unknown");
+    assert_eq!(j["mta"], "qmail");
+    assert_eq!(j["permanent"], true);
+    assert_eq!(j["failures"][0]["recipient"], "tina@client.example");
+    assert_eq!(j["failures"][0]["reason"], "user_unknown");
+    // Old Postfix, no code: "mailbox full" is temporary.
+    let j = json_of("written/bounce-postfix-old-full.eml");
+    assert_eq!(j["bounce_reason"], "mailbox_full");
+    assert_eq!(j["mta"], "postfix");
+    assert_eq!(j["permanent"], false);
+    // "Final-Recipient: rfc822; smtp=carla@..." and a list in the copy's To.
+    let j = json_of("written/dsn-smtp-prefix.eml");
+    assert_eq!(j["recipients"], serde_json::json!(["carla@client.example"]));
+    assert_eq!(j["failures"][0]["status"], "5.1.1");
+    // A real Mailman bounce (flufl.bounce) whose copy went to a list.
+    let j = json_of("flufl/simple_43.eml");
+    assert_eq!(
+        j["recipients"],
+        serde_json::json!(["some.name.16565@some.domain"])
+    );
+    assert_eq!(j["bounce_reason"], "user_unknown");
+}

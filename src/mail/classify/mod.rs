@@ -47,6 +47,8 @@
 
 //!
 //! Layout: [`dsn`] reads machine-readable reports, [`bounce_text`] bounces in prose,
+//! [`reasons`] names why a delivery failed (a fixed [`BounceReason`]) and which mail
+//! system said so ([`MtaFamily`]),
 //! [`auto_reply`] responders and list mail, [`intent`] what a reply asks for, [`quote`]
 //! the new text of a reply, [`dates`] return dates; [`words`] holds the phrase lists
 //! and [`lexicon`] matches them; [`headers`] and [`scan`] are shared helpers.
