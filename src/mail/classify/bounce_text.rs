@@ -115,6 +115,15 @@ pub(super) fn looks_like_bounce(
     // header-like line (Message-IDs look like addresses).
     let mut found: Vec<(usize, String)> = Vec::new();
     let mut seen: HashSet<String> = HashSet::new();
+    // A list whose bounce address we are: "list@d" when the bounce came to
+    // "list-bounces@d" (Mailman's VERP base).
+    let list_of_ours = |a: &str| {
+        a.split_once('@').is_some_and(|(local, domain)| {
+            ["-bounces", "-owner", "-admin"]
+                .iter()
+                .any(|s| head.ours.contains(&format!("{local}{s}@{domain}")))
+        })
+    };
     // Ours, the mail system's, or a list's: never the address that failed.
     let ours = |a: &str| {
         head.ours.contains(a)
@@ -124,6 +133,7 @@ pub(super) fn looks_like_bounce(
             || is_system_address(a)
             || is_list_address(a)
             || (original.list && original.to.contains(a))
+            || list_of_ours(a)
     };
     if head.failed_recipients.is_empty() {
         let mut offset = 0;

@@ -26,6 +26,10 @@ pub(super) enum Report<'m> {
 }
 
 pub(super) fn find_report<'m>(msg: &'m Message<'m>) -> Option<Report<'m>> {
+    find_report_in(msg, true)
+}
+
+fn find_report_in<'m>(msg: &'m Message<'m>, descend: bool) -> Option<Report<'m>> {
     for part in msg.parts.iter().take(MAX_PARTS) {
         let Some(ct) = part.content_type() else {
             continue;
@@ -52,6 +56,23 @@ pub(super) fn find_report<'m>(msg: &'m Message<'m>) -> Option<Report<'m>> {
         } else {
             Report::Feedback(text)
         });
+    }
+    // A filter (InterScan, Songbird) that wraps the MTA's report in a message/rfc822
+    // keeps "report-type" on the wrapper: look one level in, no deeper.
+    let wrapped = descend
+        && msg
+            .content_type()
+            .is_some_and(|ct| ct.attribute("report-type").is_some());
+    if wrapped {
+        for part in msg.parts.iter().take(MAX_PARTS) {
+            if let PartType::Message(m) = &part.body {
+                if !m.parts.is_empty() {
+                    if let Some(r) = find_report_in(m, false) {
+                        return Some(r);
+                    }
+                }
+            }
+        }
     }
     None
 }
