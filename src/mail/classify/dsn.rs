@@ -373,7 +373,9 @@ pub(super) fn dsn_bounce(msg: &Message<'_>, report: &str, c: &mut Classification
             }
         }
     }
-    c.mta = Some(mta_family(&[&human, &lower(report)]));
+    // The first 16 KB of the report are enough to name its writer (a hostile one
+    // can list 40,000 recipients).
+    c.mta = Some(mta_family(&[&human, &lower(cap(report, 16 * 1024))]));
     let mut original = Original::from_parts(msg);
     if original.message_id.is_none() {
         // Gmail names the original in its per-message fields even when it returns
