@@ -434,6 +434,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 if let Some(p) = c.permanent {
                     out!("permanent: {p}");
                 }
+                if let Some(r) = c.bounce_reason {
+                    out!("bounce reason: {}", r.as_str());
+                }
+                if let Some(m) = c.mta {
+                    out!("mta: {}", m.as_str());
+                }
                 if let Some(d) = c.return_date {
                     out!("back on: {d}");
                 }

@@ -493,7 +493,7 @@ pub async fn handle(
                             enrollment_id: None,
                             message_id: None,
                             kind: EventKind::SoftBounced,
-                            data: json!({ "status": c.status, "reason": c.reason, "message_id": message_id }),
+                            data: json!({ "status": c.status, "bounce_reason": c.bounce_reason, "reason": c.reason, "message_id": message_id }),
                         });
                     }
                 }

@@ -3,6 +3,8 @@
 //!
 //! No timing is asserted here; `cargo bench --bench classify` times the same cases.
 
+#[path = "support/corpus.rs"]
+mod corpus;
 #[path = "support/hostile.rs"]
 mod hostile;
 
@@ -158,19 +160,14 @@ fn many_headers_after_auto_submitted() {
 // Mutation fuzzing of the fixture corpus
 // ---------------------------------------------------------------------------------------
 
+/// The seeds: every labelled message of the corpus (which includes the golden
+/// fixtures next to it).
 fn fixtures() -> Vec<(PathBuf, Vec<u8>)> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/classify");
-    let mut out: Vec<(PathBuf, Vec<u8>)> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "eml"))
-        .map(|p| {
-            let raw = std::fs::read(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-            (p, raw)
-        })
-        .collect();
-    out.sort();
-    out
+    let dir = corpus::corpus_dir();
+    corpus::load()
+        .into_iter()
+        .map(|m| (dir.join(m.name), m.raw))
+        .collect()
 }
 
 /// End of the header section (the first blank line), or the whole message.
@@ -354,4 +351,105 @@ fn mutated_fixtures_never_panic_and_stay_bounded() {
         "{cases} mutated messages (seed {seed}); slowest: case {} of {} bytes in {:?}",
         slowest.1, slowest.2, slowest.0
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// Accuracy on the labelled corpus
+// ---------------------------------------------------------------------------------------
+
+/// The share of the corpus that must be right (issue 20); the figure printed here is
+/// the one README reports.
+const MIN_ACCURACY: f64 = 0.97;
+
+/// Every labelled message of `tests/fixtures/classify/corpus/` (real bounces from
+/// flufl.bounce's test data, the golden fixtures, messages written in the formats of
+/// issue 20): prints the share right per class and per source and fails below
+/// MIN_ACCURACY, or when any bounce is taken for a human reply (that would count a
+/// dead address as a reply and leave it unsuppressed).
+#[test]
+fn labelled_corpus_accuracy() {
+    use std::collections::BTreeMap;
+    let corpus = corpus::load();
+    assert!(corpus.len() >= 300, "{} labelled messages", corpus.len());
+    let mut by_class: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+    let mut by_source: BTreeMap<String, (usize, usize)> = BTreeMap::new();
+    let mut failures = Vec::new();
+    let mut bounces_as_replies = Vec::new();
+    for m in &corpus {
+        let c = classify(&m.raw);
+        let kind = m.label["kind"].as_str().unwrap_or("?").to_string();
+        let wrong = corpus::wrong(&m.label, &c);
+        let ok = usize::from(wrong.is_none());
+        for (map, key) in [(&mut by_class, &kind), (&mut by_source, &m.source)] {
+            let e = map.entry(key.clone()).or_default();
+            e.0 += ok;
+            e.1 += 1;
+        }
+        if kind == "bounce" && c.kind == Kind::Reply {
+            bounces_as_replies.push(m.name.clone());
+        }
+        if let Some(why) = wrong {
+            failures.push(format!("{}: {why} [{}]", m.name, c.reason));
+        }
+    }
+    let right = corpus.len() - failures.len();
+    let share = right as f64 / corpus.len() as f64;
+    let pct = |(r, n): (usize, usize)| format!("{r}/{n} ({:.1}%)", 100.0 * r as f64 / n as f64);
+    for (what, map) in [("class", &by_class), ("source", &by_source)] {
+        for (k, v) in map {
+            eprintln!("{what} {k:<12} {}", pct(*v));
+        }
+    }
+    eprintln!("overall {}", pct((right, corpus.len())));
+    for f in &failures {
+        eprintln!("WRONG {f}");
+    }
+    assert!(
+        bounces_as_replies.is_empty(),
+        "bounces taken for human replies: {bounces_as_replies:?}"
+    );
+    assert!(
+        share >= MIN_ACCURACY,
+        "{right} of {} right ({:.1}%), below {:.0}%",
+        corpus.len(),
+        100.0 * share,
+        100.0 * MIN_ACCURACY
+    );
+}
+
+/// What `followup classify --json` prints for real bounces: the reason from the fixed
+/// list, the permanence, the MTA family and each failed recipient with its reason.
+#[test]
+fn bounce_json_names_reason_permanence_and_mta() {
+    let corpus = corpus::load();
+    let json_of = |name: &str| {
+        let m = corpus
+            .iter()
+            .find(|m| m.name == name)
+            .unwrap_or_else(|| panic!("{name} not in the corpus"));
+        serde_json::to_value(classify(&m.raw)).unwrap_or_default()
+    };
+    // qmail, no RFC 3464 report: "Sorry, no mailbox here by that name. (#5.1.1)".
+    let j = json_of("written/bounce-qmail-nomailbox.eml");
+    assert_eq!(j["bounce_reason"], "user_unknown");
+    assert_eq!(j["mta"], "qmail");
+    assert_eq!(j["permanent"], true);
+    assert_eq!(j["failures"][0]["recipient"], "tina@client.example");
+    assert_eq!(j["failures"][0]["reason"], "user_unknown");
+    // Old Postfix, no code: "mailbox full" is temporary.
+    let j = json_of("written/bounce-postfix-old-full.eml");
+    assert_eq!(j["bounce_reason"], "mailbox_full");
+    assert_eq!(j["mta"], "postfix");
+    assert_eq!(j["permanent"], false);
+    // "Final-Recipient: rfc822; smtp=carla@..." and a list in the copy's To.
+    let j = json_of("written/dsn-smtp-prefix.eml");
+    assert_eq!(j["recipients"], serde_json::json!(["carla@client.example"]));
+    assert_eq!(j["failures"][0]["status"], "5.1.1");
+    // A real Mailman bounce (flufl.bounce) whose copy went to a list.
+    let j = json_of("flufl/simple_43.eml");
+    assert_eq!(
+        j["recipients"],
+        serde_json::json!(["some.name.16565@some.domain"])
+    );
+    assert_eq!(j["bounce_reason"], "user_unknown");
 }

@@ -5,12 +5,17 @@ use std::collections::{HashMap, HashSet};
 
 use mail_parser::Message;
 
-use super::dsn::{basic_code, finish_bounce, first_enhanced_code, permanence, Original};
+use super::dsn::{
+    basic_code, decide_permanence, finish_bounce, first_enhanced_code, is_list_address, Original,
+};
 use super::headers::Head;
 use super::limits::MAX_RECIPIENTS;
 use super::quote::main_text;
+use super::reasons::{mta_family, reason_for, BounceReason};
 use super::scan::{addresses_in, cap, char_floor, lower};
-use super::words::{bounce_bodies, bounce_subjects, copy_markers, failure_hints};
+use super::words::{
+    bounce_bodies, bounce_subjects, bounce_subjects_anywhere, copy_markers, failure_hints,
+};
 use super::{Action, Classification, RecipientStatus};
 
 #[derive(Default, Clone, Copy)]
@@ -56,13 +61,14 @@ pub(super) fn looks_like_bounce(
     c: &mut Classification,
 ) -> bool {
     let from = c.from.as_deref().unwrap_or("");
-    let local = from.split('@').next().unwrap_or("");
-    let daemon = matches!(local, "mailer-daemon" | "postmaster" | "mailerdaemon")
-        || local.starts_with("mailer-daemon")
-        || local.starts_with("postmaster");
-    let sender_hint =
-        daemon || !head.failed_recipients.is_empty() || head.exchange_ndr || head.null_sender;
-    let subject_hit = bounce_subjects().at_start(subject_low.trim_start());
+    let sender_hint = mail_system_sender(msg, from)
+        || !head.failed_recipients.is_empty()
+        || head.exchange_ndr
+        || head.null_sender;
+    let subject = subject_low.trim_start();
+    let subject_hit = bounce_subjects()
+        .at_start(subject)
+        .or_else(|| bounce_subjects_anywhere().first(subject));
     // Every rule below needs a mail-system sender or a bounce subject: without
     // either, the body is not even looked at.
     if !sender_hint && subject_hit.is_none() {
@@ -98,7 +104,9 @@ pub(super) fn looks_like_bounce(
         original.message_id = inline.message_id;
         if original.to.is_empty() {
             original.to = inline.to;
+            original.list = inline.list;
         }
+        original.received_for = original.received_for.or(inline.received_for);
         original.senders.extend(inline.senders.into_vec());
     }
 
@@ -107,8 +115,25 @@ pub(super) fn looks_like_bounce(
     // header-like line (Message-IDs look like addresses).
     let mut found: Vec<(usize, String)> = Vec::new();
     let mut seen: HashSet<String> = HashSet::new();
+    // A list whose bounce address we are: "list@d" when the bounce came to
+    // "list-bounces@d" (Mailman's VERP base).
+    let list_of_ours = |a: &str| {
+        a.split_once('@').is_some_and(|(local, domain)| {
+            ["-bounces", "-owner", "-admin"]
+                .iter()
+                .any(|s| head.ours.contains(&format!("{local}{s}@{domain}")))
+        })
+    };
+    // Ours, the mail system's, or a list's: never the address that failed.
     let ours = |a: &str| {
-        head.ours.contains(a) || original.senders.contains(a) || from == a || is_system_address(a)
+        head.ours.contains(a)
+            // A sender of the copy, unless it wrote to itself (a test message).
+            || (original.senders.contains(a) && !original.to.contains(a))
+            || from == a
+            || is_system_address(a)
+            || is_list_address(a)
+            || (original.list && original.to.contains(a))
+            || list_of_ours(a)
     };
     if head.failed_recipients.is_empty() {
         let mut offset = 0;
@@ -127,6 +152,10 @@ pub(super) fn looks_like_bounce(
                 "mail from:",
                 ">>> mail from",
                 "dkim-signature:",
+                "subject:",
+                "to:",
+                "cc:",
+                "sent:",
                 "x-",
             ]
             .iter()
@@ -153,11 +182,17 @@ pub(super) fn looks_like_bounce(
             found.push((pos, a.clone()));
         }
     }
+    // Else the returned copy's To (not a list's), else its envelope recipient.
     if found.is_empty() {
         for a in original.to.iter() {
             if !ours(a) {
                 found.push((usize::MAX, a.clone()));
             }
+        }
+    }
+    if found.is_empty() {
+        if let Some(a) = original.received_for.as_deref().filter(|a| !ours(a)) {
+            found.push((usize::MAX, a.to_string()));
         }
     }
     found.sort_by_key(|(pos, _)| *pos);
@@ -187,20 +222,85 @@ pub(super) fn looks_like_bounce(
         } else {
             Action::Failed
         };
+        // The recipient's own words first; the whole notice's when it names one.
+        let mut reason = reason_for(code.as_ref(), seg);
+        if reason == BounceReason::Unknown {
+            // The notice's general words apply to every recipient; its code only
+            // when it names one.
+            reason = reason_for(global_code.as_ref().filter(|_| single), region);
+        }
         let permanent = match action {
             Action::Delayed => Some(false),
-            Action::Failed => permanence(code.as_ref(), basic).or(hints.permanent()),
+            Action::Failed => decide_permanence(code.as_ref(), basic, reason).or(hints.permanent()),
         };
         failures.push(RecipientStatus {
             recipient: addr.clone(),
             action,
             status: code.map(|c| c.text),
             permanent,
+            reason,
             diagnostic: None,
         });
     }
+    c.mta = Some(mta_family(&[region, subject_low, from]));
+    let no_recipient = failures.is_empty();
     finish_bounce(c, original, failures, &format!("{label} bounce text"));
+    if no_recipient {
+        // Nobody named, but the notice still says why and whether for good: the
+        // caller matches it by the returned Message-ID.
+        let reason = reason_for(global_code.as_ref(), region);
+        c.bounce_reason = Some(reason);
+        c.permanent =
+            decide_permanence(global_code.as_ref(), global_basic, reason).or(hints.permanent());
+    }
     true
+}
+
+/// A sender that is a mail system by its address or display name: MAILER-DAEMON,
+/// postmaster, MDaemon, "Mail Delivery System", "System Administrator"...
+fn mail_system_sender(msg: &Message<'_>, from: &str) -> bool {
+    let local = from.split('@').next().unwrap_or("");
+    let squashed: String = local
+        .chars()
+        .filter(|c| !matches!(c, '-' | '_' | '.'))
+        .collect();
+    if squashed.starts_with("mailerdaemon")
+        || squashed.contains("postmaster")
+        || squashed == "mdaemon"
+        || squashed.contains("maildelivery")
+        || squashed.contains("smtpmailservice")
+    {
+        return true;
+    }
+    let name = msg
+        .from()
+        .and_then(|a| a.first())
+        .and_then(|a| a.name())
+        .map(lower)
+        .unwrap_or_default();
+    // mail-parser gives no address for some old From lines; the raw header still
+    // names the mail system, and so may the envelope sender.
+    let raw_says = |h: &str| {
+        msg.header_raw(h).is_some_and(|v| {
+            let v = lower(v);
+            v.contains("mailer-daemon") || v.contains("postmaster")
+        })
+    };
+    if (from.is_empty() && raw_says("From")) || raw_says("Return-Path") {
+        return true;
+    }
+    [
+        "mail delivery",
+        "postmaster",
+        "mailer-daemon",
+        "system administrator",
+        "delivery subsystem",
+        "mail system",
+        "mailserver",
+    ]
+    .iter()
+    .any(|w| name.contains(w))
+        || local.contains("postmaster")
 }
 
 pub(super) fn is_system_address(a: &str) -> bool {

@@ -241,6 +241,19 @@ pub(super) fn month_of(word: &str) -> Option<u32> {
         ("dic", 12),
         ("dezembro", 12),
         ("dicembre", 12),
+        // Russian, genitive (the form after a day number).
+        ("января", 1),
+        ("февраля", 2),
+        ("марта", 3),
+        ("апреля", 4),
+        ("мая", 5),
+        ("июня", 6),
+        ("июля", 7),
+        ("августа", 8),
+        ("сентября", 9),
+        ("октября", 10),
+        ("ноября", 11),
+        ("декабря", 12),
     ];
     MONTHS.iter().find(|(w, _)| *w == word).map(|(_, m)| *m)
 }
@@ -296,11 +309,12 @@ pub(super) fn match_date(toks: &[Tok<'_>], k: usize) -> Option<DateMatch> {
                     return Some(done(vec![Spec::Full(v as i32, m, d)], k + 4, true));
                 }
             }
-            // 2026年12月3日
-            if sym(k + 1) == Some('年') && sym(k + 3) == Some('月') {
+            // 2026年12月3日, 2026년 12월 3일 (Korean)
+            if matches!(sym(k + 1), Some('年' | '년')) && matches!(sym(k + 3), Some('月' | '월'))
+            {
                 if let (Some((m, _)), Some((d, _))) = (num(k + 2), num(k + 4)) {
                     if month_ok(m) && day_ok(d) {
-                        let last = if matches!(sym(k + 5), Some('日' | '号')) {
+                        let last = if matches!(sym(k + 5), Some('日' | '号' | '일')) {
                             k + 5
                         } else {
                             k + 4
@@ -310,11 +324,11 @@ pub(super) fn match_date(toks: &[Tok<'_>], k: usize) -> Option<DateMatch> {
                 }
             }
         }
-        // 12月3日
-        if sym(k + 1) == Some('月') && month_ok(v) {
+        // 12月3日, 12월 3일 (Korean)
+        if matches!(sym(k + 1), Some('月' | '월')) && month_ok(v) {
             if let Some((d, _)) = num(k + 2) {
                 if day_ok(d) {
-                    let last = if matches!(sym(k + 3), Some('日' | '号')) {
+                    let last = if matches!(sym(k + 3), Some('日' | '号' | '일')) {
                         k + 3
                     } else {
                         k + 2
@@ -336,6 +350,14 @@ pub(super) fn match_date(toks: &[Tok<'_>], k: usize) -> Option<DateMatch> {
                         };
                     }
                     return Some(done(vec![Spec::YearLess(m, v)], k + 3, true));
+                }
+            }
+        }
+        // 12-12-2025 (Dutch, day first with a four-digit year).
+        if sym(k + 1) == Some('-') && adj(k + 1) && adj(k + 2) && day_ok(v) && len <= 2 {
+            if let (Some((m, _)), Some((y, 4))) = (num(k + 2), num(k + 4)) {
+                if month_ok(m) && sym(k + 3) == Some('-') && adj(k + 3) && adj(k + 4) {
+                    return Some(done(vec![Spec::Full(y as i32, m, v)], k + 4, true));
                 }
             }
         }

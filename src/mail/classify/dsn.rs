@@ -4,7 +4,7 @@
 
 use std::borrow::Cow;
 
-use mail_parser::{Message, MessagePart, MimeHeaders, PartType};
+use mail_parser::{HeaderName, Message, MessagePart, MimeHeaders, PartType};
 
 use super::bounce_text::text_hints;
 use super::headers::bracket_id;
@@ -12,7 +12,10 @@ use super::limits::{
     Unique, MAX_ADDRESSES, MAX_BODY_BYTES, MAX_PARTS, MAX_RECIPIENTS, MAX_REFERENCES,
 };
 use super::quote::main_text;
-use super::scan::{addresses_in, cap, lower, shorten};
+use super::reasons::{
+    mta_family, reason_for, reason_in_text, reason_of_code, BounceReason, MtaFamily,
+};
+use super::scan::{addresses_in, cap, lower, shorten, strip_address_prefix};
 use super::{Action, Classification, Kind, RecipientStatus};
 
 pub(super) enum Report<'m> {
@@ -23,6 +26,10 @@ pub(super) enum Report<'m> {
 }
 
 pub(super) fn find_report<'m>(msg: &'m Message<'m>) -> Option<Report<'m>> {
+    find_report_in(msg, true)
+}
+
+fn find_report_in<'m>(msg: &'m Message<'m>, descend: bool) -> Option<Report<'m>> {
     for part in msg.parts.iter().take(MAX_PARTS) {
         let Some(ct) = part.content_type() else {
             continue;
@@ -49,6 +56,23 @@ pub(super) fn find_report<'m>(msg: &'m Message<'m>) -> Option<Report<'m>> {
         } else {
             Report::Feedback(text)
         });
+    }
+    // A filter (InterScan, Songbird) that wraps the MTA's report in a message/rfc822
+    // keeps "report-type" on the wrapper: look one level in, no deeper.
+    let wrapped = descend
+        && msg
+            .content_type()
+            .is_some_and(|ct| ct.attribute("report-type").is_some());
+    if wrapped {
+        for part in msg.parts.iter().take(MAX_PARTS) {
+            if let PartType::Message(m) = &part.body {
+                if !m.parts.is_empty() {
+                    if let Some(r) = find_report_in(m, false) {
+                        return Some(r);
+                    }
+                }
+            }
+        }
     }
     None
 }
@@ -107,6 +131,35 @@ pub(super) struct Original {
     pub(super) message_id: Option<String>,
     pub(super) to: Unique,
     pub(super) senders: Unique,
+    /// The copy was list mail (List-*, X-BeenThere, Mailman headers): its To and Cc
+    /// are the list's own addresses, never the one that failed.
+    pub(super) list: bool,
+    /// "for <addr>" of the copy's first Received line: the receiving MTA's envelope
+    /// recipient, the last resort for naming the failed address.
+    pub(super) received_for: Option<String>,
+}
+
+/// A list's own address by its local part (Mailman, Sympa, ezmlm conventions).
+pub(super) fn is_list_address(a: &str) -> bool {
+    let local = a.split('@').next().unwrap_or("");
+    [
+        "-request", "-bounces", "-bounce", "-owner", "-admin", "-confirm", "-join", "-leave",
+    ]
+    .iter()
+    .any(|s| local.ends_with(s))
+        || local.contains("-bounces+")
+        || local.starts_with("owner-")
+}
+
+/// The address after "for" in a Received header value.
+fn received_for(value: &str) -> Option<String> {
+    let low = value.to_ascii_lowercase();
+    let mut words = low.split_whitespace();
+    words.find(|w| *w == "for")?;
+    addresses_in(words.next()?)
+        .into_iter()
+        .next()
+        .map(|(_, a)| a)
 }
 
 impl Original {
@@ -120,6 +173,20 @@ impl Original {
                         message_id: m.message_id().and_then(bracket_id),
                         ..Original::default()
                     };
+                    o.list = ["List-Id", "List-Post", "X-BeenThere", "X-Mailman-Version"]
+                        .into_iter()
+                        .any(|h| m.header_raw(h).is_some());
+                    // The first Received line (header_raw would give the last).
+                    o.received_for = m
+                        .root_part()
+                        .headers
+                        .iter()
+                        .find(|h| h.name == HeaderName::Received)
+                        .and_then(|h| {
+                            m.raw_message
+                                .get(h.offset_start as usize..h.offset_end as usize)
+                        })
+                        .and_then(|raw| received_for(&String::from_utf8_lossy(raw)));
                     let to = m.to().into_iter().flat_map(|a| a.iter());
                     for a in to.take(MAX_ADDRESSES) {
                         if let Some(addr) = a.address() {
@@ -159,6 +226,10 @@ impl Original {
                         o.senders.push(a);
                     }
                 }
+                "list-id" | "list-post" | "list-help" | "x-beenthere" | "x-mailman-version" => {
+                    o.list = true;
+                }
+                "received" if o.received_for.is_none() => o.received_for = received_for(&value),
                 _ => {}
             }
         }
@@ -237,9 +308,15 @@ pub(super) fn dsn_bounce(msg: &Message<'_>, report: &str, c: &mut Classification
                 .as_deref()
                 .and_then(|d| first_enhanced_code(&d.to_ascii_lowercase()))
         });
-        let basic = r.diagnostic.as_deref().and_then(basic_code);
+        // Old MTAs put the reply in Status ("553 Exceeded maximum inbound message size").
+        let basic = r
+            .diagnostic
+            .as_deref()
+            .and_then(basic_code)
+            .or_else(|| r.status.as_deref().and_then(basic_code));
         let action = match r.action.as_deref() {
-            Some("failed") => Action::Failed,
+            // "failure" and "error" are not RFC 3464 words, but old MTAs write them.
+            Some("failed" | "failure" | "error") => Action::Failed,
             Some("delayed") => Action::Delayed,
             Some(_) => {
                 delivered.push(r.recipient.clone());
@@ -251,15 +328,22 @@ pub(super) fn dsn_bounce(msg: &Message<'_>, report: &str, c: &mut Classification
                 _ => continue,
             },
         };
+        let diag_low = lower(&format!(
+            "{} {}",
+            r.diagnostic.as_deref().unwrap_or(""),
+            r.status.as_deref().unwrap_or("")
+        ));
+        let reason = reason_for(code.as_ref(), &diag_low);
         let permanent = match action {
             Action::Delayed => Some(false),
-            Action::Failed => permanence(code.as_ref(), basic),
+            Action::Failed => decide_permanence(code.as_ref(), basic, reason),
         };
         failures.push(RecipientStatus {
             recipient: r.recipient.clone(),
             action,
             status: code.map(|c| c.text),
             permanent,
+            reason,
             diagnostic: r.diagnostic.as_deref().map(|d| shorten(d, 200)),
         });
     }
@@ -271,14 +355,27 @@ pub(super) fn dsn_bounce(msg: &Message<'_>, report: &str, c: &mut Classification
         );
         return true;
     }
-    // Without any status code, fall back on the human-readable part's words.
-    if failures.iter().all(|f| f.permanent.is_none()) {
-        let human = lower(&main_text(msg, false));
+    // Without any status code or telling diagnostic, the human-readable part's words
+    // decide: its reason first, then its general words ("permanent error").
+    let human = lower(cap(&main_text(msg, false), 16 * 1024));
+    if failures
+        .iter()
+        .any(|f| f.permanent.is_none() || f.reason == BounceReason::Unknown)
+    {
+        let reason = reason_in_text(&human);
         let hints = text_hints(&human);
-        for f in failures.iter_mut().filter(|f| f.action == Action::Failed) {
-            f.permanent = hints.permanent();
+        for f in failures.iter_mut() {
+            if f.reason == BounceReason::Unknown {
+                f.reason = reason;
+            }
+            if f.permanent.is_none() && f.action == Action::Failed {
+                f.permanent = f.reason.permanent().or(hints.permanent());
+            }
         }
     }
+    // The first 16 KB of the report are enough to name its writer (a hostile one
+    // can list 40,000 recipients).
+    c.mta = Some(mta_family(&[&human, &lower(cap(report, 16 * 1024))]));
     let mut original = Original::from_parts(msg);
     if original.message_id.is_none() {
         // Gmail names the original in its per-message fields even when it returns
@@ -330,11 +427,12 @@ pub(super) fn dsn_records(report: &str) -> Vec<DsnRecord> {
     fn address_field(value: &str) -> Option<String> {
         // "rfc822; li@example.cn" (address-type ";" generic-address), RFC 3464 §2.3.1.
         let addr = value.split_once(';').map_or(value, |(_, a)| a);
-        let addr = addr
-            .trim()
-            .trim_start_matches('<')
-            .trim_end_matches('>')
-            .trim();
+        let addr = strip_address_prefix(
+            addr.trim()
+                .trim_start_matches('<')
+                .trim_end_matches('>')
+                .trim(),
+        );
         (addr.contains('@')).then(|| addr.to_lowercase())
     }
     let mut out = Vec::new();
@@ -408,6 +506,32 @@ pub(super) fn permanence(code: Option<&Code>, basic: Option<u16>) -> Option<bool
     }
 }
 
+/// Permanent or not for one recipient, from its codes and the reason its words give
+/// (Sisimai-like: the words decide when no RFC 3463 code does).
+/// - A specific enhanced code decides alone (5.1.1 permanent, 5.2.2 and 4.x.x not).
+/// - A catch-all class-5 code (5.0.0, 5.5.0, 5.7.1...) with words that mean
+///   "temporary" (mailbox full, over quota, too large, expired) is temporary.
+/// - A basic 4xx reply is temporary; a basic 5xx follows the words when they say
+///   something (552 is "mailbox full" or "too large" as often as a refusal).
+/// - Without any code, the words alone.
+pub(super) fn decide_permanence(
+    code: Option<&Code>,
+    basic: Option<u16>,
+    reason: BounceReason,
+) -> Option<bool> {
+    if let Some(c) = code {
+        let specific = reason_of_code(c).1;
+        if c.class == 5 && !specific && reason.permanent() == Some(false) {
+            return Some(false);
+        }
+        return permanence(Some(c), basic);
+    }
+    match basic.map(|b| b / 100) {
+        Some(4) => Some(false),
+        _ => reason.permanent().or(permanence(None, basic)),
+    }
+}
+
 /// Parses a whole value that starts with an enhanced status code ("5.1.1 (Remote SMTP error)").
 pub(super) fn enhanced_code(value: &str) -> Option<Code> {
     let token = value.split_whitespace().next()?;
@@ -467,7 +591,7 @@ pub(super) fn basic_code(text: &str) -> Option<u16> {
         {
             let before = text[..i].trim_end_matches([' ', '\t']);
             let prev_ok = before.is_empty()
-                || before.ends_with(['\n', ':', ';', '(', '#', '<', '：', ']'])
+                || before.ends_with(['\n', ':', ';', '(', '#', '<', '：', ']', '"'])
                 || before.ends_with("said")
                 || before.ends_with("error");
             let prev_char_ok = i == 0 || !b[i - 1].is_ascii_alphanumeric() && b[i - 1] != b'.';
@@ -506,6 +630,12 @@ pub(super) fn finish_bounce(
     } else {
         None
     };
+    c.bounce_reason = failures
+        .iter()
+        .find(|f| f.permanent == Some(true))
+        .or_else(|| failures.first())
+        .map(|f| f.reason)
+        .or(Some(BounceReason::Unknown));
     c.status = failures
         .iter()
         .find(|f| f.permanent == Some(true) && f.status.is_some())
@@ -528,7 +658,9 @@ pub(super) fn finish_bounce(
         parts.push("no failed address found; match by the returned Message-ID".to_string());
     }
     let mut reason = format!("{source}: {}", parts.join(", "));
-    if failed.is_empty() {
+    if failures.is_empty() {
+        // Nothing to add: the caller fills permanence from the notice's words.
+    } else if failed.is_empty() {
         reason.push_str(" (delay warning: still being retried)");
     } else if c.permanent == Some(false) {
         if failed
@@ -549,6 +681,12 @@ pub(super) fn finish_bounce(
     } else if c.status.is_none() {
         reason.push_str(" (permanent: the text says so)");
     }
+    // The rule's outcome in the fixed vocabulary, for `followup classify` and logs.
+    reason.push_str(&format!(
+        " [reason {}, mta {}]",
+        c.bounce_reason.unwrap_or(BounceReason::Unknown).as_str(),
+        c.mta.unwrap_or(MtaFamily::Other).as_str()
+    ));
     c.reason = reason;
     c.failures = failures;
 }

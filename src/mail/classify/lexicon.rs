@@ -5,32 +5,35 @@
 /// and a few `starts_with`. A trailing '*' in a pattern means "prefix" (no word
 /// boundary after it); otherwise Latin-letter patterns need word boundaries on
 /// both sides, and CJK patterns (no spaces between words) need none.
-pub(super) struct Lexicon {
-    entries: Vec<Entry>,
+///
+/// Labels are text (a language, a format) or a typed value such as a bounce reason,
+/// so that what a phrase means is never read back from a string.
+pub(super) struct Lexicon<L: Copy + 'static = &'static str> {
+    entries: Vec<Entry<L>>,
     by_first: Vec<Vec<u16>>,
 }
 
-struct Entry {
+struct Entry<L> {
     pattern: &'static str,
-    label: &'static str,
+    label: L,
     lead: bool,
     trail: bool,
 }
 
 #[derive(Clone, Copy, Debug)]
-pub(super) struct Hit {
+pub(super) struct Hit<L: Copy = &'static str> {
     pub(super) start: usize,
     pub(super) end: usize,
     pub(super) pattern: &'static str,
-    pub(super) label: &'static str,
+    pub(super) label: L,
 }
 
 pub(super) fn is_latin_word_char(c: char) -> bool {
     c.is_alphanumeric() && (c as u32) < 0x250
 }
 
-impl Lexicon {
-    pub(super) fn new(table: &'static [(&'static str, &'static str)]) -> Lexicon {
+impl<L: Copy + 'static> Lexicon<L> {
+    pub(super) fn new(table: &'static [(&'static str, L)]) -> Lexicon<L> {
         let mut by_first = vec![Vec::new(); 256];
         let mut entries = Vec::with_capacity(table.len());
         for (idx, (raw, label)) in table.iter().enumerate() {
@@ -40,7 +43,7 @@ impl Lexicon {
             let last = pattern.chars().next_back().is_some_and(is_latin_word_char);
             entries.push(Entry {
                 pattern,
-                label,
+                label: *label,
                 lead: first,
                 trail: last && !prefix,
             });
@@ -51,14 +54,14 @@ impl Lexicon {
         Lexicon { entries, by_first }
     }
 
-    fn matches_at(&self, hay: &str, i: usize) -> Option<Hit> {
+    fn matches_at(&self, hay: &str, i: usize) -> Option<Hit<L>> {
         let b = hay.as_bytes();
         let candidates = &self.by_first[usize::from(b[i])];
         if candidates.is_empty() {
             return None;
         }
         // Longest match at this position wins ("out of the office" over "out of").
-        let mut best: Option<Hit> = None;
+        let mut best: Option<Hit<L>> = None;
         for &idx in candidates {
             let e = &self.entries[usize::from(idx)];
             if !b[i..].starts_with(e.pattern.as_bytes()) {
@@ -84,12 +87,12 @@ impl Lexicon {
     }
 
     /// The first match in `hay`.
-    pub(super) fn first(&self, hay: &str) -> Option<Hit> {
+    pub(super) fn first(&self, hay: &str) -> Option<Hit<L>> {
         (0..hay.len()).find_map(|i| self.matches_at(hay, i))
     }
 
     /// A match at the very start of `hay`.
-    pub(super) fn at_start(&self, hay: &str) -> Option<Hit> {
+    pub(super) fn at_start(&self, hay: &str) -> Option<Hit<L>> {
         if hay.is_empty() {
             None
         } else {
@@ -98,7 +101,7 @@ impl Lexicon {
     }
 
     /// All non-overlapping matches, left to right.
-    pub(super) fn find_all(&self, hay: &str) -> Vec<Hit> {
+    pub(super) fn find_all(&self, hay: &str) -> Vec<Hit<L>> {
         let mut out = Vec::new();
         let mut i = 0;
         while i < hay.len() {

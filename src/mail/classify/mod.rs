@@ -47,6 +47,8 @@
 
 //!
 //! Layout: [`dsn`] reads machine-readable reports, [`bounce_text`] bounces in prose,
+//! [`reasons`] names why a delivery failed (a fixed [`BounceReason`]) and which mail
+//! system said so ([`MtaFamily`]),
 //! [`auto_reply`] responders and list mail, [`intent`] what a reply asks for, [`quote`]
 //! the new text of a reply, [`dates`] return dates; [`words`] holds the phrase lists
 //! and [`lexicon`] matches them; [`headers`] and [`scan`] are shared helpers.
@@ -60,6 +62,7 @@ mod intent;
 mod lexicon;
 pub mod limits;
 mod quote;
+mod reasons;
 mod scan;
 mod words;
 
@@ -68,6 +71,7 @@ use mail_parser::MessageParser;
 
 pub use dates::return_date;
 pub use quote::new_text;
+pub use reasons::{BounceReason, MtaFamily};
 
 use auto_reply::{
     auto_reply, auto_reply_header, auto_reply_weak_header, finish_auto_reply, list_mail,
@@ -159,6 +163,8 @@ pub struct RecipientStatus {
     /// true: the address will not work (5.x.x other than 5.2.2, or text that says so);
     /// false: worth trying again later (4.x.x, mailbox full, delays, gave up after retries).
     pub permanent: Option<bool>,
+    /// Why it failed, from a fixed list (status code first, then the words).
+    pub reason: BounceReason,
     /// The remote server's words (RFC 3464 §2.3.6 Diagnostic-Code), shortened.
     pub diagnostic: Option<String>,
 }
@@ -177,6 +183,11 @@ pub struct Classification {
     pub permanent: Option<bool>,
     /// Bounces: the enhanced status code (RFC 3463), the permanent one first.
     pub status: Option<String>,
+    /// Bounces: why, from a fixed list: that of the first permanent failure, else of
+    /// the first failure (`user_unknown`, `mailbox_full`, ... `unknown`).
+    pub bounce_reason: Option<BounceReason>,
+    /// Bounces: the family of the mail system that wrote the notice, when recognised.
+    pub mta: Option<MtaFamily>,
     /// Auto-replies: the date the person says they are back (or away until), when readable.
     pub return_date: Option<NaiveDate>,
     /// Message-IDs this message refers to, "<id@host>": for bounces and complaints the
@@ -208,6 +219,8 @@ impl Classification {
             recipients: Vec::new(),
             permanent: None,
             status: None,
+            bounce_reason: None,
+            mta: None,
             return_date: None,
             references: Vec::new(),
             message_id: None,

@@ -49,6 +49,19 @@ pub(super) fn shorten(s: &str, max: usize) -> String {
     }
 }
 
+/// An address without the transport prefixes some MTAs glue to it: "smtp=a@b"
+/// (Lotus, some gateways), "smtp:a@b" (Exchange proxy addresses), "rfc822;a@b".
+pub(super) fn strip_address_prefix(a: &str) -> &str {
+    let mut a = a.trim();
+    for p in ["smtp=", "smtp:", "rfc822;", "rfc822:", "rfc822="] {
+        if a.len() > p.len() && a.is_char_boundary(p.len()) && a[..p.len()].eq_ignore_ascii_case(p)
+        {
+            a = a[p.len()..].trim_start();
+        }
+    }
+    a
+}
+
 /// Email addresses in lower-cased text, with their byte offsets. A plain scan around
 /// each '@' (local part: RFC 5322 atext and dots; domain: letters, digits, '-', '.'),
 /// which also catches "<a@b>", "mailto:a@b" and "收件人(a@b)".
@@ -68,7 +81,8 @@ pub(super) fn addresses_in(text: &str) -> Vec<(usize, String)> {
         while e < b.len() && (b[e].is_ascii_alphanumeric() || b[e] == b'-' || b[e] == b'.') {
             e += 1;
         }
-        let local = text[s..at].trim_start_matches(['.', '\'', '`', '/', '=']);
+        let local =
+            strip_address_prefix(text[s..at].trim_start_matches(['.', '\'', '`', '/', '=']));
         let domain = text[at + 1..e].trim_end_matches(['.', '-']);
         let tld_ok = domain
             .rsplit('.')
@@ -93,5 +107,10 @@ mod tests {
                 .map(|(_, a)| a)
                 .collect();
         assert_eq!(found, ["li@example.cn", "a.b@x.org", "c@d.co"]);
+        let found: Vec<String> = addresses_in("  smtp=rita@client.example\n")
+            .into_iter()
+            .map(|(_, a)| a)
+            .collect();
+        assert_eq!(found, ["rita@client.example"]);
     }
 }

@@ -13,6 +13,17 @@ pub(super) static COPY_MARKERS: &[(&str, &str)] = &[
     ("original message headers", "generic"),
     ("the header of the original message", "generic"),
     ("--- the message header", "generic"),
+    ("start of returned message", "Demon"),
+    (
+        "the header and top 20 lines of the message follows",
+        "generic",
+    ),
+    ("your message reads (in part)", "generic"),
+    ("unsent message below", "phquery"),
+    ("message header follows", "Sendmail"),
+    ("header of the source mail", "JetMail"),
+    ("possibly truncated original message follows", "GroupWise"),
+    ("old message:", "generic"),
     ("原邮件头", "Chinese"),
     ("原始邮件头", "Chinese"),
     ("邮件原文", "Chinese"),
@@ -52,6 +63,34 @@ pub(super) static BOUNCE_SUBJECTS: &[(&str, &str)] = &[
     ("发送失败", "Chinese provider"),
     ("无法投递", "Chinese provider"),
     ("無法傳遞", "Chinese provider"),
+    ("mail could not be delivered", "generic"),
+    ("non-delivery", "Exchange"),
+    ("permanent delivery failure", "MDaemon"),
+    ("failure delivery", "Yahoo"),
+    ("mail not delivered", "generic"),
+    ("mail failed", "generic"),
+    ("mail delivery warning", "generic"),
+    ("automatically rejected mail", "Dovecot"),
+    ("failed mail", "generic"),
+    ("mail error", "generic"),
+    ("message status - undeliverable", "GroupWise"),
+    ("delivery failure:", "Domino"),
+    ("error sending message", "James"),
+    ("processing error", "generic"),
+];
+
+/// Subjects that say "bounce" wherever they stand ("Warning: a@b - User unknown!",
+/// "RE: ...: non remis").
+pub(super) static BOUNCE_SUBJECTS_ANYWHERE: &[(&str, &str)] = &[
+    ("could not be delivered", "generic"),
+    ("user unknown", "generic"),
+    ("non remis", "Exchange (French)"),
+    ("undeliverable", "generic"),
+    ("delivery failure", "generic"),
+    ("delivery status notification", "generic"),
+    ("utilisateur non recensé", "French"),
+    ("не доставлено", "Russian"),
+    ("не может быть доставлено", "Russian"),
 ];
 
 /// Phrases of the human-readable part of bounces, labelled by the format they betray.
@@ -115,6 +154,39 @@ pub(super) static BOUNCE_BODIES: &[(&str, &str)] = &[
     ("未能送达", "Chinese provider"),
     ("無法傳遞", "Chinese provider"),
     ("配信できませんでした", "Japanese"),
+    ("could not deliver message", "generic"),
+    ("has not been delivered", "generic"),
+    ("unable to deliver", "generic"),
+    ("was not delivered", "generic"),
+    ("cannot be delivered", "generic"),
+    ("could not be delivered to", "generic"),
+    ("delivery to the following recipients failed", "generic"),
+    ("failed addresses follow", "generic"),
+    ("did not reach", "Exchange"),
+    ("delivery of email to this address", "generic"),
+    ("was automatically rejected", "Dovecot"),
+    ("did not exactly match", "LLNL"),
+    ("error during delivery", "generic"),
+    ("requested action not taken", "generic"),
+    ("does not like recipient", "qmail"),
+    ("no valid recipients", "generic"),
+    ("has encountered delivery problems", "generic"),
+    ("message not delivered to the following", "phquery"),
+    ("was undeliverable", "generic"),
+    ("not delivered because", "generic"),
+    ("did not receive this message", "generic"),
+    ("did not receive your message", "Netscape"),
+    ("the following recipients failed", "generic"),
+    ("n'a pas pu etre delivre", "French"),
+    ("n'a pas pu être delivré", "French"),
+    ("n'a pas pu être remis", "French"),
+    ("n'a pas pu etre remis", "French"),
+    ("konnte nicht zugestellt werden", "German"),
+    ("nicht zugestellt", "German"),
+    ("no pudo ser entregado", "Spanish"),
+    ("non è stato possibile consegnare", "Italian"),
+    ("не может быть доставлено", "Russian"),
+    ("недоставлено", "Russian"),
 ];
 
 /// Words about the failure's nature, for reports without a status code.
@@ -153,6 +225,7 @@ pub(super) static FAILURE_HINTS: &[(&str, &str)] = &[
     ("delivery attempts will continue", "retry"),
     ("has not yet been delivered", "retry"),
     ("warning only", "retry"),
+    ("advisory-only", "retry"),
     ("no action is required", "retry"),
     ("继续尝试", "retry"),
     ("稍后重试", "retry"),
@@ -231,6 +304,12 @@ pub(super) static OOF_SUBJECTS: &[(&str, &str)] = &[
     ("afwezigheid", "Dutch"),
     ("buiten kantoor", "Dutch"),
     ("niet op kantoor", "Dutch"),
+    ("автоматический ответ", "Russian"),
+    ("нет на месте", "Russian"),
+    ("в отпуске", "Russian"),
+    ("자동 회신", "Korean"),
+    ("자동 응답", "Korean"),
+    ("부재중", "Korean"),
 ];
 
 /// Words that mean "away" only at the very start of a subject ("Absence: ...",
@@ -290,6 +369,9 @@ pub(super) static AUTO_BODY: &[(&str, &str)] = &[
     ("automatisch antwoord", "Dutch"),
     ("automatisch bericht", "Dutch"),
     ("automatisch gegenereerd", "Dutch"),
+    ("автоматический ответ", "Russian"),
+    ("자동 회신", "Korean"),
+    ("자동 응답", "Korean"),
 ];
 
 /// Out-of-office phrases. One alone is what people write in real replies ("I'm out
@@ -373,6 +455,36 @@ pub(super) static OOF_BODY: &[(&str, &str)] = &[
     ("terug op", "Dutch"),
     ("ben terug", "Dutch"),
     ("voor dringende zaken", "Dutch"),
+    ("weer aanwezig", "Dutch"),
+    ("wordt niet doorgestuurd", "Dutch"),
+    ("wieder erreichbar", "German"),
+    ("dienstreise", "German"),
+    ("geschäftsreise", "German"),
+    ("wieder im büro", "German"),
+    ("nach meiner rückkehr", "German"),
+    ("nicht weitergeleitet", "German"),
+    ("volveré", "Spanish"),
+    ("a mi vuelta", "Spanish"),
+    ("no será reenviado", "Spanish"),
+    ("rientrerò", "Italian"),
+    ("al mio rientro", "Italian"),
+    ("non verrà inoltrata", "Italian"),
+    ("retorno", "Portuguese"),
+    ("estarei de volta", "Portuguese"),
+    ("não será reencaminhada", "Portuguese"),
+    ("в отпуске", "Russian"),
+    ("вернусь", "Russian"),
+    ("в командировке", "Russian"),
+    ("буду в офисе", "Russian"),
+    ("нет на месте", "Russian"),
+    ("после возвращения", "Russian"),
+    ("по срочным вопросам", "Russian"),
+    ("не будет переслано", "Russian"),
+    ("휴가", "Korean"),
+    ("부재", "Korean"),
+    ("복귀", "Korean"),
+    ("출장", "Korean"),
+    ("급한 용무", "Korean"),
 ];
 
 pub(super) static INTENTS: &[(&str, &str)] = &[
@@ -547,6 +659,42 @@ pub(super) static INTENTS: &[(&str, &str)] = &[
     ("niet geinteresseerd", "declined"),
     ("nee bedankt", "declined"),
     ("nee, bedankt", "declined"),
+    ("haal mij", "unsubscribe"),
+    ("aus ihrem verteiler", "unsubscribe"),
+    ("aus dem verteiler", "unsubscribe"),
+    ("aus ihrer liste", "unsubscribe"),
+    ("别再给我发", "unsubscribe"),
+    ("haal me", "unsubscribe"),
+    ("van uw mailinglijst", "unsubscribe"),
+    ("van jullie mailinglijst", "unsubscribe"),
+    // Spanish, French, Portuguese (more forms)
+    ("no me envíe más", "unsubscribe"),
+    ("no me envie mas", "unsubscribe"),
+    ("dejen de enviar", "unsubscribe"),
+    ("me retirer de", "unsubscribe"),
+    ("retirer de votre liste", "unsubscribe"),
+    ("remova o meu", "unsubscribe"),
+    ("remova meu", "unsubscribe"),
+    ("remover da lista", "unsubscribe"),
+    // Russian
+    ("удалите меня", "unsubscribe"),
+    ("отпишите", "unsubscribe"),
+    ("отписаться", "unsubscribe"),
+    ("не присылайте", "unsubscribe"),
+    ("больше не пишите", "unsubscribe"),
+    ("не пишите мне", "unsubscribe"),
+    ("не интересно", "declined"),
+    ("не интересует", "declined"),
+    ("не заинтересован", "declined"),
+    // Korean
+    ("보내지 마세요", "unsubscribe"),
+    ("보내지 마십시오", "unsubscribe"),
+    ("보내지 말아", "unsubscribe"),
+    ("수신 거부", "unsubscribe"),
+    ("수신거부", "unsubscribe"),
+    ("관심 없습니다", "declined"),
+    ("관심이 없습니다", "declined"),
+    ("관심 없어요", "declined"),
 ];
 
 pub(super) static RETURN_CUES_BEFORE: &[(&str, &str)] = &[
@@ -595,6 +743,7 @@ pub(super) static RETURN_CUES_BEFORE: &[(&str, &str)] = &[
     ("上班", "zh"),
     ("戻り", "ja"),
     ("出社", "ja"),
+    ("вернусь", "ru"),
 ];
 
 pub(super) static RETURN_CUES_AFTER: &[(&str, &str)] = &[
@@ -611,6 +760,9 @@ pub(super) static RETURN_CUES_AFTER: &[(&str, &str)] = &[
     ("起", "zh"),
     ("wieder", "de"),
     ("zurück", "de"),
+    ("까지", "ko"),
+    ("복귀", "ko"),
+    ("부터", "ko"),
 ];
 
 macro_rules! lexicon {
@@ -625,6 +777,7 @@ macro_rules! lexicon {
 lexicon!(copy_markers, COPY_MARKERS);
 lexicon!(bounce_subjects, BOUNCE_SUBJECTS);
 lexicon!(bounce_bodies, BOUNCE_BODIES);
+lexicon!(bounce_subjects_anywhere, BOUNCE_SUBJECTS_ANYWHERE);
 lexicon!(failure_hints, FAILURE_HINTS);
 lexicon!(oof_subjects, OOF_SUBJECTS);
 lexicon!(oof_subject_prefixes, OOF_SUBJECT_PREFIXES);
@@ -645,6 +798,7 @@ mod tests {
             COPY_MARKERS,
             BOUNCE_SUBJECTS,
             BOUNCE_BODIES,
+            BOUNCE_SUBJECTS_ANYWHERE,
             FAILURE_HINTS,
             OOF_SUBJECTS,
             OOF_SUBJECT_PREFIXES,
