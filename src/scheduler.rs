@@ -250,10 +250,12 @@ impl Scheduler {
         loop {
             let r = self.round(Utc::now()).await?;
             total.add(r);
-            // A rule may enroll contacts whose first step is due now.
-            let rules = self.run_rules().await?;
-            let idle = r.claimed == 0 || (r.sent + r.deferred + r.failed + r.held == 0);
-            if idle && rules.enrolled == 0 {
+            if r.claimed > 0 && r.sent + r.deferred + r.failed + r.held > 0 {
+                continue;
+            }
+            // Nothing more is due: the rules of what was done run now (once for the
+            // whole run, not per round), and may enroll contacts due right away.
+            if self.run_rules().await?.enrolled == 0 {
                 break;
             }
         }

@@ -326,7 +326,7 @@ impl Store {
             // step claimed but not yet `sending` can no longer begin (begin_sends checks
             // the state and the claim in the transaction that writes `sending`).
             let mut applied = Vec::new();
-            update_enrollments!(tx, r.updates, now, None, (&mut applied));
+            update_enrollments!(tx, r.updates, now, None, Some(&mut applied));
             if applied.len() < r.updates.len() {
                 // An enrollment moved since it was read (a send finished it, an
                 // operator paused it): nothing of this message is written, and the
@@ -433,7 +433,7 @@ impl Store {
             // Writing a change also drops its claim: a send in flight to the address
             // cannot write over the stop.
             let mut applied = Vec::new();
-            update_enrollments!(tx, updates, now, None, (&mut applied));
+            update_enrollments!(tx, updates, now, None, Some(&mut applied));
             let events = events_of_applied(events, updates, &applied);
             insert_events!(tx, events, now);
             tx.commit().await?;

@@ -218,7 +218,7 @@ pub(crate) fn priority(step_index: i64) -> i64 {
 /// that it compiles against each database's concrete transaction type.
 macro_rules! update_enrollments {
     ($tx:expr, $updates:expr, $now:expr, $owner:expr) => {
-        update_enrollments!($tx, $updates, $now, $owner, (&mut Vec::<i64>::new()))
+        update_enrollments!($tx, $updates, $now, $owner, None::<&mut Vec<i64>>)
     };
     ($tx:expr, $updates:expr, $now:expr, $owner:expr, $applied:expr) => {
         for chunk in $updates.chunks(CHUNK) {
@@ -259,9 +259,19 @@ macro_rules! update_enrollments {
                     .push_bind(owner.to_string())
                     .push(")");
             }
-            qb.push(" RETURNING enrollments.id");
-            let ids: Vec<i64> = qb.build_query_scalar().fetch_all(&mut *$tx).await?;
-            $applied.extend(ids);
+            // Which were written, where the caller asks: the send path, whose guard
+            // is its claim, does not, and saves the rows coming back.
+            let applied: Option<&mut Vec<i64>> = $applied;
+            match applied {
+                Some(applied) => {
+                    qb.push(" RETURNING enrollments.id");
+                    let ids: Vec<i64> = qb.build_query_scalar().fetch_all(&mut *$tx).await?;
+                    applied.extend(ids);
+                }
+                None => {
+                    qb.build().execute(&mut *$tx).await?;
+                }
+            }
             // Then the leases go: the daemon's own, or, for a change made by anyone
             // else, whoever's, so that a send in flight cannot write over that change.
             let mut qb = QueryBuilder::new("DELETE FROM claims WHERE enrollment_id IN (");
@@ -973,7 +983,7 @@ impl Store {
         with_pool!(self, p => {
             let mut tx = p.begin_write().await?;
             let mut applied = Vec::new();
-            update_enrollments!(tx, updates, now, None, (&mut applied));
+            update_enrollments!(tx, updates, now, None, Some(&mut applied));
             let events = events_of_applied(events, updates, &applied);
             insert_events!(tx, events, now);
             tx.commit().await?;

@@ -191,7 +191,7 @@ impl Store {
             // The engine's stops of the live enrollments; writing them drops their
             // claims, so that a send in flight cannot write over the stop.
             let mut stopped_ids = Vec::new();
-            update_enrollments!(tx, updates, now, None, (&mut stopped_ids));
+            update_enrollments!(tx, updates, now, None, Some(&mut stopped_ids));
             let events = super::events_of_applied(events, updates, &stopped_ids);
             let new = inserted + marked > 0;
             if new {
