@@ -7,7 +7,8 @@
 -- carries the id of the transaction that wrote it (`tx`), and consumers read in
 -- (tx, id) order only transactions older than every one still running (the
 -- snapshot's xmin): those are all committed or rolled back, and nothing can appear
--- behind the cursor.
+-- behind the cursor. (Transaction ids are the server's: a long transaction in any
+-- database of the server delays the consumers until it ends; it never loses an event.)
 CREATE TABLE cursors (
     name       TEXT PRIMARY KEY,
     tx         BIGINT NOT NULL,

@@ -247,17 +247,23 @@ macro_rules! update_enrollments {
                     .push_bind(u.cause.as_ref().and_then(|c| c.detail.clone()))
                     .push_bind(u.from.as_str());
             });
-            // Written only if still in the state the engine decided from: a change
-            // computed on a stale read (an operator and the reply watcher at once)
-            // is dropped, never laid over the other.
-            qb.push(") AS v WHERE enrollments.id = v.column1 AND enrollments.state = v.column16");
-            // A daemon only writes back enrollments it still holds: an operator or the
-            // reply watcher may have stopped or paused one while its mail was in flight.
+            qb.push(") AS v WHERE enrollments.id = v.column1");
             let owner: Option<&str> = $owner;
-            if let Some(owner) = owner {
-                qb.push(" AND EXISTS (SELECT 1 FROM claims k WHERE k.enrollment_id = enrollments.id AND k.owner = ")
-                    .push_bind(owner.to_string())
-                    .push(")");
+            match owner {
+                // A daemon only writes back enrollments it still holds: an operator or
+                // the reply watcher may have stopped or paused one while its mail was
+                // in flight, and whoever changes an enrollment drops its claim.
+                Some(owner) => {
+                    qb.push(" AND EXISTS (SELECT 1 FROM claims k WHERE k.enrollment_id = enrollments.id AND k.owner = ")
+                        .push_bind(owner.to_string())
+                        .push(")");
+                }
+                // Anyone else writes only if the enrollment is still in the state the
+                // engine decided from: a change computed on a stale read (an operator
+                // and the reply watcher at once) is dropped, never laid over the other.
+                None => {
+                    qb.push(" AND enrollments.state = v.column16");
+                }
             }
             // Which were written, where the caller asks: the send path, whose guard
             // is its claim, does not, and saves the rows coming back.

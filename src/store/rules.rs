@@ -72,14 +72,18 @@ impl Store {
     /// PostgreSQL only transactions older than every one still running are read: no
     /// event can commit behind the cursor later.
     pub async fn events_after(&self, after: EventCursor, limit: usize) -> Result<EventPage> {
-        let settled = match self.kind() {
-            Kind::Postgres => " AND tx < pg_snapshot_xmin(pg_current_snapshot())::text::bigint",
-            Kind::Sqlite => "",
+        let sql = match self.kind() {
+            Kind::Postgres => format!(
+                "SELECT {EVENT_COLUMNS} FROM events WHERE (tx > $1 OR (tx = $1 AND id > $2)) \
+                 AND tx < pg_snapshot_xmin(pg_current_snapshot())::text::bigint \
+                 ORDER BY tx, id LIMIT $3"
+            ),
+            // One writer, committing in id order: `tx` is always 0, and the rowid
+            // alone orders the events (no index on `tx` to keep up at every send).
+            Kind::Sqlite => format!(
+                "SELECT {EVENT_COLUMNS} FROM events WHERE $1 = $1 AND id > $2 ORDER BY id LIMIT $3"
+            ),
         };
-        let sql = format!(
-            "SELECT {EVENT_COLUMNS} FROM events WHERE (tx > $1 OR (tx = $1 AND id > $2)){settled} \
-             ORDER BY tx, id LIMIT $3"
-        );
         with_read_pool!(self, p => {
             let rows = sqlx::query(&sql)
                 .bind(after.tx)
