@@ -758,3 +758,63 @@ async fn event_cursor_never_passes_a_transaction_still_running_postgres() {
     assert_eq!(store.cursor("test").await.unwrap(), page.end);
     pool.close().await;
 }
+
+/// Two writers decide on the same read (the reply watcher and an operator): the
+/// second change, decided from a state the enrollment has left, is not written, and
+/// its events go with it, so neither undoes the other.
+async fn a_stale_change_is_not_laid_over_a_newer_one(db: Db) {
+    let dir = tempfile::tempdir().unwrap();
+    let now = Utc::now();
+    let (store, ids) = setup(db, dir.path(), 1).await;
+    store.enroll(&first_steps(&ids, now), now).await.unwrap();
+    let read = store
+        .enrollment("intro", "c0@prospect.example")
+        .await
+        .unwrap()
+        .unwrap();
+    let mut paused = read.unchanged();
+    paused.state = EnrollmentState::Paused;
+    paused.cause = Some(Cause::new(CauseKind::Operator));
+    let mut stopped = read.unchanged();
+    stopped.state = EnrollmentState::Stopped;
+    stopped.cause = Some(Cause::new(CauseKind::Replied));
+    let event = |kind| followup::model::NewEvent {
+        contact_id: Some(read.contact_id),
+        enrollment_id: Some(read.id),
+        message_id: None,
+        kind,
+        data: serde_json::json!({}),
+    };
+    let first = store
+        .apply(&[paused], &[event(EventKind::Paused)], now)
+        .await
+        .unwrap();
+    assert_eq!(first, [read.id]);
+    let second = store
+        .apply(&[stopped], &[event(EventKind::Stopped)], now)
+        .await
+        .unwrap();
+    assert!(second.is_empty(), "decided from 'active', which it left");
+    let now_is = store
+        .enrollment("intro", "c0@prospect.example")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(now_is.state, EnrollmentState::Paused);
+    let shown = store.timeline(read.contact_id).await.unwrap();
+    let kinds: Vec<&str> = shown.iter().map(|(_, k, _)| k.as_str()).collect();
+    assert!(
+        kinds.contains(&"paused") && !kinds.contains(&"stopped"),
+        "{kinds:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_stale_change_is_not_laid_over_a_newer_one_sqlite() {
+    a_stale_change_is_not_laid_over_a_newer_one(Db::Sqlite).await;
+}
+
+#[tokio::test]
+async fn a_stale_change_is_not_laid_over_a_newer_one_postgres() {
+    a_stale_change_is_not_laid_over_a_newer_one(Db::Postgres).await;
+}
