@@ -286,6 +286,8 @@ pub async fn handle(
         .message_id
         .clone()
         .unwrap_or_else(|| format!("<uid-{uid}-{}@{}>", checkpoint.uidvalidity, folder_name));
+    // A hard bounce counts towards the mailbox's bounce rate, checked once recorded.
+    let mut hard_bounce = false;
     let mut record = InboundRecord {
         mailbox: mailbox.name.clone(),
         folder: folder_name.to_string(),
@@ -434,28 +436,25 @@ pub async fn handle(
                 let live = store
                     .live_enrollments(&contacts.iter().map(|x| x.id).collect::<Vec<_>>())
                     .await?;
-                let suppress_reason = if c.kind == Kind::Complaint {
-                    Some("complained")
+                // The cause is both the suppression's reason and the enrollments' stop.
+                let suppress_cause = if c.kind == Kind::Complaint {
+                    Some(CauseKind::Complained)
                 } else if c.permanent == Some(true) {
-                    Some("bounced")
+                    Some(CauseKind::Bounced)
                 } else {
                     None
                 };
-                match suppress_reason {
-                    Some(reason) => {
+                match suppress_cause {
+                    Some(cause) => {
+                        hard_bounce = cause == CauseKind::Bounced;
                         for x in &contacts {
-                            record.suppress.push((x.email.clone(), reason.to_string()));
+                            record
+                                .suppress
+                                .push((x.email.clone(), cause.as_str().to_string()));
                         }
-                        let stop_cause = if reason == "complained" {
-                            CauseKind::Complained
-                        } else {
-                            CauseKind::Bounced
-                        };
-                        targets.extend(
-                            live.into_iter()
-                                .map(|e| (e, Inbound::Suppressed { cause: stop_cause })),
-                        );
-                        decision = format!("{reason}: {}", c.reason);
+                        targets
+                            .extend(live.into_iter().map(|e| (e, Inbound::Suppressed { cause })));
+                        decision = format!("{cause}: {}", c.reason);
                     }
                     None => {
                         // A temporary failure: counted; suppressed after too many.
@@ -486,7 +485,7 @@ pub async fn handle(
                     }
                 }
                 // Soft bounces leave the enrollments alone: record them on the contact.
-                if suppress_reason.is_none() {
+                if suppress_cause.is_none() {
                     for x in &contacts {
                         record.events.push(crate::model::NewEvent {
                             contact_id: Some(x.id),
@@ -512,13 +511,12 @@ pub async fn handle(
         if !seen.insert(e.id) {
             continue;
         }
-        let scope = engine::Scope::Nothing;
         let input = engine::Input::Inbound {
             inbound: inbound.clone(),
             data: data.clone(),
         };
         // Inbound input is never refused: it applies to a live enrollment or not at all.
-        if let Ok(Some(tr)) = engine::step(scope, e, &input, now) {
+        if let Ok(Some(tr)) = engine::step(engine::Scope::Nothing, e, &input, now) {
             changed.push(e.id);
             record.updates.push(tr.enrollment);
             // Counted against the step whose mail was answered.
@@ -534,7 +532,7 @@ pub async fn handle(
     let new = store.record_inbound(&record, checkpoint, now).await?;
     // Lifecycle rules (`on_reply`) follow from the events just committed, through the
     // rules runner's cursor: none is lost if the daemon dies now.
-    if new && record.suppress.iter().any(|(_, r)| r == "bounced") {
+    if new && hard_bounce {
         check_bounce_rate(project, store, mailbox, now).await?;
     }
     if new {
