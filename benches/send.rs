@@ -131,7 +131,7 @@ async fn setup(
         stored.extend(store.contacts_by_email(chunk).await.unwrap());
     }
     let seq = project.sequence("bench").unwrap();
-    let enrolled = followup::contacts::enroll(&project, &store, seq, &stored, false, now)
+    let enrolled = followup::app::enroll::enroll(&project, &store, seq, &stored, false, now)
         .await
         .unwrap();
     assert_eq!(enrolled.enrolled, s.n);

@@ -10,17 +10,17 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{bail, Context as _};
-use chrono::{DateTime, Utc};
-use chrono_tz::Tz;
+use chrono::Utc;
 use clap::{Parser, Subcommand};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
+use crate::app::status::{FunnelRow, StepRow};
 use crate::config;
 use crate::contacts;
 use crate::diagnostic::Diagnostics;
 use crate::mail::compose::{self, subject_for, Draft, Thread};
-use crate::model::{Contact, Enrollment};
+use crate::model::Contact;
 use crate::project::Project;
 use crate::schedule::step_due_explained;
 use crate::scheduler::Scheduler;
@@ -187,6 +187,9 @@ pub enum ContactsCommand {
     Show {
         /// The contact's email address
         email: String,
+        /// Print the timeline as JSON
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -340,11 +343,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let enroll = sequence.as_deref().map(|s| (s, again));
             cmd_import(&p, &file, enroll, dry_run).await
         }
-        Command::Contacts(ContactsCommand::Show { email }) => {
+        Command::Contacts(ContactsCommand::Show { email, json }) => {
             let Some(p) = load_project(&config_path, false) else {
                 return Ok(ExitCode::from(2));
             };
-            cmd_show(&p, &email).await
+            cmd_show(&p, &email, json).await
         }
         Command::Enroll {
             sequence,
@@ -591,16 +594,9 @@ async fn cmd_import(
     }
     if dry_run {
         let store = Store::connect(&p.config.database).await.ok();
-        let mut new = 0;
-        for c in &parsed.contacts {
-            let exists = match &store {
-                Some(s) => s.contact(&c.email).await.ok().flatten().is_some(),
-                None => false,
-            };
-            if !exists {
-                new += 1;
-            }
-        }
+        let new = crate::app::import::dry_run(store.as_ref(), &parsed)
+            .await
+            .unwrap_or(parsed.contacts.len());
         out!(
             "dry run: {} contact(s) would be imported ({} new, {} updated), {} row(s) rejected{}",
             parsed.contacts.len(),
@@ -617,54 +613,41 @@ async fn cmd_import(
         });
     }
     let store = open_store(p).await?;
-    let now = Utc::now();
-    let bar = helpers::progress(parsed.contacts.len(), "importing");
-    let mut upserted = Vec::with_capacity(parsed.contacts.len());
-    for slice in parsed.contacts.chunks(helpers::PROGRESS_STEP) {
-        upserted.extend(store.upsert_contacts(slice, now).await?);
-        bar.inc(slice.len() as u64);
-    }
-    bar.finish_and_clear();
-    let created = upserted.iter().filter(|u| u.created).count();
-    let changed: Vec<i64> = upserted
-        .iter()
-        .filter(|u| u.changed && !u.created)
-        .map(|u| u.id)
-        .collect();
-    let retried = crate::app::operate::fields_changed(&store, &changed, now).await?;
+    let r = crate::app::import::import(
+        p,
+        &store,
+        &parsed,
+        seq.map(|s| (s, again)),
+        &mut helpers::Bar::new(),
+        Utc::now(),
+    )
+    .await?;
+    store.close().await;
     out!(
         "imported {} contact(s): {} new, {} updated, {} unchanged; {} row(s) rejected",
-        upserted.len(),
-        created,
-        changed.len(),
-        upserted.len() - created - changed.len(),
+        r.stored,
+        r.created,
+        r.updated,
+        r.unchanged(),
         parsed.rejected.len()
     );
-    if retried > 0 {
-        out!("{retried} held enrollment(s) will be tried again with the new fields");
-    }
-    if let Some(seq) = seq {
-        let emails: Vec<String> = upserted.iter().map(|u| u.email.clone()).collect();
-        let stored = store.contacts_by_email(&emails).await?;
-        let bar = helpers::progress(stored.len(), "enrolling");
-        let mut r = contacts::Enrolled::default();
-        for slice in stored.chunks(helpers::PROGRESS_STEP) {
-            r.add(contacts::enroll(p, &store, seq, slice, again, now).await?);
-            bar.inc(slice.len() as u64);
-        }
-        bar.finish_and_clear();
+    if r.retried > 0 {
         out!(
-            "enrolled {} in '{}' ({} already in it)",
-            r.enrolled,
-            seq.name,
-            r.already
+            "{} held enrollment(s) will be tried again with the new fields",
+            r.retried
         );
-        helpers::print_not_again_summary(&r);
-        for s in &r.suppressed {
+    }
+    if let Some((name, e)) = &r.enrolled {
+        out!(
+            "enrolled {} in '{name}' ({} already in it)",
+            e.enrolled,
+            e.already
+        );
+        helpers::print_not_again_summary(e);
+        for s in &e.suppressed {
             eprintln!("{s}: suppressed, not enrolled");
         }
     }
-    store.close().await;
     Ok(if parsed.rejected.is_empty() {
         ExitCode::SUCCESS
     } else {
@@ -697,111 +680,64 @@ async fn with_contacts(
     emails: &[String],
     action: Action,
 ) -> anyhow::Result<ExitCode> {
+    use crate::app::enroll::{self, Operator};
     let Some(p) = load_project(config_path, false) else {
         return Ok(ExitCode::from(2));
     };
     let seq = helpers::sequence(&p, sequence)?;
     let store = open_store(&p).await?;
     let now = Utc::now();
-    let mut problems = 0;
-    let mut normalised = Vec::new();
-    for e in emails {
-        match contacts::normalise_email(e) {
-            Ok(n) => normalised.push(n),
-            Err(msg) => {
-                eprintln!("{e}: {msg}");
-                problems += 1;
+    let op = match action {
+        Action::Enroll { again } => {
+            let r = enroll::enroll_addresses(&p, &store, seq, emails, again, now).await?;
+            store.close().await;
+            for (e, why) in &r.invalid {
+                eprintln!("{e}: {why}");
             }
-        }
-    }
-    if let Action::Enroll { again } = action {
-        let found = store.contacts_by_email(&normalised).await?;
-        for e in &normalised {
-            if !found.iter().any(|c| &c.email == e) {
+            for e in &r.unknown {
                 eprintln!(
                     "{e}: no such contact (import it first: followup contacts import FILE.csv)"
                 );
-                problems += 1;
             }
-        }
-        let r = contacts::enroll(&p, &store, seq, &found, again, now).await?;
-        out!(
-            "enrolled {} in '{}' ({} already in it)",
-            r.enrolled,
-            seq.name,
-            r.already
-        );
-        // Each one left out says why; nothing done for it is a problem (exit 1).
-        for n in &r.not_again {
-            eprintln!("{n}");
-            problems += 1;
-        }
-        for s in &r.suppressed {
-            eprintln!("{s}: suppressed, not enrolled");
-            problems += 1;
-        }
-    } else {
-        let mut updates = Vec::new();
-        let mut events = Vec::new();
-        for email in &normalised {
-            let Some(e) = store.enrollment(sequence, email).await? else {
-                eprintln!("{email}: not in '{sequence}'");
-                problems += 1;
-                continue;
-            };
-            match change(&p, seq, &store, &e, action, now).await? {
-                Ok(t) => {
-                    out!("{email}: {} -> {}", e.state, t.enrollment.state);
-                    updates.push(t.enrollment);
-                    events.extend(t.events);
-                }
-                Err(msg) => {
-                    eprintln!("{email}: {msg}");
-                    problems += 1;
-                }
+            out!(
+                "enrolled {} in '{}' ({} already in it)",
+                r.enrolled.enrolled,
+                seq.name,
+                r.enrolled.already
+            );
+            // Each one left out says why; nothing done for it is a problem (exit 1).
+            for n in &r.enrolled.not_again {
+                eprintln!("{n}");
             }
+            for s in &r.enrolled.suppressed {
+                eprintln!("{s}: suppressed, not enrolled");
+            }
+            return Ok(if r.problems() == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            });
         }
-        store.apply(&updates, &events, now).await?;
-    }
+        Action::Unenroll => Operator::Unenroll,
+        Action::Pause => Operator::Pause,
+        Action::Resume => Operator::Resume,
+    };
+    let done = enroll::operate(&p, &store, seq, emails, op, now).await?;
     store.close().await;
+    let mut problems = 0;
+    for d in &done {
+        if d.is_problem() {
+            eprintln!("{d}");
+            problems += 1;
+        } else {
+            out!("{d}");
+        }
+    }
     Ok(if problems == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
     })
-}
-
-/// The change an operator command makes to one enrollment, as the engine decides it.
-async fn change(
-    p: &Project,
-    seq: &crate::sequence::Sequence,
-    store: &Store,
-    e: &Enrollment,
-    action: Action,
-    now: DateTime<Utc>,
-) -> anyhow::Result<Result<crate::engine::Transition, crate::engine::Refusal>> {
-    use crate::engine::{self, Command, Context, Input};
-    let command = match action {
-        Action::Unenroll => Command::Unenroll,
-        Action::Pause => Command::Pause,
-        Action::Resume => Command::Resume {
-            suppressed: store.is_suppressed(&e.email).await?,
-        },
-        Action::Enroll { .. } => bail!("internal: enroll is not a change"),
-    };
-    let contact = store.contact(&e.email).await?.context("contact vanished")?;
-    let (window, tz, holidays) = p.contact_schedule(seq, &contact);
-    let cx = Context {
-        sequence: seq,
-        window: &window,
-        tz,
-        holidays: &holidays,
-        send: &p.config.send,
-    };
-    Ok(
-        engine::step(engine::Scope::All(cx), e, &Input::Command(command), now)
-            .map(|t| t.unwrap_or_else(|| engine::Transition::unchanged(e))),
-    )
 }
 
 /// The contact a preview or simulation is for: stored, else from the project's CSV,
@@ -976,70 +912,26 @@ async fn cmd_simulate(
     Ok(ExitCode::SUCCESS)
 }
 
-const MESSAGE_COLUMNS: &[&str] = &[
-    "sending",
-    "sent",
-    "deferred",
-    "failed",
-    "in_doubt",
-    "cancelled",
-];
-const RESPONSE_COLUMNS: &[&str] = &["replied", "auto_replied", "bounced", "unsubscribed"];
-const STATE_COLUMNS: &[&str] = &["active", "held", "paused", "stopped", "finished"];
-
-/// A rate of sent mails, as a fraction (JSON) rounded to 4 places.
-fn rate(n: i64, sent: i64) -> f64 {
-    if sent <= 0 {
-        0.0
-    } else {
-        (n as f64 / sent as f64 * 10_000.0).round() / 10_000.0
-    }
-}
-
-fn funnel_json(f: &crate::store::Funnel) -> Value {
-    json!({
-        "sent": f.sent,
-        "opened_human": f.opened_human,
-        "opened_total": f.opened_total,
-        "clicked_human": f.clicked_human,
-        "clicked_total": f.clicked_total,
-        "replied": f.replied,
-        "auto_replied": f.auto_replied,
-        "bounced": f.bounced,
-        "unsubscribed": f.unsubscribed,
-        "rates": {
-            "opened_human": rate(f.opened_human, f.sent),
-            "opened_total": rate(f.opened_total, f.sent),
-            "clicked_human": rate(f.clicked_human, f.sent),
-            "clicked_total": rate(f.clicked_total, f.sent),
-            "replied": rate(f.replied, f.sent),
-            "bounced": rate(f.bounced, f.sent),
-            "unsubscribed": rate(f.unsubscribed, f.sent),
-        }
-    })
-}
-
 /// The funnel table: per step and variant, people first, then all hits.
-fn print_funnel(out: &mut impl std::io::Write, rows: &[Value]) -> std::io::Result<()> {
+fn print_funnel(out: &mut impl std::io::Write, rows: &[StepRow]) -> std::io::Result<()> {
     const HEAD: [&str; 12] = [
         "sent", "opened", "rate", "all", "clicked", "rate", "all", "replied", "rate", "bounced",
         "unsub", "skipped",
     ];
-    let n = |v: &Value, k: &str| v[k].as_i64().unwrap_or(0).to_string();
-    let pct = |v: &Value, k: &str| format!("{:.1}%", v["rates"][k].as_f64().unwrap_or(0.0) * 100.0);
-    let line = |out: &mut dyn std::io::Write, label: &str, f: &Value, skipped: String| {
+    let pct = |r: f64| format!("{:.1}%", r * 100.0);
+    let line = |out: &mut dyn std::io::Write, label: &str, f: &FunnelRow, skipped: String| {
         let cells = [
-            n(f, "sent"),
-            n(f, "opened_human"),
-            pct(f, "opened_human"),
-            n(f, "opened_total"),
-            n(f, "clicked_human"),
-            pct(f, "clicked_human"),
-            n(f, "clicked_total"),
-            n(f, "replied"),
-            pct(f, "replied"),
-            n(f, "bounced"),
-            n(f, "unsubscribed"),
+            f.counts.sent.to_string(),
+            f.counts.opened_human.to_string(),
+            pct(f.rates.opened_human),
+            f.counts.opened_total.to_string(),
+            f.counts.clicked_human.to_string(),
+            pct(f.rates.clicked_human),
+            f.counts.clicked_total.to_string(),
+            f.counts.replied.to_string(),
+            pct(f.rates.replied),
+            f.counts.bounced.to_string(),
+            f.counts.unsubscribed.to_string(),
             skipped,
         ];
         write!(out, "  {label:<16}")?;
@@ -1048,9 +940,10 @@ fn print_funnel(out: &mut impl std::io::Write, rows: &[Value]) -> std::io::Resul
         }
         writeln!(out)
     };
-    if rows.iter().all(|r| {
-        r["funnel"]["sent"].as_i64().unwrap_or(0) == 0 && r["skipped"].as_i64().unwrap_or(0) == 0
-    }) {
+    if rows
+        .iter()
+        .all(|r| r.funnel.counts.sent == 0 && r.skipped == 0)
+    {
         return Ok(());
     }
     write!(out, "  {:<16}", "funnel")?;
@@ -1059,23 +952,20 @@ fn print_funnel(out: &mut impl std::io::Write, rows: &[Value]) -> std::io::Resul
     }
     writeln!(out)?;
     for r in rows {
-        let step = r["step"].as_str().unwrap_or("");
-        line(out, step, &r["funnel"], n(r, "skipped"))?;
-        for v in r["variants"].as_array().into_iter().flatten() {
+        line(out, &r.step, &r.funnel, r.skipped.to_string())?;
+        for v in &r.variants {
             line(
                 out,
-                &format!("  variant {}", v["variant"].as_str().unwrap_or("")),
+                &format!("  variant {}", v.counts.variant.as_deref().unwrap_or("")),
                 v,
                 String::new(),
             )?;
         }
-        for l in r["links"].as_array().into_iter().flatten() {
+        for l in &r.links {
             writeln!(
                 out,
-                "    {step}: {} clicked by {} people ({} with machines)",
-                l["url"].as_str().unwrap_or(""),
-                l["clicked_human"],
-                l["clicked_total"]
+                "    {}: {} clicked by {} people ({} with machines)",
+                r.step, l.url, l.clicked_human, l.clicked_total
             )?;
         }
     }
@@ -1094,157 +984,50 @@ async fn cmd_status(
         helpers::sequence(p, s)?;
     }
     let store = open_store(p).await?;
-    let st = store.status(sequence).await?;
+    let report = crate::app::status::report(p, &store, sequence).await?;
     store.close().await;
-    let mut seqs: Vec<&str> = p
-        .sequences
-        .keys()
-        .map(String::as_str)
-        .filter(|s| sequence.is_none_or(|x| x == *s))
-        .collect();
-    for c in st.messages.iter().chain(st.enrollments.iter()) {
-        if !seqs.contains(&c.sequence.as_str()) {
-            seqs.push(&c.sequence);
-        }
-    }
-    let count = |list: &[crate::store::Count], seq: &str, step: &str, what: &str| -> i64 {
-        list.iter()
-            .filter(|c| c.sequence == seq && c.step_id == step && c.what == what)
-            .map(|c| c.n)
-            .sum()
-    };
-    let mut out_json = Vec::new();
     let mut out = std::io::stdout().lock();
-    for seq in seqs {
-        let mut steps: Vec<String> = p
-            .sequence(seq)
-            .map(|s| s.steps.iter().map(|st| st.id.clone()).collect())
-            .unwrap_or_default();
-        for c in st
-            .messages
-            .iter()
-            .chain(st.enrollments.iter())
-            .filter(|c| c.sequence == seq)
-        {
-            if !steps.contains(&c.step_id) {
-                steps.push(c.step_id.clone());
-            }
-        }
-        let mut rows = Vec::new();
-        for step in &steps {
-            let mut row = serde_json::Map::new();
-            row.insert("step".into(), json!(step));
-            // An active enrollment at a step is scheduled to send it.
-            row.insert(
-                "scheduled".into(),
-                json!(count(&st.enrollments, seq, step, "active")),
-            );
-            for m in MESSAGE_COLUMNS {
-                row.insert((*m).into(), json!(count(&st.messages, seq, step, m)));
-            }
-            for s in &STATE_COLUMNS[1..] {
-                row.insert((*s).into(), json!(count(&st.enrollments, seq, step, s)));
-            }
-            for r in RESPONSE_COLUMNS {
-                row.insert((*r).into(), json!(count(&st.responses, seq, step, r)));
-            }
-            row.insert(
-                "skipped".into(),
-                json!(count(&st.skipped, seq, step, "skipped")),
-            );
-            let of_step: Vec<&crate::store::Funnel> = st
-                .funnel
-                .iter()
-                .filter(|f| f.sequence == seq && &f.step_id == step)
-                .collect();
-            let mut total = crate::store::Funnel::default();
-            for f in &of_step {
-                total += f;
-            }
-            row.insert("funnel".into(), funnel_json(&total));
-            let variants: Vec<Value> = of_step
-                .iter()
-                .filter(|f| f.variant.is_some())
-                .map(|f| {
-                    let mut v = funnel_json(f);
-                    v["variant"] = json!(f.variant);
-                    v
-                })
-                .collect();
-            row.insert("variants".into(), Value::Array(variants));
-            let links: Vec<Value> = st
-                .links
-                .iter()
-                .filter(|l| l.sequence == seq && &l.step_id == step)
-                .map(
-                    |l| json!({ "url": l.url, "clicked_human": l.human, "clicked_total": l.total }),
-                )
-                .collect();
-            row.insert("links".into(), Value::Array(links));
-            rows.push(Value::Object(row));
-        }
-        let machine: Vec<Value> = st
-            .machine
-            .iter()
-            .filter(|m| m.0 == seq)
-            .map(|m| json!({ "kind": m.1, "reason": m.2, "count": m.3 }))
-            .collect();
-        let reasons: Vec<Value> = st
-            .reasons
-            .iter()
-            .filter(|r| r.0 == seq)
-            .map(|r| json!({ "state": r.1, "reason": r.2, "count": r.3 }))
-            .collect();
-        if as_json {
-            out_json.push(json!({ "sequence": seq, "steps": rows, "reasons": reasons, "machine_hits": machine }));
-            continue;
-        }
-        writeln!(out, "{seq}")?;
-        let cols = [
-            "scheduled",
-            "sending",
-            "sent",
-            "deferred",
-            "failed",
-            "in_doubt",
-            "held",
-            "paused",
-            "stopped",
-            "finished",
-            "replied",
-            "auto_replied",
-            "bounced",
-            "unsubscribed",
+    if as_json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    for seq in &report.sequences {
+        writeln!(out, "{}", seq.sequence)?;
+        type Column = (&'static str, fn(&StepRow) -> i64);
+        let cols: [Column; 14] = [
+            ("scheduled", |r| r.scheduled),
+            ("sending", |r| r.sending),
+            ("sent", |r| r.sent),
+            ("deferred", |r| r.deferred),
+            ("failed", |r| r.failed),
+            ("in_doubt", |r| r.in_doubt),
+            ("held", |r| r.held),
+            ("paused", |r| r.paused),
+            ("stopped", |r| r.stopped),
+            ("finished", |r| r.finished),
+            ("replied", |r| r.replied),
+            ("auto_replied", |r| r.auto_replied),
+            ("bounced", |r| r.bounced),
+            ("unsubscribed", |r| r.unsubscribed),
         ];
         write!(out, "  {:<16}", "step")?;
-        for c in cols {
+        for (c, _) in cols {
             write!(out, " {:>w$}", c.replace('_', " "), w = c.len().max(7))?;
         }
         writeln!(out)?;
-        for r in &rows {
-            write!(out, "  {:<16}", r["step"].as_str().unwrap_or(""))?;
-            for c in cols {
-                write!(
-                    out,
-                    " {:>w$}",
-                    r[c].as_i64().unwrap_or(0),
-                    w = c.len().max(7)
-                )?;
+        for r in &seq.steps {
+            write!(out, "  {:<16}", r.step)?;
+            for (c, value) in cols {
+                write!(out, " {:>w$}", value(r), w = c.len().max(7))?;
             }
             writeln!(out)?;
         }
-        print_funnel(&mut out, &rows)?;
-        if !machine.is_empty() {
-            let parts: Vec<String> = machine
+        print_funnel(&mut out, &seq.steps)?;
+        if !seq.machine_hits.is_empty() {
+            let parts: Vec<String> = seq
+                .machine_hits
                 .iter()
-                .map(|m| {
-                    format!(
-                        "{} {} x{}",
-                        m["kind"].as_str().unwrap_or(""),
-                        m["reason"].as_str().unwrap_or(""),
-                        m["count"]
-                    )
-                })
+                .map(|m| format!("{} {} x{}", m.kind, m.reason, m.count))
                 .collect();
             writeln!(
                 out,
@@ -1252,121 +1035,75 @@ async fn cmd_status(
                 parts.join(", ")
             )?;
         }
-        for r in &reasons {
-            writeln!(
-                out,
-                "  {} x{}: {}",
-                r["state"].as_str().unwrap_or(""),
-                r["count"],
-                r["reason"].as_str().unwrap_or("")
-            )?;
+        for r in &seq.reasons {
+            writeln!(out, "  {} x{}: {}", r.state, r.count, r.reason)?;
         }
         writeln!(out)?;
     }
-    let watchers: Vec<Value> = st
-        .watchers
-        .iter()
-        .map(|(m, f, s, d)| json!({ "mailbox": m, "folder": f, "state": s, "detail": d }))
-        .collect();
-    let paused: Vec<Value> = st
-        .paused_mailboxes
-        .iter()
-        .map(|(m, r)| json!({ "mailbox": m, "reason": r }))
-        .collect();
-    if as_json {
+    for w in &report.watchers {
         writeln!(
             out,
-            "{}",
-            serde_json::to_string_pretty(
-                &json!({ "sequences": out_json, "watchers": watchers, "paused_mailboxes": paused, "set_aside": st.set_aside })
-            )?
+            "watcher {}/{}: {}{}",
+            w.mailbox,
+            w.folder,
+            w.state,
+            w.detail
+                .as_deref()
+                .map(|d| format!(" ({d})"))
+                .unwrap_or_default()
         )?;
-    } else {
-        for (m, f, s, d) in &st.watchers {
-            writeln!(
-                out,
-                "watcher {m}/{f}: {s}{}",
-                d.as_deref().map(|d| format!(" ({d})")).unwrap_or_default()
-            )?;
-        }
-        for (m, r) in &st.paused_mailboxes {
-            writeln!(out, "mailbox {m} PAUSED: {r}")?;
-        }
-        for a in &st.set_aside {
-            writeln!(
-                out,
-                "set aside: {}/{} UID {} (UIDVALIDITY {}), failed {} times, last: {}",
-                a.mailbox, a.folder, a.uid, a.uidvalidity, a.attempts, a.error
-            )?;
-        }
+    }
+    for m in &report.paused_mailboxes {
+        writeln!(out, "mailbox {} PAUSED: {}", m.mailbox, m.reason)?;
+    }
+    for a in &report.set_aside {
+        writeln!(
+            out,
+            "set aside: {}/{} UID {} (UIDVALIDITY {}), failed {} times, last: {}",
+            a.mailbox, a.folder, a.uid, a.uidvalidity, a.attempts, a.error
+        )?;
     }
     Ok(ExitCode::SUCCESS)
 }
 
-async fn cmd_show(p: &Project, email: &str) -> anyhow::Result<ExitCode> {
+async fn cmd_show(p: &Project, email: &str, json: bool) -> anyhow::Result<ExitCode> {
     let email = contacts::normalise_email(email).map_err(anyhow::Error::msg)?;
     let store = open_store(p).await?;
-    let Some(c) = store.contact(&email).await? else {
+    let timeline = crate::app::timeline::of(&store, &email).await?;
+    store.close().await;
+    let Some(t) = timeline else {
         eprintln!("{email}: no such contact");
         return Ok(ExitCode::from(1));
     };
+    if json {
+        out!("{}", serde_json::to_string_pretty(&t)?);
+        return Ok(ExitCode::SUCCESS);
+    }
     out!(
         "{}{}",
-        c.email,
-        c.name
+        t.email,
+        t.name
             .as_deref()
             .map(|n| format!(" ({n})"))
             .unwrap_or_default()
     );
     out!(
         "  stage: {}  owner: {}",
-        c.stage,
-        c.owner_mailbox.as_deref().unwrap_or("-")
+        t.stage,
+        t.owner.as_deref().unwrap_or("-")
     );
-    if let Some(r) = &c.suppressed_reason {
+    if let Some(r) = &t.suppressed {
         out!("  suppressed: {r}");
     }
-    for (k, v) in &c.fields {
+    for (k, v) in &t.fields {
         out!("  {k}: {}", v.as_str().unwrap_or(&v.to_string()));
     }
     out!("timeline:");
-    for (at, kind, data) in store.timeline(c.id).await? {
-        let tz: Tz = c
-            .timezone
-            .as_deref()
-            .and_then(|t| t.parse().ok())
-            .unwrap_or(p.config.timezone);
-        let when = at.with_timezone(&tz).format("%Y-%m-%d %H:%M:%S %Z");
-        let what = match kind.as_str() {
-            // Opens and clicks read as what they were, not as their raw record.
-            "opened" | "clicked" => {
-                let mut w = format!(
-                    "{}/{}",
-                    data["sequence"].as_str().unwrap_or("?"),
-                    data["step"].as_str().unwrap_or("?")
-                );
-                if let Some(u) = data["url"].as_str() {
-                    w.push_str(&format!(" {u}"));
-                } else if kind == "clicked" {
-                    w.push_str(" (hidden trap link)");
-                }
-                match data["machine"].as_str() {
-                    Some(m) => {
-                        let d = m
-                            .parse::<crate::track::machine::Reason>()
-                            .map(|r| r.describe().to_string())
-                            .unwrap_or_else(|_| m.to_string());
-                        w.push_str(&format!("  [machine: {d}]"));
-                    }
-                    None => w.push_str("  [person]"),
-                }
-                w
-            }
-            _ => data.to_string(),
-        };
-        out!("  {when}  {kind:<12} {what}");
+    let tz = t.zone(p.config.timezone);
+    for e in &t.events {
+        let when = e.at.with_timezone(&tz).format("%Y-%m-%d %H:%M:%S %Z");
+        out!("  {when}  {:<12} {}", e.kind, e.describe());
     }
-    store.close().await;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -1402,7 +1139,7 @@ async fn cmd_in_doubt(p: &Project, c: InDoubtCommand) -> anyhow::Result<ExitCode
                 .iter()
                 .find(|d| d.message_id == message_id)
                 .context("listed above")?;
-            crate::doubt::release(&store, d, "operator", Utc::now()).await?;
+            crate::app::doubt::release(&store, d, "operator", Utc::now()).await?;
             out!("{message_id}: will be sent again (same Message-ID)");
             ExitCode::SUCCESS
         }
@@ -1411,8 +1148,14 @@ async fn cmd_in_doubt(p: &Project, c: InDoubtCommand) -> anyhow::Result<ExitCode
                 .iter()
                 .find(|d| d.message_id == message_id)
                 .context("listed above")?;
-            crate::doubt::settle_as_sent(p, &store, d, "counted as sent by operator", Utc::now())
-                .await?;
+            crate::app::doubt::settle_as_sent(
+                p,
+                &store,
+                d,
+                "counted as sent by operator",
+                Utc::now(),
+            )
+            .await?;
             out!("{message_id}: counted as sent; the next step is scheduled");
             ExitCode::SUCCESS
         }

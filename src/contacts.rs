@@ -1,5 +1,5 @@
-//! Contacts from CSV: parsing (pure: rows in, contacts and per-row problems out) and
-//! the import and enrollment that store them.
+//! Contacts from CSV: parsing (pure: rows in, contacts and per-row problems out). The
+//! import and enrollment that store them are use cases in `app`.
 //!
 //! A CSV has a header row and an `email` column; `timezone`, `country` and `name` have
 //! meaning to followup, and every column (those too) becomes a template field. Empty
@@ -7,21 +7,16 @@
 //! reported with its row number (as a spreadsheet shows it: the header is row 1) and
 //! reason while the good rows go in.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::path::Path;
 
-use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use serde_json::{Map, Value};
 
 use crate::address::EmailAddress;
 use crate::config::Limits;
-use crate::model::{Contact, NewContact, NewEnrollment};
-use crate::project::Project;
-use crate::schedule::step_due;
-use crate::sequence::Sequence;
-use crate::store::{self, Store};
+use crate::model::NewContact;
 
 /// A problem with one CSV row (or with the file).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -246,136 +241,6 @@ pub fn parse_csv_with(bytes: &[u8], limits: &Limits) -> Parsed {
 /// Reads and parses a CSV file.
 pub fn read_csv(path: &Path, limits: &Limits) -> std::io::Result<Parsed> {
     Ok(parse_csv_with(&std::fs::read(path)?, limits))
-}
-
-/// The result of enrolling contacts into a sequence.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Enrolled {
-    pub enrolled: usize,
-    pub already: usize,
-    pub suppressed: Vec<String>,
-    /// Those left out because of an enrollment there, with why, in the order given.
-    pub not_again: Vec<NotAgain>,
-}
-
-impl Enrolled {
-    /// Adds up the results of enrolling contacts a slice at a time.
-    pub fn add(&mut self, other: Enrolled) {
-        self.enrolled += other.enrolled;
-        self.already += other.already;
-        self.suppressed.extend(other.suppressed);
-        self.not_again.extend(other.not_again);
-    }
-}
-
-/// A contact left out of a sequence it is, or was, in.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NotAgain {
-    pub email: String,
-    pub sequence: String,
-    pub existing: store::Existing,
-}
-
-impl NotAgain {
-    /// Whether `--again` would enroll it: its enrollment there has ended.
-    pub fn ended(&self) -> bool {
-        matches!(self.existing.state.as_str(), "stopped" | "finished")
-    }
-}
-
-impl fmt::Display for NotAgain {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let e = &self.existing;
-        let on = e.since.format("%Y-%m-%d %H:%M UTC");
-        let seq = &self.sequence;
-        match e.state.as_str() {
-            "finished" => write!(
-                f,
-                "{}: already finished sequence '{seq}' on {on}",
-                self.email
-            )?,
-            "stopped" => write!(
-                f,
-                "{}: already stopped in sequence '{seq}' on {on} ({})",
-                self.email,
-                e.reason.as_deref().unwrap_or("no reason recorded")
-            )?,
-            state => write!(f, "{}: already in sequence '{seq}' ({state})", self.email)?,
-        }
-        if self.ended() {
-            write!(f, "; use --again to enroll again")?;
-        }
-        Ok(())
-    }
-}
-
-/// Enrolls stored contacts into `seq`. Each gets a mailbox now and keeps it: its owner
-/// if that mailbox sends this sequence, else the least busy sender. The first step is
-/// due after its wait, moved into the window in the contact's time zone. A contact is
-/// never enrolled twice, unless `again`: then one whose enrollment there stopped or
-/// finished (unenrolled, replied, suppressed and since unsuppressed...) starts over,
-/// its earlier enrollment, messages and events kept as history.
-pub async fn enroll(
-    project: &Project,
-    store: &Store,
-    seq: &Sequence,
-    contacts: &[Contact],
-    again: bool,
-    now: DateTime<Utc>,
-) -> Result<Enrolled, store::Error> {
-    let mut loads = store.mailbox_loads(&seq.name).await?;
-    let mut out = Enrolled::default();
-    let mut items = Vec::new();
-    let Some(first) = seq.steps.first() else {
-        return Ok(out);
-    };
-    for c in contacts {
-        if c.suppressed_reason.is_some() {
-            out.suppressed.push(c.email.clone());
-            continue;
-        }
-        let mailbox = match &c.owner_mailbox {
-            Some(m) if seq.senders.contains(m) => m.clone(),
-            _ => seq
-                .senders
-                .iter()
-                .min_by_key(|m| loads.get(*m).copied().unwrap_or(0))
-                .cloned()
-                .unwrap_or_default(),
-        };
-        *loads.entry(mailbox.clone()).or_default() += 1;
-        let (window, tz, holidays) = project.contact_schedule(seq, c);
-        let due = step_due(now, first.wait, &window, tz, &holidays).unwrap_or(now);
-        items.push(NewEnrollment {
-            contact_id: c.id,
-            sequence: seq.name.clone(),
-            mailbox,
-            step_id: first.id.clone(),
-            next_run_at: due,
-        });
-    }
-    let created = store.enroll_with(&items, again, now).await?;
-    out.enrolled = created.len();
-    out.already = items.len() - created.len();
-    if out.already > 0 {
-        let new: HashSet<i64> = created.iter().map(|(_, c)| *c).collect();
-        let left: Vec<i64> = items
-            .iter()
-            .map(|i| i.contact_id)
-            .filter(|c| !new.contains(c))
-            .collect();
-        let existing = store.latest_enrollments(&seq.name, &left).await?;
-        for c in contacts {
-            if let Some(e) = existing.get(&c.id).filter(|_| !new.contains(&c.id)) {
-                out.not_again.push(NotAgain {
-                    email: c.email.clone(),
-                    sequence: seq.name.clone(),
-                    existing: e.clone(),
-                });
-            }
-        }
-    }
-    Ok(out)
 }
 
 #[cfg(test)]

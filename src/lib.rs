@@ -16,7 +16,6 @@ pub mod config;
 pub mod contacts;
 pub mod daemon;
 pub mod diagnostic;
-pub mod doubt;
 pub mod engine;
 pub mod inbound;
 pub mod init;

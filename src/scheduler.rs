@@ -308,7 +308,7 @@ impl Scheduler {
             );
         }
         for d in &r.accepted {
-            match crate::doubt::settle_as_sent(
+            match crate::app::doubt::settle_as_sent(
                 &self.project,
                 &self.store,
                 d,
@@ -318,7 +318,7 @@ impl Scheduler {
             .await
             {
                 Ok(()) => {}
-                Err(crate::doubt::Error::Store(e)) => return Err(e),
+                Err(crate::app::doubt::Error::Store(e)) => return Err(e),
                 Err(e) => {
                     warn!(message_id = %d.message_id, error = %e, "cannot count an accepted message as sent; it stays in doubt")
                 }
@@ -358,7 +358,7 @@ impl Scheduler {
             };
             for (d, present) in mine.into_iter().zip(found) {
                 let r = if present {
-                    crate::doubt::settle_as_sent(
+                    crate::app::doubt::settle_as_sent(
                         &self.project,
                         &self.store,
                         d,
@@ -367,13 +367,13 @@ impl Scheduler {
                     )
                     .await
                 } else {
-                    crate::doubt::release(&self.store, d, "not in the Sent folder", now).await
+                    crate::app::doubt::release(&self.store, d, "not in the Sent folder", now).await
                 };
                 match r {
                     Ok(()) => {
                         info!(message_id = %d.message_id, contact = %d.email, found = present, "in-doubt message settled through the Sent folder")
                     }
-                    Err(crate::doubt::Error::Store(e)) => return Err(e),
+                    Err(crate::app::doubt::Error::Store(e)) => return Err(e),
                     Err(e) => {
                         warn!(message_id = %d.message_id, error = %e, "cannot settle in-doubt message")
                     }

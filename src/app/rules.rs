@@ -10,7 +10,6 @@ use std::collections::{BTreeMap, HashMap};
 use chrono::{DateTime, Utc};
 use tracing::{info, warn};
 
-use crate::contacts;
 use crate::model::{EventKind, StoredEvent};
 use crate::project::Project;
 use crate::rules::{self, Facts};
@@ -148,7 +147,7 @@ async fn enroll(
         };
         let found = store.contacts_by_id(&ids).await?;
         // A rule never enrolls anyone twice: run again after a crash, it changes nothing.
-        let r = contacts::enroll(project, store, seq, &found, false, now).await?;
+        let r = crate::app::enroll::enroll(project, store, seq, &found, false, now).await?;
         if r.enrolled > 0 {
             info!(
                 sequence = target,

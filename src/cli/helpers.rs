@@ -4,7 +4,8 @@
 use anyhow::bail;
 use chrono::{TimeZone as _, Utc};
 
-use crate::contacts::Enrolled;
+use crate::app::enroll::Enrolled;
+use crate::app::import::{Phase, Progress, SLICE};
 use crate::diagnostic::did_you_mean;
 use crate::model::Contact;
 use crate::project::Project;
@@ -124,21 +125,42 @@ pub(super) async fn mailbox_pacing(p: &Project, seq: &Sequence, c: &Contact, due
     }
 }
 
-/// Rows per step of an import's progress bar (and per call into the store).
-pub(super) const PROGRESS_STEP: usize = 2_000;
-
-/// A progress bar on stderr for `len` rows, drawn only on a terminal: in pipes, logs
+/// An import's progress as a bar on stderr, drawn only on a terminal: in pipes, logs
 /// and tests it stays hidden and prints nothing.
-pub(super) fn progress(len: usize, what: &'static str) -> indicatif::ProgressBar {
-    use std::io::IsTerminal as _;
-    if !std::io::stderr().is_terminal() || len < PROGRESS_STEP {
-        return indicatif::ProgressBar::hidden();
+pub(super) struct Bar(Option<indicatif::ProgressBar>);
+
+impl Bar {
+    pub(super) fn new() -> Bar {
+        Bar(None)
     }
-    let bar = indicatif::ProgressBar::new(len as u64);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{msg} {bar:40} {pos}/{len} rows ({eta} left)")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    bar.set_message(what);
-    bar
+}
+
+impl Progress for Bar {
+    fn start(&mut self, phase: Phase, total: usize) {
+        use std::io::IsTerminal as _;
+        if !std::io::stderr().is_terminal() || total < SLICE {
+            self.0 = None;
+            return;
+        }
+        let bar = indicatif::ProgressBar::new(total as u64);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{msg} {bar:40} {pos}/{len} rows ({eta} left)")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar.set_message(match phase {
+            Phase::Storing => "importing",
+            Phase::Enrolling => "enrolling",
+        });
+        self.0 = Some(bar);
+    }
+    fn done(&mut self, n: usize) {
+        if let Some(b) = &self.0 {
+            b.inc(n as u64);
+        }
+    }
+    fn finish(&mut self) {
+        if let Some(b) = self.0.take() {
+            b.finish_and_clear();
+        }
+    }
 }

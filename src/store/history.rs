@@ -6,13 +6,14 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use sqlx::{QueryBuilder, Row};
 
-use super::{from_ms, Pool, Result, Store, CHUNK};
+use super::{from_ms, stored_state, Pool, Result, Store, CHUNK};
+use crate::model::EnrollmentState;
 
 /// A contact's latest enrollment in a sequence: its state, why, and since when.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Existing {
     pub contact_id: i64,
-    pub state: String,
+    pub state: EnrollmentState,
     pub reason: Option<String>,
     pub since: DateTime<Utc>,
 }
@@ -40,7 +41,7 @@ impl Store {
                 for r in qb.build().fetch_all(p).await? {
                     let e = Existing {
                         contact_id: r.try_get("contact_id")?,
-                        state: r.try_get("state")?,
+                        state: stored_state(r.try_get("state")?)?,
                         reason: r.try_get("reason")?,
                         since: from_ms(r.try_get("updated_at")?),
                     };

@@ -399,6 +399,14 @@ pub(crate) fn events_of_applied(
         .collect()
 }
 
+/// An enrollment state as stored; a name this version does not know is corruption.
+pub(crate) fn stored_state(s: String) -> Result<EnrollmentState> {
+    EnrollmentState::parse(&s).ok_or(Error::Corrupt {
+        what: "enrollment state",
+        detail: format!("'{s}' is not one this version knows"),
+    })
+}
+
 pub fn ms(t: DateTime<Utc>) -> i64 {
     t.timestamp_millis()
 }
@@ -806,13 +814,7 @@ where
         email: row.try_get("email")?,
         sequence: row.try_get("sequence")?,
         mailbox: row.try_get("mailbox")?,
-        state: {
-            let s: String = row.try_get("state")?;
-            EnrollmentState::parse(&s).ok_or(Error::Corrupt {
-                what: "enrollment state",
-                detail: format!("'{s}' is not one this version knows"),
-            })?
-        },
+        state: stored_state(row.try_get("state")?)?,
         cause: Cause::from_stored(
             row.try_get::<Option<String>, _>("cause")?.as_deref(),
             row.try_get("cause_detail")?,

@@ -49,8 +49,13 @@ pub struct Status {
 /// images are often blocked.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Funnel {
+    // Reports nest a funnel under its sequence and step; only the counts (and the
+    // variant, if any) are its own.
+    #[serde(skip)]
     pub sequence: String,
+    #[serde(skip)]
     pub step_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub variant: Option<String>,
     pub sent: i64,
     pub opened_human: i64,
