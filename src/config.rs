@@ -250,6 +250,24 @@ impl Default for SendSettings {
     }
 }
 
+/// The tracking secrets as read, long enough to sign with (checked here, where the
+/// error can point at the setting). The tracking adapter builds its signer from them.
+#[derive(Clone)]
+pub struct TrackingSecrets {
+    pub current: Vec<u8>,
+    /// The one before a rotation: links in mails already sent still verify.
+    pub previous: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for TrackingSecrets {
+    // Secrets never reach a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TrackingSecrets")
+            .field("previous", &self.previous.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
 /// The tracking and unsubscribe endpoint (`[http]`).
 #[derive(Debug, Clone)]
 pub struct Http {
@@ -257,9 +275,9 @@ pub struct Http {
     /// What links in mails start with: `https://t.example.com` (no trailing slash); may
     /// be a custom tracking domain that proxies to `listen`.
     pub public_url: String,
-    /// Signs and checks tokens. None only when secrets were not asked for (`check`,
-    /// `preview`): `run` refuses to start without it.
-    pub signer: Option<Signer>,
+    /// What tokens are signed and checked with. None only when secrets were not asked
+    /// for (`check`, `preview`): `run` refuses to start without them.
+    pub secrets: Option<TrackingSecrets>,
     /// Events waiting to be written; when full, hits are answered but not recorded
     /// (counted in /metrics).
     pub queue: usize,
@@ -1093,9 +1111,12 @@ fn parse_http(
             None
         }
     };
-    let signer = match current {
+    let secrets = match current {
         Some(c) => match Signer::new(&c, previous.as_deref()) {
-            Ok(s) => Some(s),
+            Ok(_) => Some(TrackingSecrets {
+                current: c,
+                previous,
+            }),
             Err(e) => {
                 let at = h
                     .secret_env
@@ -1214,7 +1235,7 @@ fn parse_http(
         trusted_proxies,
         listen: listen?,
         public_url,
-        signer,
+        secrets,
         queue: h.queue.unwrap_or(65_536).clamp(16, 10_000_000),
         flush: flush.clamp(Duration::milliseconds(10), Duration::seconds(1)),
     })

@@ -62,10 +62,12 @@ pub async fn run(
     // The watchers hold the only senders: when they stop, `serve` ends.
     drop(arrivals);
     if let Some(http) = &project.config.http {
-        let signer = http
-            .signer
-            .clone()
+        let secrets = http
+            .secrets
+            .as_ref()
             .context("[http] has no secret: set secret_env or secret_file")?;
+        let signer =
+            crate::track::token::Signer::new(&secrets.current, secrets.previous.as_deref())?;
         let listener = tokio::net::TcpListener::bind(http.listen)
             .await
             .with_context(|| format!("cannot listen on {} ([http] listen)", http.listen))?;

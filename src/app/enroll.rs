@@ -340,3 +340,104 @@ pub async fn operate<S: Enrollments>(
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::app::ports::fake::Fake;
+    use crate::model::EnrollmentState as S;
+    use chrono::TimeZone as _;
+
+    /// The starter project `followup init` writes, loaded as `run` would (no secrets).
+    fn starter() -> (tempfile::TempDir, Project) {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        crate::init::write(dir.path(), false).unwrap_or_else(|e| panic!("init: {e}"));
+        let (p, _) = Project::load(&dir.path().join("followup.toml"), false)
+            .unwrap_or_else(|d| panic!("starter project: {d:?}"));
+        (dir, p)
+    }
+
+    #[tokio::test]
+    async fn operator_commands_say_what_happened_to_each_address() {
+        let (_dir, p) = starter();
+        let Some((name, seq)) = p.sequences.iter().next() else {
+            panic!("the starter has a sequence")
+        };
+        let f = Fake::default();
+        let active = f.enroll("a@example.com", name, S::Active);
+        let finished = f.enroll("b@example.com", name, S::Finished);
+        let now = Utc
+            .with_ymd_and_hms(2026, 3, 2, 9, 0, 0)
+            .single()
+            .unwrap_or_default();
+        let emails: Vec<String> = [
+            "A@Example.com",
+            "b@example.com",
+            "c@example.com",
+            "not-mail",
+        ]
+        .map(String::from)
+        .to_vec();
+        let done = operate(&p, &f, seq, &emails, Operator::Pause, now)
+            .await
+            .unwrap_or_default();
+        assert_eq!(done.len(), 4, "one answer per address given: {done:?}");
+        assert!(
+            matches!(&done[0], Operated::Moved { email, from: S::Active, to: S::Paused } if email == "a@example.com"),
+            "{:?}",
+            done[0]
+        );
+        assert!(
+            matches!(&done[1], Operated::Refused { .. }),
+            "{:?}",
+            done[1]
+        );
+        assert!(
+            matches!(&done[2], Operated::NotEnrolled { .. }),
+            "{:?}",
+            done[2]
+        );
+        assert!(
+            matches!(&done[3], Operated::Invalid { .. }),
+            "{:?}",
+            done[3]
+        );
+        assert_eq!(f.state(active), Some(S::Paused));
+        assert_eq!(f.state(finished), Some(S::Finished));
+        assert_eq!(done.iter().filter(|d| d.is_problem()).count(), 3);
+
+        let done = operate(&p, &f, seq, &emails[..1], Operator::Resume, now)
+            .await
+            .unwrap_or_default();
+        assert!(
+            matches!(&done[0], Operated::Moved { to: S::Active, .. }),
+            "{done:?}"
+        );
+        assert_eq!(f.state(active), Some(S::Active));
+    }
+
+    #[tokio::test]
+    async fn a_change_the_daemon_overtook_is_reported_not_written() {
+        let (_dir, p) = starter();
+        let Some((name, seq)) = p.sequences.iter().next() else {
+            panic!("the starter has a sequence")
+        };
+        let f = Fake::default();
+        let id = f.enroll("a@example.com", name, S::Active);
+        // A reply stops the enrollment between the operator's read and write.
+        *f.before_apply.borrow_mut() = Some((id, S::Stopped));
+        let now = Utc
+            .with_ymd_and_hms(2026, 3, 2, 9, 0, 0)
+            .single()
+            .unwrap_or_default();
+        let done = operate(&p, &f, seq, &["a@example.com".into()], Operator::Pause, now)
+            .await
+            .unwrap_or_default();
+        assert!(matches!(&done[0], Operated::Raced { .. }), "{done:?}");
+        assert_eq!(f.state(id), Some(S::Stopped), "the reply's stop stands");
+        assert!(
+            f.events.borrow().is_empty(),
+            "no pause event for a pause not made"
+        );
+    }
+}

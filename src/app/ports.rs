@@ -105,6 +105,8 @@ pub mod fake {
         pub events: RefCell<Vec<NewEvent>>,
         /// How many times `pauses_ended` was asked (each asks for one page).
         pub pages: RefCell<usize>,
+        /// Another writer's change, made just before the next `apply`: a race.
+        pub before_apply: RefCell<Option<(i64, EnrollmentState)>>,
     }
 
     impl Fake {
@@ -231,6 +233,11 @@ pub mod fake {
         ) -> Result<Vec<i64>> {
             let mut applied = Vec::new();
             let mut all = self.enrollments.borrow_mut();
+            if let Some((id, state)) = self.before_apply.borrow_mut().take() {
+                if let Some(e) = all.get_mut(&id) {
+                    e.state = state;
+                }
+            }
             for u in updates {
                 let Some(e) = all.get_mut(&u.id) else {
                     continue;

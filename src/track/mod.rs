@@ -46,14 +46,18 @@ impl Links {
     pub fn new(http: Option<&Http>) -> Links {
         Links {
             http: http.map(|h| {
-                let signer = h.signer.clone().unwrap_or_else(|| {
-                    let mut secret = [0u8; 32];
-                    for b in &mut secret {
-                        *b = fastrand::u8(..);
-                    }
-                    // 32 bytes is the minimum Signer::new asks for.
-                    Signer::new(&secret, None).unwrap_or_else(|_| unreachable!())
-                });
+                let signer = h
+                    .secrets
+                    .as_ref()
+                    .and_then(|s| Signer::new(&s.current, s.previous.as_deref()).ok())
+                    .unwrap_or_else(|| {
+                        let mut secret = [0u8; 32];
+                        for b in &mut secret {
+                            *b = fastrand::u8(..);
+                        }
+                        // 32 bytes is the minimum Signer::new asks for.
+                        Signer::new(&secret, None).unwrap_or_else(|_| unreachable!())
+                    });
                 (h.public_url.clone(), signer)
             }),
         }
