@@ -165,6 +165,9 @@ pub enum Command {
     /// Messages that may or may not have been sent (the daemon died mid-send)
     #[command(name = "in-doubt", subcommand)]
     InDoubt(InDoubtCommand),
+    /// Webhook deliveries
+    #[command(subcommand)]
+    Webhooks(WebhooksCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -190,6 +193,19 @@ pub enum ContactsCommand {
         /// Print the timeline as JSON
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum WebhooksCommand {
+    /// Queue again every event since a date, for every webhook or one
+    Replay {
+        /// From this date (YYYY-MM-DD, UTC) or time (RFC 3339)
+        #[arg(long)]
+        since: String,
+        /// Only this webhook (its name in followup.toml)
+        #[arg(long)]
+        webhook: Option<String>,
     },
 }
 
@@ -306,7 +322,20 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let store = open_store(&p).await?;
             let project = Arc::new(p);
             if once {
-                let r = Scheduler::new(project, store.clone()).run_once().await?;
+                let r = Scheduler::new(project.clone(), store.clone())
+                    .run_once()
+                    .await?;
+                if !project.config.webhooks.is_empty() {
+                    let client = crate::webhook::Client::new()?;
+                    let w = crate::app::webhooks::round(&store, &project.config.webhooks, &client)
+                        .await?;
+                    if w.failed > 0 {
+                        eprintln!(
+                            "webhooks: {} delivered, {} failed (retried by the daemon)",
+                            w.delivered, w.failed
+                        );
+                    }
+                }
                 out!(
                     "sent {}, deferred {}, failed {}, held {}",
                     r.sent,
@@ -473,6 +502,30 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::from(2));
             };
             cmd_status(&p, sequence.as_deref(), json).await
+        }
+        Command::Webhooks(WebhooksCommand::Replay { since, webhook }) => {
+            let Some(p) = load_project(&config_path, false) else {
+                return Ok(ExitCode::from(2));
+            };
+            let since = helpers::parse_since(&since)?;
+            let hooks: Vec<_> = p
+                .config
+                .webhooks
+                .iter()
+                .filter(|w| webhook.as_deref().is_none_or(|n| n == w.name))
+                .cloned()
+                .collect();
+            if hooks.is_empty() {
+                match webhook {
+                    Some(n) => bail!("no webhook named '{n}' in followup.toml"),
+                    None => bail!("no [[webhooks]] in followup.toml"),
+                }
+            }
+            let store = open_store(&p).await?;
+            let n = crate::app::webhooks::replay(&store, &hooks, since, Utc::now()).await?;
+            store.close().await;
+            out!("{n} deliveries queued; the running daemon sends them");
+            Ok(ExitCode::SUCCESS)
         }
         Command::InDoubt(c) => {
             let Some(p) = load_project(&config_path, false) else {
@@ -1055,6 +1108,23 @@ async fn cmd_status(
     }
     for m in &report.paused_mailboxes {
         writeln!(out, "mailbox {} PAUSED: {}", m.mailbox, m.reason)?;
+    }
+    for w in &report.webhooks {
+        writeln!(
+            out,
+            "webhook {}: {} delivered, {} pending{}, {} given up{}",
+            w.webhook,
+            w.delivered,
+            w.pending,
+            w.oldest_pending
+                .map(|t| format!(" (oldest queued {})", t.format("%Y-%m-%d %H:%M:%S UTC")))
+                .unwrap_or_default(),
+            w.failed,
+            w.last_error
+                .as_deref()
+                .map(|e| format!("; last error: {e}"))
+                .unwrap_or_default()
+        )?;
     }
     for a in &report.set_aside {
         writeln!(

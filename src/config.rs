@@ -322,6 +322,34 @@ pub struct Config {
     /// The sender's postal address, `{{postal_address}}` in templates (CAN-SPAM).
     pub postal_address: Option<String>,
     pub limits: Limits,
+    /// Where events are POSTed (`[[webhooks]]`), in the file's order.
+    pub webhooks: Vec<Webhook>,
+}
+
+/// A receiver of events (`[[webhooks]]`): each event of the kinds it wants is POSTed
+/// to `url` as JSON, signed with `secret`.
+#[derive(Clone)]
+pub struct Webhook {
+    /// How `status` and `webhooks replay` name it; unique.
+    pub name: String,
+    pub url: String,
+    /// The event kinds it wants; empty: every kind.
+    pub events: Vec<crate::model::EventKind>,
+    /// Signs each delivery (HMAC-SHA256). None only when secrets were not asked for.
+    pub secret: Option<Vec<u8>>,
+    /// How long one delivery may take, connect to last byte.
+    pub timeout: std::time::Duration,
+}
+
+impl std::fmt::Debug for Webhook {
+    // The secret never reaches a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Webhook")
+            .field("name", &self.name)
+            .field("url", &self.url)
+            .field("events", &self.events)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Bounds on what the project's files and the contacts CSV may hold (`[limits]`), so
@@ -393,6 +421,20 @@ struct RawConfig {
     postal_address: Option<String>,
     #[serde(default)]
     limits: RawLimits,
+    #[serde(default)]
+    webhooks: Vec<Spanned<RawWebhook>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWebhook {
+    name: Option<Spanned<String>>,
+    url: Spanned<String>,
+    #[serde(default)]
+    events: Vec<Spanned<String>>,
+    secret_env: Option<Spanned<String>>,
+    secret_file: Option<Spanned<String>>,
+    timeout: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -792,6 +834,7 @@ pub fn load(path: &Path, need_secrets: bool) -> Result<(Config, Diagnostics), Di
         .and_then(|h| parse_http(&map, h, need_secrets, &mut diags));
 
     let limits = parse_limits(&map, &raw.limits, &mut diags);
+    let webhooks = parse_webhooks(&map, &raw.webhooks, need_secrets, &mut diags);
 
     if diags.has_errors() {
         return Err(diags);
@@ -814,6 +857,7 @@ pub fn load(path: &Path, need_secrets: bool) -> Result<(Config, Diagnostics), Di
         send,
         replies,
         limits,
+        webhooks,
     };
     // Only warnings: the caller decides who sees them (`check`, and `run` once).
     Ok((config, diags))
@@ -956,6 +1000,123 @@ fn resolve_password(
 /// variable the file names, or the file it names (a systemd credential, say). A trailing
 /// newline in the file is an artefact of `echo > file`, never part of a secret. `what`
 /// and `file_kind` name it in the error, which points at the line that named the source.
+/// `[[webhooks]]`: names unique, URLs http(s), event kinds known (with a did-you-mean),
+/// a secret of at least 16 bytes.
+fn parse_webhooks(
+    map: &SourceMap<'_>,
+    raw: &[Spanned<RawWebhook>],
+    need_secrets: bool,
+    diags: &mut Diagnostics,
+) -> Vec<Webhook> {
+    use crate::model::EventKind;
+    let mut out: Vec<Webhook> = Vec::new();
+    for (i, spanned) in raw.iter().enumerate() {
+        let w = spanned.get_ref();
+        let name = w
+            .name
+            .as_ref()
+            .map(|n| n.get_ref().clone())
+            .unwrap_or_else(|| format!("webhook{}", i + 1));
+        if out.iter().any(|o| o.name == name) {
+            let at = w.name.as_ref().map_or(spanned.span(), |n| n.span());
+            diags.push(map.error(at, format!("a second webhook named '{name}'")));
+        }
+        let url = w.url.get_ref().trim().to_string();
+        if !(url.starts_with("https://") || url.starts_with("http://")) || url.contains(' ') {
+            diags.push(
+                map.error(w.url.span(), format!("bad webhook url '{url}'"))
+                    .with_help("an http(s) URL, e.g. https://crm.example.com/hooks/followup"),
+            );
+        }
+        let mut events = Vec::new();
+        for e in &w.events {
+            match EventKind::parse(e.get_ref()) {
+                Some(k) => events.push(k),
+                None => {
+                    let names = EventKind::ALL.iter().map(|k| k.as_str());
+                    let help = match crate::diagnostic::did_you_mean(e.get_ref(), names) {
+                        Some(close) => format!("did you mean '{close}'?"),
+                        None => format!(
+                            "known kinds: {}",
+                            EventKind::ALL
+                                .iter()
+                                .map(|k| k.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    };
+                    diags.push(
+                        map.error(e.span(), format!("unknown event kind '{}'", e.get_ref()))
+                            .with_help(help),
+                    );
+                }
+            }
+        }
+        let timeout = match &w.timeout {
+            Some(t) => match parse_wait(t.get_ref()) {
+                Ok(d) => d.to_std().unwrap_or(std::time::Duration::from_secs(10)),
+                Err(e) => {
+                    diags.push(map.error(t.span(), e.to_string()));
+                    std::time::Duration::from_secs(10)
+                }
+            },
+            None => std::time::Duration::from_secs(10),
+        };
+        let what = format!("the secret of webhook '{name}'");
+        let secret = match resolve_secret(
+            map,
+            None,
+            &w.secret_env,
+            &w.secret_file,
+            &what,
+            "secret file",
+        ) {
+            Ok(Some(s)) if s.len() >= 16 => Some(s.into_bytes()),
+            Ok(Some(s)) => {
+                let at = w
+                    .secret_env
+                    .as_ref()
+                    .or(w.secret_file.as_ref())
+                    .map_or(spanned.span(), |s| s.span());
+                diags.push(
+                    map.error(
+                        at,
+                        format!("{what} has {} bytes; it needs at least 16", s.len()),
+                    )
+                    .with_help("make one with `openssl rand -hex 32`"),
+                );
+                None
+            }
+            Ok(None) => {
+                let d = map
+                    .error(spanned.span(), format!("webhook '{name}' needs a secret to sign its deliveries: secret_env or secret_file"))
+                    .with_help("make one with `openssl rand -hex 32`");
+                diags.push(if need_secrets { d } else { as_warning(d) });
+                None
+            }
+            Err(d) => {
+                diags.push(if need_secrets { d } else { as_warning(d) });
+                None
+            }
+        };
+        out.push(Webhook {
+            name,
+            url,
+            events,
+            secret,
+            timeout,
+        });
+    }
+    out
+}
+
+/// A missing secret is an error for `check` and `run`, a warning for the commands that
+/// do not need it.
+fn as_warning(mut d: Diagnostic) -> Diagnostic {
+    d.severity = crate::diagnostic::Severity::Warning;
+    d
+}
+
 fn resolve_secret(
     map: &SourceMap<'_>,
     overridden: Option<String>,

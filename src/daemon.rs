@@ -143,6 +143,19 @@ pub async fn run(
             ));
         }
     }
+    if !project.config.webhooks.is_empty() {
+        let client = crate::webhook::Client::new().context("webhook HTTP client")?;
+        info!(
+            webhooks = project.config.webhooks.len(),
+            "webhook dispatcher started"
+        );
+        tracker.spawn(crate::app::webhooks::run(
+            project.clone(),
+            store.clone(),
+            client,
+            shutdown.child_token(),
+        ));
+    }
     let token = shutdown.child_token();
     let sched = tracker.spawn(async move { scheduler.run(token).await });
     tracker.close();

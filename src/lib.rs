@@ -29,3 +29,4 @@ pub mod sequence;
 pub mod store;
 pub mod template;
 pub mod track;
+pub mod webhook;

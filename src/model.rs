@@ -344,6 +344,7 @@ stable_names! {
 #[derive(Debug, Clone, PartialEq)]
 pub struct StoredEvent {
     pub id: i64,
+    pub at: DateTime<Utc>,
     /// Where it stands in the order consumers read (see [`EventCursor`]).
     pub cursor: EventCursor,
     pub kind: EventKind,

@@ -79,6 +79,7 @@ mod tests {
 
     fn ev(kind: EventKind, data: serde_json::Value, machine: Option<&str>) -> StoredEvent {
         StoredEvent {
+            at: chrono::DateTime::default(),
             id: 1,
             cursor: EventCursor { tx: 0, id: 1 },
             kind,

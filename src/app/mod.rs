@@ -10,3 +10,4 @@ pub mod ports;
 pub mod rules;
 pub mod status;
 pub mod timeline;
+pub mod webhooks;

@@ -6,7 +6,7 @@
 use serde::Serialize;
 
 use crate::project::Project;
-use crate::store::{self, Count, Funnel, SetAside, Store};
+use crate::store::{self, Count, Funnel, SetAside, Store, WebhookQueue};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -14,6 +14,7 @@ pub struct Report {
     pub watchers: Vec<Watcher>,
     pub paused_mailboxes: Vec<PausedMailbox>,
     pub set_aside: Vec<SetAside>,
+    pub webhooks: Vec<WebhookQueue>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -276,5 +277,10 @@ pub async fn report(
             })
             .collect(),
         set_aside: st.set_aside,
+        webhooks: if project.config.webhooks.is_empty() {
+            Vec::new()
+        } else {
+            store.webhook_queues().await?
+        },
     })
 }

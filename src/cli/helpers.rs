@@ -164,3 +164,14 @@ impl Progress for Bar {
         }
     }
 }
+
+/// `--since`: a date (midnight UTC) or an RFC 3339 time.
+pub(super) fn parse_since(s: &str) -> anyhow::Result<chrono::DateTime<Utc>> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    match chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d") {
+        Ok(d) => Ok(Utc.from_utc_datetime(&d.and_time(chrono::NaiveTime::MIN))),
+        Err(_) => bail!("'{s}' is not a date: write 2026-12-01 or 2026-12-01T09:00:00Z"),
+    }
+}

@@ -1003,11 +1003,13 @@ impl Store {
 mod history;
 mod inbound;
 mod liveness;
+#[macro_use]
 mod rules;
 mod schema;
 mod send;
 mod status;
 mod track;
+mod webhooks;
 
 pub use history::Existing;
 pub use inbound::{Checkpoint, InboundRecord, SetAside, WatchState};
@@ -1018,6 +1020,7 @@ pub use send::{
 };
 pub use status::{Count, Funnel, LinkClicks, Status};
 pub use track::{HitEvent, TrackedMessage, Unsubscribed};
+pub use webhooks::{Delivery, DeliveryOutcome, NewDelivery, WebhookQueue};
 
 // ---------------------------------------------------------------------------------------
 // Lifecycle and suppression

@@ -10,11 +10,33 @@ use super::{ms, BeginWrite, Error, Kind, Pool, Result, Store, CHUNK};
 use crate::model::{EventCursor, EventKind, StoredEvent};
 use crate::sequence::Rule;
 
-/// The columns of [`StoredEvent`].
-const EVENT_COLUMNS: &str =
-    "id, tx, kind, contact_id, enrollment_id, message_id, link, machine, data";
+/// Moves cursor `$name` from `$from` to `$to` inside transaction `$tx`; false if it
+/// was not at `$from` (another consumer moved it first).
+macro_rules! move_cursor {
+    ($tx:expr, $name:expr, $from:expr, $to:expr, $now:expr) => {
+        sqlx::query(
+            "INSERT INTO cursors (name, tx, position, updated_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (name) DO UPDATE SET tx = excluded.tx, position = excluded.position, \
+             updated_at = excluded.updated_at WHERE cursors.tx = $5 AND cursors.position = $6",
+        )
+        .bind($name)
+        .bind($to.tx)
+        .bind($to.id)
+        .bind(ms($now))
+        .bind($from.tx)
+        .bind($from.id)
+        .execute(&mut *$tx)
+        .await?
+        .rows_affected()
+            > 0
+    };
+}
 
-fn event_from_row<R: Row>(row: &R) -> Result<Option<StoredEvent>>
+/// The columns of [`StoredEvent`].
+pub(super) const EVENT_COLUMNS: &str =
+    "id, tx, at, kind, contact_id, enrollment_id, message_id, link, machine, data";
+
+pub(super) fn event_from_row<R: Row>(row: &R) -> Result<Option<StoredEvent>>
 where
     for<'a> &'a str: sqlx::ColumnIndex<R>,
     for<'a> i64: sqlx::Decode<'a, R::Database> + sqlx::Type<R::Database>,
@@ -30,6 +52,7 @@ where
     let data: String = row.try_get("data")?;
     Ok(Some(StoredEvent {
         id: row.try_get("id")?,
+        at: super::from_ms(row.try_get("at")?),
         cursor: EventCursor {
             tx: row.try_get("tx")?,
             id: row.try_get("id")?,
@@ -147,21 +170,7 @@ impl Store {
     ) -> Result<()> {
         with_pool!(self, p => {
             let mut tx = p.begin_write().await?;
-            let moved = sqlx::query(
-                "INSERT INTO cursors (name, tx, position, updated_at) VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT (name) DO UPDATE SET tx = excluded.tx, position = excluded.position, \
-                 updated_at = excluded.updated_at WHERE cursors.tx = $5 AND cursors.position = $6",
-            )
-            .bind(name)
-            .bind(to.tx)
-            .bind(to.id)
-            .bind(ms(now))
-            .bind(from.tx)
-            .bind(from.id)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if moved == 0 {
+            if !move_cursor!(tx, name, from, to, now) {
                 return Err(Error::Moved);
             }
             if !rules.is_empty() {

@@ -14,3 +14,4 @@ mod send;
 mod store;
 mod tls;
 mod track;
+mod webhooks;
