@@ -37,6 +37,8 @@ macro_rules! out {
     }};
 }
 
+mod mailbox;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "followup",
@@ -165,6 +167,9 @@ pub enum Command {
     /// Messages that may or may not have been sent (the daemon died mid-send)
     #[command(name = "in-doubt", subcommand)]
     InDoubt(InDoubtCommand),
+    /// A mailbox's login: OAuth2 device login, and a check of its SMTP and IMAP logins
+    #[command(subcommand)]
+    Mailbox(mailbox::MailboxCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -471,6 +476,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             };
             cmd_status(&p, sequence.as_deref(), json).await
         }
+        Command::Mailbox(c) => mailbox::run(&config_path, c).await,
         Command::InDoubt(c) => {
             let Some(p) = load_project(&config_path, false) else {
                 return Ok(ExitCode::from(2));
