@@ -1,0 +1,434 @@
+//! OAuth2 mailboxes (`auth = "oauth2"`) against real servers on 127.0.0.1: Dovecot
+//! with its `oauth2` passdb and Postfix submission with SASL through Dovecot
+//! (tests/support/mailworld.sh with MAILWORLD_OAUTH2_URL), both checking each bearer
+//! token against a token-introspection endpoint that this test serves, next to the
+//! token and device-authorization endpoints of a small authorization server. The real
+//! `followup` binary logs in (`mailbox check`, `run --once`, `mailbox login`).
+
+use std::collections::{HashMap, HashSet};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use crate::mailworld::{World, LI, REP};
+use crate::support::{Db, Options, Project};
+
+const CLIENT_ID: &str = "followup-test";
+/// The refresh token the server honours from the start.
+const GOOD_REFRESH: &str = "rt-good-0001";
+const DEVICE_REFRESH: &str = "rt-from-device-0002";
+
+/// What the authorization server knows and saw.
+#[derive(Default)]
+struct State {
+    /// `expires_in` of the access tokens it issues.
+    expires_in: u64,
+    /// Access tokens issued, in order (`at-1`, `at-2`...).
+    issued: Vec<String>,
+    /// Issued tokens the introspection endpoint calls inactive (revoked early).
+    refused: HashSet<String>,
+    /// Refresh tokens it honours.
+    refresh_tokens: HashSet<String>,
+    /// Tokens Dovecot asked about, in order.
+    introspected: Vec<String>,
+    /// Answers to the device-code polls so far.
+    device_polls: Vec<&'static str>,
+    /// client_id of every token request.
+    client_ids: Vec<String>,
+}
+
+/// The authorization server: `/token`, `/device`, `/introspect`. Its thread serves
+/// until the test binary ends; each request gets one connection.
+struct AuthServer {
+    port: u16,
+    state: Arc<Mutex<State>>,
+}
+
+impl AuthServer {
+    fn start() -> AuthServer {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let state = Arc::new(Mutex::new(State {
+            expires_in: 3600,
+            refresh_tokens: [GOOD_REFRESH.to_string(), DEVICE_REFRESH.to_string()].into(),
+            ..State::default()
+        }));
+        let shared = state.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let state = shared.clone();
+                std::thread::spawn(move || {
+                    let _ = serve(conn, &state, port);
+                });
+            }
+        });
+        AuthServer { port, state }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap()
+    }
+}
+
+/// `a=b&c=d`, percent-decoded.
+fn form(body: &str) -> HashMap<String, String> {
+    let decode = |s: &str| {
+        let s = s.replace('+', " ");
+        let bytes = s.as_bytes();
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < bytes.len() {
+            if bytes[i] == b'%' && i + 2 < bytes.len() {
+                if let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                    out.push(b);
+                    i += 3;
+                    continue;
+                }
+            }
+            out.push(bytes[i]);
+            i += 1;
+        }
+        String::from_utf8(out).unwrap()
+    };
+    body.split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (decode(k), decode(v)))
+        .collect()
+}
+
+fn serve(conn: TcpStream, state: &Mutex<State>, port: u16) -> std::io::Result<()> {
+    let mut reader = BufReader::new(conn.try_clone()?);
+    let mut request_line = String::new();
+    reader.read_line(&mut request_line)?;
+    let mut length = 0;
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line)?;
+        if line.trim().is_empty() {
+            break;
+        }
+        if let Some((k, v)) = line.split_once(':') {
+            if k.eq_ignore_ascii_case("content-length") {
+                length = v.trim().parse().unwrap_or(0);
+            }
+        }
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body)?;
+    let params = form(&String::from_utf8_lossy(&body));
+    let path = request_line.split_whitespace().nth(1).unwrap_or("");
+    let (code, json) = answer(path, &params, &mut state.lock().unwrap(), port);
+    let body = json.to_string();
+    let mut conn = conn;
+    write!(
+        conn,
+        "HTTP/1.1 {code} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    conn.flush()
+}
+
+fn answer(
+    path: &str,
+    p: &HashMap<String, String>,
+    s: &mut State,
+    port: u16,
+) -> (u16, serde_json::Value) {
+    use serde_json::json;
+    let param = |k: &str| p.get(k).cloned().unwrap_or_default();
+    match path {
+        "/introspect" => {
+            let token = param("token");
+            s.introspected.push(token.clone());
+            if s.issued.contains(&token) && !s.refused.contains(&token) {
+                (200, json!({"active": true, "username": REP}))
+            } else {
+                (200, json!({"active": false}))
+            }
+        }
+        "/device" => (
+            200,
+            json!({
+                "device_code": "dc-1",
+                "user_code": "WDJB-MJHT",
+                "verification_uri": format!("http://127.0.0.1:{port}/activate"),
+                "expires_in": 600,
+                "interval": 1,
+            }),
+        ),
+        "/token" => {
+            s.client_ids.push(param("client_id"));
+            let issue = |s: &mut State| {
+                let token = format!("at-{}", s.issued.len() + 1);
+                s.issued.push(token.clone());
+                token
+            };
+            match param("grant_type").as_str() {
+                "refresh_token" => {
+                    if !s.refresh_tokens.contains(&param("refresh_token")) {
+                        return (
+                            400,
+                            json!({"error": "invalid_grant", "error_description": "Token has been expired or revoked."}),
+                        );
+                    }
+                    let token = issue(s);
+                    (
+                        200,
+                        json!({"access_token": token, "token_type": "Bearer", "expires_in": s.expires_in}),
+                    )
+                }
+                "urn:ietf:params:oauth:grant-type:device_code" => {
+                    // The rep takes a while: pending, then the client is told to slow
+                    // down, then the grant.
+                    let next = match s.device_polls.len() {
+                        0 => "authorization_pending",
+                        1 => "slow_down",
+                        _ => "granted",
+                    };
+                    s.device_polls.push(next);
+                    if next != "granted" {
+                        return (400, json!({"error": next}));
+                    }
+                    let token = issue(s);
+                    (
+                        200,
+                        json!({"access_token": token, "token_type": "Bearer", "expires_in": 3600, "refresh_token": DEVICE_REFRESH}),
+                    )
+                }
+                _ => (400, json!({"error": "unsupported_grant_type"})),
+            }
+        }
+        _ => (404, json!({"error": "not_found"})),
+    }
+}
+
+/// A mail world whose Dovecot and Postfix submission take bearer tokens checked at
+/// `introspect`.
+fn world(introspect: &str) -> World {
+    World::start_with(&[("MAILWORLD_OAUTH2_URL", introspect)])
+}
+
+/// A project whose mailbox `sales` logs in as the rep with OAuth2 (`mechanism`),
+/// sending through `smtp_port` and watching `imap` (an `imap = ...` line, or "").
+fn project(auth: &AuthServer, smtp_port: u16, imap: &str, mechanism: &str) -> Project {
+    Project::new(
+        Db::Sqlite,
+        &Options {
+            smtp_port,
+            extra_mailbox: &format!(
+                "user = \"{REP}\"\n{imap}auth = \"oauth2\"\n\
+                 oauth = {{ token_url = \"{}\", device_url = \"{}\", client_id = \"{CLIENT_ID}\", \
+                 scopes = [\"mail\"], refresh_token_file = \"secrets/sales.token\", mechanism = \"{mechanism}\" }}\n",
+                auth.url("/token"),
+                auth.url("/device"),
+            ),
+            ..Options::default()
+        },
+    )
+}
+
+fn set_refresh_token(p: &Project, token: &str) {
+    p.write("secrets/sales.token", &format!("{token}\n"));
+}
+
+/// `followup mailbox check sales`: (exit code, stdout, stderr).
+fn check(p: &Project) -> (i32, String, String) {
+    let out = p.run(&["mailbox", "check", "sales"]);
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// No token the server issued, nor a refresh token, in what followup printed.
+fn assert_no_secrets(auth: &AuthServer, text: &str) {
+    let s = auth.state();
+    for t in s
+        .issued
+        .iter()
+        .map(String::as_str)
+        .chain([GOOD_REFRESH, DEVICE_REFRESH])
+    {
+        assert!(!text.contains(t), "{t} shown: {text}");
+    }
+}
+
+#[test]
+fn xoauth2_and_oauthbearer_log_in_to_imap_and_submission_and_a_step_goes_out() {
+    let auth = AuthServer::start();
+    let world = world(&auth.url("/introspect"));
+    let imap = format!("imap = \"imap://127.0.0.1:{}\"\n", world.port("IMAP_PORT"));
+    let submission = world.port("SUBMISSION_PORT");
+    for mechanism in ["xoauth2", "oauthbearer"] {
+        let p = project(&auth, submission, &imap, mechanism);
+        set_refresh_token(&p, GOOD_REFRESH);
+        let (code, out, err) = check(&p);
+        let name = mechanism.to_ascii_uppercase();
+        assert_eq!(code, 0, "{out}\n{err}\n{}", world.logs());
+        assert!(out.contains("ok   oauth: access token from"), "{out}");
+        assert!(
+            out.contains(&format!(
+                "ok   smtp: smtp://127.0.0.1:{submission}: logged in as {REP} with {name}"
+            )),
+            "{out}"
+        );
+        assert!(out.contains("ok   imap: 127.0.0.1:"), "{out}");
+        assert!(
+            world
+                .log("dovecot.log")
+                .contains(&format!("Login: user=<{REP}>, method={name}")),
+            "Dovecot logged the {name} login: {}",
+            world.logs()
+        );
+        assert_no_secrets(&auth, &format!("{out}{err}"));
+    }
+    // One access token per run, sent as the rep's client.
+    assert_eq!(auth.state().issued.len(), 2);
+    assert!(auth.state().client_ids.iter().all(|c| c == CLIENT_ID));
+
+    // The daemon sends through the submission server with the token.
+    let p = project(&auth, submission, &imap, "xoauth2");
+    set_refresh_token(&p, GOOD_REFRESH);
+    p.write(
+        "contacts.csv",
+        &format!("email,first_name,company\n{LI},Li,Prospect\n"),
+    );
+    p.ok(&[
+        "contacts",
+        "import",
+        p.path("contacts.csv").to_str().unwrap(),
+        "--sequence",
+        "intro",
+    ]);
+    p.ok(&["run", "--once"]);
+    world.wait_mail(LI, "the first step", |m| m.raw.contains("STEP=first"));
+    assert!(world
+        .log("postfix.log")
+        .contains(&format!("sasl_method=XOAUTH2, sasl_username={REP}")));
+}
+
+#[test]
+fn a_token_near_expiry_is_refreshed_before_use_and_a_refused_one_once_more() {
+    let auth = AuthServer::start();
+    let world = world(&auth.url("/introspect"));
+    let imap = format!("imap = \"imap://127.0.0.1:{}\"\n", world.port("IMAP_PORT"));
+    let p = project(&auth, world.port("SUBMISSION_PORT"), &imap, "xoauth2");
+    set_refresh_token(&p, GOOD_REFRESH);
+
+    // A token good for an hour serves the token check, SMTP and IMAP alike.
+    let (code, out, err) = check(&p);
+    assert_eq!(code, 0, "{out}\n{err}\n{}", world.logs());
+    assert_eq!(auth.state().issued, ["at-1"]);
+    assert!(auth.state().introspected.iter().all(|t| t == "at-1"));
+
+    // Tokens that expire within the refresh margin are never used as they are: each
+    // login gets a fresh one.
+    auth.state().expires_in = 60;
+    auth.state().introspected.clear();
+    let (code, out, err) = check(&p);
+    assert_eq!(code, 0, "{out}\n{err}\n{}", world.logs());
+    assert_eq!(auth.state().issued, ["at-1", "at-2", "at-3", "at-4"]);
+    assert_eq!(auth.state().introspected, ["at-3", "at-4"]);
+
+    // A token the provider revoked before its time: the server refuses it, followup
+    // refreshes once and the login goes through.
+    auth.state().expires_in = 3600;
+    auth.state().refused.insert("at-5".into());
+    auth.state().introspected.clear();
+    let (code, out, err) = check(&p);
+    assert_eq!(code, 0, "{out}\n{err}\n{}", world.logs());
+    assert_eq!(
+        auth.state().issued.len(),
+        6,
+        "one refresh after the refusal"
+    );
+    assert_eq!(auth.state().introspected, ["at-5", "at-6", "at-6"]);
+
+    // Refused again after the refresh: reported as the server's refusal, no loop.
+    // (IMAP, next, has its own one more try, with a token that works.)
+    auth.state()
+        .refused
+        .extend(["at-7".to_string(), "at-8".to_string()]);
+    auth.state().introspected.clear();
+    let (code, out, _) = check(&p);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("FAIL smtp: login refused by 127.0.0.1:"),
+        "{out}"
+    );
+    assert!(out.contains("ok   imap: 127.0.0.1:"), "{out}");
+    assert_eq!(auth.state().introspected, ["at-7", "at-8", "at-8", "at-9"]);
+    assert_no_secrets(&auth, &out);
+}
+
+#[test]
+fn a_revoked_refresh_token_pauses_the_mailbox_and_says_to_log_in_again() {
+    let auth = AuthServer::start();
+    // No server is reached: the token endpoint refuses first.
+    let p = project(&auth, 9, "", "xoauth2");
+    set_refresh_token(&p, "rt-revoked-0003");
+    let expected = "mailbox 'sales': the provider refused its refresh token (invalid_grant: Token has been expired or revoked.); run `followup mailbox login sales`";
+    let (code, out, _) = check(&p);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains(&format!("FAIL oauth: {expected}")), "{out}");
+
+    p.import_contacts(2);
+    let out = p.run(&["run", "--once"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("mailbox paused"), "{err}");
+    let status = p.ok(&["status"]);
+    assert!(
+        status.contains(&format!("mailbox sales PAUSED: {expected}")),
+        "{status}"
+    );
+    let first = &p.counts()["first"];
+    assert_eq!(first.get("failed").copied().unwrap_or(0), 0, "{first:?}");
+    assert!(!status.contains("rt-revoked-0003") && !err.contains("rt-revoked-0003"));
+}
+
+#[test]
+fn device_login_polls_until_agreed_and_stores_the_token_for_its_owner_only() {
+    let auth = AuthServer::start();
+    let p = project(&auth, 9, "", "xoauth2");
+    let out = p.run(&["mailbox", "login", "sales"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains(&format!(
+            "open http://127.0.0.1:{}/activate and enter the code WDJB-MJHT",
+            auth.port
+        )),
+        "{text}"
+    );
+    // Pending and slow_down did not end it; the grant did.
+    assert_eq!(
+        auth.state().device_polls,
+        ["authorization_pending", "slow_down", "granted"]
+    );
+    let file = p.path("secrets/sales.token");
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap().trim(),
+        DEVICE_REFRESH
+    );
+    assert_mode_0600(&file);
+    assert!(!text.contains(DEVICE_REFRESH), "{text}");
+    // The stored token is the one followup then refreshes with.
+    let (_, out, _) = check(&p);
+    assert!(out.contains("ok   oauth: access token from"), "{out}");
+}
+
+fn assert_mode_0600(path: &Path) {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "{}", path.display());
+}
