@@ -979,7 +979,24 @@ fn parse_oauth(
     }
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
     match raw.get_ref().resolve(name, root, &env, raw.span()) {
-        Ok(settings) => Some(crate::mail::oauth::TokenSource::new(name, settings)),
+        Ok(settings) => {
+            // Not an error: `mailbox login` itself needs this configuration to load.
+            let store = settings.refresh_token.path();
+            if !store.exists() {
+                let mut d = map
+                    .error(
+                        raw.span(),
+                        format!(
+                            "mailbox '{name}': no refresh token yet in {}",
+                            store.display()
+                        ),
+                    )
+                    .with_help(format!("run `followup mailbox login {name}`"));
+                d.severity = crate::diagnostic::Severity::Warning;
+                diags.push(d);
+            }
+            Some(crate::mail::oauth::TokenSource::new(name, settings))
+        }
         Err(problems) => {
             for p in problems {
                 let mut d = map.error(p.span.unwrap_or_else(|| raw.span()), p.message);

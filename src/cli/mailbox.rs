@@ -72,19 +72,27 @@ async fn login(path: &Path, name: &str) -> anyhow::Result<ExitCode> {
     let shown = |p: &device::Prompt| {
         // stdout, flushed: whoever runs this must see it before the wait starts.
         let mut out = std::io::stdout().lock();
-        let _ = writeln!(
-            out,
-            "To let followup use mailbox '{name}', open {} and enter the code {}",
-            p.verification_uri, p.user_code
-        );
-        if let Some(c) = &p.complete_uri {
-            let _ = writeln!(out, "(or open {c})");
-        }
-        let _ = writeln!(
-            out,
-            "Waiting for you to agree (the code is good for {} minutes)...",
-            p.expires_in.as_secs().div_ceil(60)
-        );
+        let _ = match p {
+            device::Prompt::Device {
+                verification_uri,
+                user_code,
+                complete_uri,
+                expires_in,
+            } => writeln!(
+                out,
+                "To let followup use mailbox '{name}', open {verification_uri} and enter the code {user_code}{}\nWaiting for you to agree (the code is good for {} minutes)...",
+                complete_uri
+                    .as_ref()
+                    .map(|c| format!("\n(or open {c})"))
+                    .unwrap_or_default(),
+                expires_in.as_secs().div_ceil(60)
+            ),
+            device::Prompt::Browser { url, redirect } => writeln!(
+                out,
+                "To let followup use mailbox '{name}', open this address in a browser and agree:\n\n{url}\n\n\
+                 The provider then sends the browser to {redirect}. If that page does not load (the browser is on another machine), paste its full address here and press Enter.",
+            ),
+        };
         let _ = out.flush();
     };
     match device::login(name, tokens.settings(), shown).await {

@@ -30,6 +30,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use toml::Spanned;
 
+pub mod browser;
 pub mod device;
 
 /// An access token that expires within this is refreshed before use: a connection
@@ -116,6 +117,7 @@ pub struct RawOAuth {
     tenant: Option<String>,
     token_url: Option<Spanned<String>>,
     device_url: Option<Spanned<String>>,
+    auth_url: Option<Spanned<String>>,
     client_id: Option<Spanned<String>>,
     client_secret_file: Option<Spanned<String>>,
     client_secret_env: Option<Spanned<String>>,
@@ -180,6 +182,9 @@ pub struct Settings {
     pub token_url: String,
     /// The device authorization endpoint (RFC 8628), for `mailbox login`.
     pub device_url: Option<String>,
+    /// The authorization endpoint, for `mailbox login` in a browser where the
+    /// provider has no device grant for mail (Google).
+    pub auth_url: Option<String>,
     pub client_id: String,
     pub client_secret: Option<SecretString>,
     pub scopes: Vec<String>,
@@ -192,6 +197,7 @@ impl fmt::Debug for Settings {
         f.debug_struct("Settings")
             .field("token_url", &self.token_url)
             .field("device_url", &self.device_url)
+            .field("auth_url", &self.auth_url)
             .field("client_id", &self.client_id)
             .field("client_secret", &self.client_secret.as_ref().map(|_| "***"))
             .field("scopes", &self.scopes)
@@ -202,7 +208,9 @@ impl fmt::Debug for Settings {
 }
 
 const GOOGLE_TOKEN: &str = "https://oauth2.googleapis.com/token";
-const GOOGLE_DEVICE: &str = "https://oauth2.googleapis.com/device/code";
+/// Google's device grant does not cover the mail scope, so its login goes through the
+/// browser (authorization code with PKCE, RFC 7636).
+const GOOGLE_AUTH: &str = "https://accounts.google.com/o/oauth2/v2/auth";
 const GOOGLE_SCOPES: &[&str] = &["https://mail.google.com/"];
 const MICROSOFT_SCOPES: &[&str] = &[
     "https://outlook.office.com/IMAP.AccessAsUser.All",
@@ -244,7 +252,8 @@ impl RawOAuth {
                 );
             }
         }
-        let (mut token_url, mut device_url, preset_scopes): (
+        let (mut token_url, mut device_url, mut auth_url, preset_scopes): (
+            Option<String>,
             Option<String>,
             Option<String>,
             &[&str],
@@ -253,36 +262,40 @@ impl RawOAuth {
             .as_ref()
             .map(|p| (p, p.get_ref().to_ascii_lowercase()))
         {
-            None => (None, None, &[]),
+            None => (None, None, None, &[]),
             Some((_, p)) if p == "google" => (
                 Some(GOOGLE_TOKEN.into()),
-                Some(GOOGLE_DEVICE.into()),
+                None,
+                Some(GOOGLE_AUTH.into()),
                 GOOGLE_SCOPES,
             ),
             Some((_, p)) if p == "microsoft" => {
                 let tenant = self.tenant.as_deref().unwrap_or("common");
+                let at = |end: &str| {
+                    Some(format!(
+                        "https://login.microsoftonline.com/{tenant}/oauth2/v2.0/{end}"
+                    ))
+                };
                 (
-                    Some(format!(
-                        "https://login.microsoftonline.com/{tenant}/oauth2/v2.0/token"
-                    )),
-                    Some(format!(
-                        "https://login.microsoftonline.com/{tenant}/oauth2/v2.0/devicecode"
-                    )),
+                    at("token"),
+                    at("devicecode"),
+                    at("authorize"),
                     MICROSOFT_SCOPES,
                 )
             }
             Some((s, p)) => {
                 problems.push(
                         Problem::at(s.span(), format!("mailbox '{name}': unknown OAuth provider '{p}'"))
-                            .help("use provider = \"google\" or \"microsoft\", or give token_url (and device_url for `mailbox login`)"),
+                            .help("use provider = \"google\" or \"microsoft\", or give token_url (and device_url or auth_url for `mailbox login`)"),
                     );
-                (None, None, &[])
+                (None, None, None, &[])
             }
         };
         // A URL given explicitly wins over the preset's.
         for (slot, given, key) in [
             (&mut token_url, &self.token_url, "token_url"),
             (&mut device_url, &self.device_url, "device_url"),
+            (&mut auth_url, &self.auth_url, "auth_url"),
         ] {
             if let Some(u) = given {
                 match reqwest::Url::parse(u.get_ref()) {
@@ -405,6 +418,7 @@ impl RawOAuth {
             Some(refresh_token) if problems.is_empty() => Ok(Settings {
                 token_url,
                 device_url,
+                auth_url,
                 client_id,
                 client_secret,
                 scopes,
@@ -806,6 +820,7 @@ mod tests {
         let s = Settings {
             token_url: "https://t.example/token".into(),
             device_url: None,
+            auth_url: None,
             client_id: "id".into(),
             client_secret: Some(SecretString::from("hunter2".to_string())),
             scopes: vec![],

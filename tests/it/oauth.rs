@@ -18,6 +18,7 @@ const CLIENT_ID: &str = "followup-test";
 /// The refresh token the server honours from the start.
 const GOOD_REFRESH: &str = "rt-good-0001";
 const DEVICE_REFRESH: &str = "rt-from-device-0002";
+const BROWSER_REFRESH: &str = "rt-from-browser-0004";
 
 /// What the authorization server knows and saw.
 #[derive(Default)]
@@ -36,6 +37,10 @@ struct State {
     device_polls: Vec<&'static str>,
     /// client_id of every token request.
     client_ids: Vec<String>,
+    /// The PKCE challenge and redirect of the browser login under way, as its URL
+    /// carried them.
+    pkce_challenge: Option<String>,
+    redirect_uri: Option<String>,
 }
 
 /// The authorization server: `/token`, `/device`, `/introspect`. Its thread serves
@@ -51,7 +56,9 @@ impl AuthServer {
         let port = listener.local_addr().unwrap().port();
         let state = Arc::new(Mutex::new(State {
             expires_in: 3600,
-            refresh_tokens: [GOOD_REFRESH.to_string(), DEVICE_REFRESH.to_string()].into(),
+            refresh_tokens: [GOOD_REFRESH, DEVICE_REFRESH, BROWSER_REFRESH]
+                .map(String::from)
+                .into(),
             ..State::default()
         }));
         let shared = state.clone();
@@ -182,6 +189,25 @@ fn answer(
                         json!({"access_token": token, "token_type": "Bearer", "expires_in": s.expires_in}),
                     )
                 }
+                "authorization_code" => {
+                    // PKCE: the verifier must hash to the challenge the login URL
+                    // carried (RFC 7636 §4.6), and the code must be the one given.
+                    use base64::Engine as _;
+                    use sha2::Digest as _;
+                    let hashed = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                        .encode(sha2::Sha256::digest(param("code_verifier").as_bytes()));
+                    if param("code") != "code-1"
+                        || s.pkce_challenge.as_deref() != Some(hashed.as_str())
+                        || s.redirect_uri.as_deref() != Some(param("redirect_uri").as_str())
+                    {
+                        return (400, json!({"error": "invalid_grant"}));
+                    }
+                    let token = issue(s);
+                    (
+                        200,
+                        json!({"access_token": token, "token_type": "Bearer", "expires_in": 3600, "refresh_token": BROWSER_REFRESH}),
+                    )
+                }
                 "urn:ietf:params:oauth:grant-type:device_code" => {
                     // The rep takes a while: pending, then the client is told to slow
                     // down, then the grant.
@@ -216,16 +242,27 @@ fn world(introspect: &str) -> World {
 /// A project whose mailbox `sales` logs in as the rep with OAuth2 (`mechanism`),
 /// sending through `smtp_port` and watching `imap` (an `imap = ...` line, or "").
 fn project(auth: &AuthServer, smtp_port: u16, imap: &str, mechanism: &str) -> Project {
+    let login = format!("device_url = \"{}\"", auth.url("/device"));
+    project_with(auth, smtp_port, imap, mechanism, &login)
+}
+
+/// The same, with `login` (`device_url = ...` or `auth_url = ...`) for `mailbox login`.
+fn project_with(
+    auth: &AuthServer,
+    smtp_port: u16,
+    imap: &str,
+    mechanism: &str,
+    login: &str,
+) -> Project {
     Project::new(
         Db::Sqlite,
         &Options {
             smtp_port,
             extra_mailbox: &format!(
                 "user = \"{REP}\"\n{imap}auth = \"oauth2\"\n\
-                 oauth = {{ token_url = \"{}\", device_url = \"{}\", client_id = \"{CLIENT_ID}\", \
+                 oauth = {{ token_url = \"{}\", {login}, client_id = \"{CLIENT_ID}\", \
                  scopes = [\"mail\"], refresh_token_file = \"secrets/sales.token\", mechanism = \"{mechanism}\" }}\n",
                 auth.url("/token"),
-                auth.url("/device"),
             ),
             ..Options::default()
         },
@@ -431,4 +468,63 @@ fn assert_mode_0600(path: &Path) {
     use std::os::unix::fs::PermissionsExt as _;
     let mode = std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "{}", path.display());
+}
+
+/// Where the provider has no device grant for mail (Google): the login URL goes to a
+/// browser, which comes back to followup's listener on 127.0.0.1 with the code; the
+/// code is exchanged with its PKCE verifier and the refresh token stored, mode 0600.
+#[test]
+fn browser_login_takes_the_code_at_the_loopback_redirect() {
+    let auth = AuthServer::start();
+    let p = project_with(
+        &auth,
+        9,
+        "",
+        "xoauth2",
+        &format!("auth_url = \"{}\"", auth.url("/auth")),
+    );
+    let mut child = p
+        .cmd(&["mailbox", "login", "sales"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let prefix = auth.url("/auth?");
+    let url = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find(|l| l.starts_with(&prefix))
+        .expect("the login URL");
+    let query = form(url.split_once('?').unwrap().1);
+    assert_eq!(query["client_id"], CLIENT_ID);
+    assert_eq!(query["scope"], "mail");
+    assert_eq!(query["code_challenge_method"], "S256");
+    let redirect = query["redirect_uri"].clone();
+    assert!(redirect.starts_with("http://127.0.0.1:"), "{redirect}");
+    {
+        let mut s = auth.state();
+        s.pkce_challenge = Some(query["code_challenge"].clone());
+        s.redirect_uri = Some(redirect.clone());
+    }
+    // The browser, sent back by the provider.
+    let addr = redirect.trim_start_matches("http://").trim_end_matches('/');
+    let mut browser = TcpStream::connect(addr).unwrap();
+    write!(
+        browser,
+        "GET /?code=code-1&state={} HTTP/1.1\r\nHost: {addr}\r\n\r\n",
+        query["state"]
+    )
+    .unwrap();
+    let mut page = String::new();
+    browser.read_to_string(&mut page).unwrap();
+    assert!(page.contains("you can close this tab"), "{page}");
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert!(child.wait().unwrap().success(), "{rest:?}");
+    let file = p.path("secrets/sales.token");
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap().trim(),
+        BROWSER_REFRESH
+    );
+    assert_mode_0600(&file);
 }
