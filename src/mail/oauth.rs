@@ -692,10 +692,7 @@ impl TokenSource {
         let mailbox = self.inner.mailbox.clone();
         match e {
             RequestTokenError::ServerResponse(r) => {
-                let reason = match r.error_description() {
-                    Some(d) => format!("{}: {}", r.error(), one_line(d)),
-                    None => r.error().to_string(),
-                };
+                let reason = server_said(&r);
                 match r.error() {
                     BasicErrorResponseType::InvalidGrant => Error::Revoked { mailbox, reason },
                     BasicErrorResponseType::InvalidClient
@@ -710,6 +707,16 @@ impl TokenSource {
             }
             RequestTokenError::Other(e) => self.endpoint_error(one_line(&e)),
         }
+    }
+}
+
+/// An OAuth error answer as `error: description`.
+pub(crate) fn server_said<T: oauth2::ErrorResponseType + fmt::Display>(
+    r: &StandardErrorResponse<T>,
+) -> String {
+    match r.error_description() {
+        Some(d) => format!("{}: {}", r.error(), one_line(d)),
+        None => r.error().to_string(),
     }
 }
 

@@ -88,12 +88,7 @@ pub(super) async fn authorize(
         .set_pkce_verifier(verifier)
         .request_async(&http)
         .await
-        .map_err(|e| {
-            denied(request_error(e, |r| match r.error_description() {
-                Some(d) => format!("{}: {}", r.error(), one_line(d)),
-                None => r.error().to_string(),
-            }))
-        })?;
+        .map_err(|e| denied(request_error(e, super::server_said)))?;
     Ok(token
         .refresh_token()
         .map(|r| SecretString::from(r.secret().to_string())))

@@ -112,12 +112,7 @@ async fn device(
         .add_scopes(settings.scopes())
         .request_async(&http)
         .await
-        .map_err(|e| {
-            start(request_error(e, |r| match r.error_description() {
-                Some(d) => format!("{}: {}", r.error(), one_line(d)),
-                None => r.error().to_string(),
-            }))
-        })?;
+        .map_err(|e| start(request_error(e, super::server_said)))?;
     show(&Prompt::Device {
         verification_uri: details.verification_uri().to_string(),
         user_code: details.user_code().secret().to_string(),
