@@ -895,6 +895,29 @@ fn mask_url_passwords_in(text: &str) -> String {
             }
         }
     }
+    // A secret written as a key of its own, which `load` refuses: the error shows its
+    // line, and must not show the secret with it.
+    let lower = text.to_ascii_lowercase();
+    for key in ["password", "secret", "client_secret", "refresh_token"] {
+        for (i, _) in lower.match_indices(key) {
+            let word_start = i == 0 || {
+                let b = text.as_bytes()[i - 1];
+                !(b.is_ascii_alphanumeric() || b == b'_')
+            };
+            let rest = text[i + key.len()..].trim_start_matches([' ', '\t']);
+            let Some(value) = rest.strip_prefix('=') else {
+                continue;
+            };
+            let value = value.trim_start_matches([' ', '\t']);
+            let Some(quote) = value.chars().next().filter(|c| *c == '"' || *c == '\'') else {
+                continue;
+            };
+            if word_start {
+                let start = text.len() - value.len() + 1;
+                spans.push((start, end_of(start, &[quote as u8, b'\n'])));
+            }
+        }
+    }
     for (from, to) in spans {
         bytes[from..to].iter_mut().for_each(|b| *b = b'*');
     }

@@ -528,3 +528,73 @@ fn browser_login_takes_the_code_at_the_loopback_redirect() {
     );
     assert_mode_0600(&file);
 }
+
+/// The IMAP watcher meets a refused refresh token too (here before anything is sent):
+/// the daemon pauses the mailbox with the same one line, and the watcher's line in
+/// `status` says the same.
+#[test]
+fn a_revoked_refresh_token_met_by_the_watcher_pauses_the_mailbox() {
+    let auth = AuthServer::start();
+    let world = world(&auth.url("/introspect"));
+    let imap = format!("imap = \"imap://127.0.0.1:{}\"\n", world.port("IMAP_PORT"));
+    let p = project(&auth, world.port("SUBMISSION_PORT"), &imap, "xoauth2");
+    set_refresh_token(&p, "rt-revoked-0005");
+    let daemon = p.daemon();
+    let expected = "mailbox 'sales': the provider refused its refresh token (invalid_grant: Token has been expired or revoked.); run `followup mailbox login sales`";
+    let start = std::time::Instant::now();
+    let status = loop {
+        let status = p.ok(&["status"]);
+        if status.contains(&format!("mailbox sales PAUSED: {expected}"))
+            && status.contains(&format!("watcher sales/INBOX: reconnecting ({expected})"))
+        {
+            break status;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(30),
+            "{status}\n{}",
+            daemon.log_text()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert!(!status.contains("rt-revoked-0005"), "{status}");
+    assert!(!daemon.log_text().contains("rt-revoked-0005"));
+    daemon.kill();
+}
+
+/// Secrets in followup.toml and unknown settings are refused by `check`, at their line.
+#[test]
+fn check_refuses_secrets_in_the_file_and_unknown_oauth_settings() {
+    let auth = AuthServer::start();
+    let p = project_with(
+        &auth,
+        9,
+        "",
+        "xoauth2",
+        "device_url = \"https://example.com/device\", client_secret = \"s3cret-in-git\"",
+    );
+    let out = p.run(&["check"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("mailbox 'sales': secrets are never written in followup.toml (client_secret)"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("s3cret-in-git"),
+        "the secret is masked: {err}"
+    );
+
+    let p = project_with(&auth, 9, "", "sasl-magic", "provider = \"yahoo\"");
+    let err = String::from_utf8_lossy(&p.run(&["check"]).stderr).into_owned();
+    assert!(err.contains("unknown OAuth provider 'yahoo'"), "{err}");
+    assert!(err.contains("unknown SASL mechanism 'sasl-magic'"), "{err}");
+
+    // No refresh token yet: a warning that says what to run.
+    let p = project(&auth, 9, "", "xoauth2");
+    let err = String::from_utf8_lossy(&p.run(&["check"]).stderr).into_owned();
+    assert!(
+        err.contains("warning: mailbox 'sales': no refresh token yet in")
+            && err.contains("run `followup mailbox login sales`"),
+        "{err}"
+    );
+}
