@@ -329,12 +329,14 @@ fn xoauth2_and_oauthbearer_log_in_to_imap_and_submission_and_a_step_goes_out() {
     assert_eq!(auth.state().issued.len(), 2);
     assert!(auth.state().client_ids.iter().all(|c| c == CLIENT_ID));
 
-    // The daemon sends through the submission server with the token.
+    // The daemon sends through the submission server with the token; its SMTP
+    // connections (and watchers) share one access token.
     let p = project(&auth, submission, &imap, "xoauth2");
+    let colleague = "colleague@prospect.test";
     set_refresh_token(&p, GOOD_REFRESH);
     p.write(
         "contacts.csv",
-        &format!("email,first_name,company\n{LI},Li,Prospect\n"),
+        &format!("email,first_name,company\n{LI},Li,Prospect\n{colleague},Cole,Prospect\n"),
     );
     p.ok(&[
         "contacts",
@@ -345,6 +347,10 @@ fn xoauth2_and_oauthbearer_log_in_to_imap_and_submission_and_a_step_goes_out() {
     ]);
     p.ok(&["run", "--once"]);
     world.wait_mail(LI, "the first step", |m| m.raw.contains("STEP=first"));
+    world.wait_mail(colleague, "the first step", |m| {
+        m.raw.contains("STEP=first")
+    });
+    assert_eq!(auth.state().issued.len(), 3, "one token for the whole run");
     assert!(world
         .log("postfix.log")
         .contains(&format!("sasl_method=XOAUTH2, sasl_username={REP}")));
