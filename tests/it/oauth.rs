@@ -41,6 +41,8 @@ struct State {
     /// carried them.
     pkce_challenge: Option<String>,
     redirect_uri: Option<String>,
+    /// Each refresh spends its refresh token and gives a new one (Microsoft's way).
+    rotate: bool,
 }
 
 /// The authorization server: `/token`, `/device`, `/introspect`. Its thread serves
@@ -184,6 +186,17 @@ fn answer(
                         );
                     }
                     let token = issue(s);
+                    if s.rotate {
+                        // Rotation: the old refresh token is spent, a new one given.
+                        let old = param("refresh_token");
+                        s.refresh_tokens.remove(&old);
+                        let new = format!("rt-rotated-{}", s.issued.len());
+                        s.refresh_tokens.insert(new.clone());
+                        return (
+                            200,
+                            json!({"access_token": token, "token_type": "Bearer", "expires_in": s.expires_in, "refresh_token": new}),
+                        );
+                    }
                     (
                         200,
                         json!({"access_token": token, "token_type": "Bearer", "expires_in": s.expires_in}),
@@ -602,5 +615,57 @@ fn check_refuses_secrets_in_the_file_and_unknown_oauth_settings() {
         err.contains("warning: mailbox 'sales': no refresh token yet in")
             && err.contains("run `followup mailbox login sales`"),
         "{err}"
+    );
+}
+
+/// A provider that rotates refresh tokens: the new one replaces the old in the token
+/// file (still mode 0600), or, for a read-only systemd credential, is kept in memory
+/// and used for the next refresh of the same process.
+#[test]
+fn rotated_refresh_tokens_replace_the_stored_one() {
+    let auth = AuthServer::start();
+    auth.state().rotate = true;
+    let p = project(&auth, 9, "", "xoauth2");
+    set_refresh_token(&p, GOOD_REFRESH);
+    let (_, out, _) = check(&p);
+    assert!(out.contains("ok   oauth"), "{out}");
+    let file = p.path("secrets/sales.token");
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap().trim(),
+        "rt-rotated-1"
+    );
+    assert_mode_0600(&file);
+    // The old one is spent; the stored one works.
+    let (_, out, _) = check(&p);
+    assert!(out.contains("ok   oauth"), "{out}");
+    assert_eq!(
+        std::fs::read_to_string(&file).unwrap().trim(),
+        "rt-rotated-2"
+    );
+
+    // A systemd credential: read from $CREDENTIALS_DIRECTORY, never written.
+    let mut p = project(&auth, 9, "", "xoauth2");
+    let config = std::fs::read_to_string(p.path("followup.toml"))
+        .unwrap()
+        .replace(
+            "refresh_token_file = \"secrets/sales.token\"",
+            "refresh_token_credential = \"sales-token\"",
+        );
+    p.write("followup.toml", &config);
+    p.write("credentials/sales-token", "rt-rotated-2\n");
+    let dir = p.path("credentials").to_str().unwrap().to_string();
+    p.env.push(("CREDENTIALS_DIRECTORY".into(), dir));
+    // Tokens within the refresh margin: the check refreshes twice (token, SMTP), the
+    // second time with the token the first rotated to.
+    auth.state().expires_in = 60;
+    let (code, out, _) = check(&p);
+    assert!(out.contains("ok   oauth"), "{code} {out}");
+    assert!(
+        !out.contains("invalid_grant"),
+        "the rotated token was used: {out}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(p.path("credentials/sales-token")).unwrap(),
+        "rt-rotated-2\n"
     );
 }
