@@ -537,15 +537,11 @@ impl Settings {
                     .map_err(|e| e.to_string())?,
             );
         if let Some(secret) = &self.client_secret {
-            // Both providers take the secret in the form body; HTTP Basic with a
-            // public client would send an empty password.
-            c = c
-                .set_client_secret(ClientSecret::new(secret.expose_secret().to_string()))
-                .set_auth_type(oauth2::AuthType::RequestBody);
-        } else {
-            c = c.set_auth_type(oauth2::AuthType::RequestBody);
+            c = c.set_client_secret(ClientSecret::new(secret.expose_secret().to_string()));
         }
-        Ok(c)
+        // The client id (and secret) in the form body, as both providers take them; a
+        // public client has no secret for HTTP Basic.
+        Ok(c.set_auth_type(oauth2::AuthType::RequestBody))
     }
 
     pub(crate) fn scopes(&self) -> impl Iterator<Item = Scope> + '_ {

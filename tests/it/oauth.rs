@@ -558,6 +558,8 @@ fn a_revoked_refresh_token_met_by_the_watcher_pauses_the_mailbox() {
     let imap = format!("imap = \"imap://127.0.0.1:{}\"\n", world.port("IMAP_PORT"));
     let p = project(&auth, world.port("SUBMISSION_PORT"), &imap, "xoauth2");
     set_refresh_token(&p, "rt-revoked-0005");
+    // The database first, so that `status` never meets the daemon's migrations.
+    p.ok(&["migrate"]);
     let daemon = p.daemon();
     let expected = "mailbox 'sales': the provider refused its refresh token (invalid_grant: Token has been expired or revoked.); run `followup mailbox login sales`";
     let start = std::time::Instant::now();

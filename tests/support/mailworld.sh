@@ -474,6 +474,13 @@ active_value = true
 EOF
     sed -i 's/^auth_mechanisms = plain login$/auth_mechanisms = plain login xoauth2 oauthbearer/' "$DC_CONF"
     cat >>"$DC_CONF" <<EOF
+# Tests refuse tokens on purpose, several in a row: no growing delay for that
+# (Dovecot's auth penalty, up to 15 s per login from the same IP).
+service anvil {
+  unix_listener anvil-auth-penalty {
+    mode = 0
+  }
+}
 passdb {
   driver = oauth2
   mechanisms = xoauth2 oauthbearer
@@ -493,6 +500,7 @@ EOF
   -o smtpd_sasl_path=inet:127.0.0.1:$SASL_PORT
   -o smtpd_tls_security_level=none
   -o smtpd_client_restrictions=permit_sasl_authenticated,reject
+  -o smtpd_error_sleep_time=0
 EOF
 }
 
