@@ -490,10 +490,12 @@ fn assert_mode_0600(path: &Path) {
 }
 
 /// Where the provider has no device grant for mail (Google): the login URL goes to a
-/// browser, which comes back to followup's listener on 127.0.0.1 with the code; the
-/// code is exchanged with its PKCE verifier and the refresh token stored, mode 0600.
+/// browser, which comes back to followup's listener on 127.0.0.1 with the code, or the
+/// rep pastes the address it was sent to into the terminal; the code is exchanged with
+/// its PKCE verifier and the refresh token stored, mode 0600. The terminal stays open
+/// meanwhile (standard input is not closed): the login ends all the same.
 #[test]
-fn browser_login_takes_the_code_at_the_loopback_redirect() {
+fn browser_login_takes_the_code_at_the_loopback_redirect_or_pasted() {
     let auth = AuthServer::start();
     let p = project_with(
         &auth,
@@ -502,50 +504,55 @@ fn browser_login_takes_the_code_at_the_loopback_redirect() {
         "xoauth2",
         &format!("auth_url = \"{}\"", auth.url("/auth")),
     );
-    let mut child = p
-        .cmd(&["mailbox", "login", "sales"])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let prefix = auth.url("/auth?");
-    let url = lines
-        .by_ref()
-        .map_while(Result::ok)
-        .find(|l| l.starts_with(&prefix))
-        .expect("the login URL");
-    let query = form(url.split_once('?').unwrap().1);
-    assert_eq!(query["client_id"], CLIENT_ID);
-    assert_eq!(query["scope"], "mail");
-    assert_eq!(query["code_challenge_method"], "S256");
-    let redirect = query["redirect_uri"].clone();
-    assert!(redirect.starts_with("http://127.0.0.1:"), "{redirect}");
-    {
-        let mut s = auth.state();
-        s.pkce_challenge = Some(query["code_challenge"].clone());
-        s.redirect_uri = Some(redirect.clone());
+    for paste in [false, true] {
+        let _ = std::fs::remove_file(p.path("secrets/sales.token"));
+        let mut child = p
+            .cmd(&["mailbox", "login", "sales"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut terminal = child.stdin.take().unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let prefix = auth.url("/auth?");
+        let url = lines
+            .by_ref()
+            .map_while(Result::ok)
+            .find(|l| l.starts_with(&prefix))
+            .expect("the login URL");
+        let query = form(url.split_once('?').unwrap().1);
+        assert_eq!(query["client_id"], CLIENT_ID);
+        assert_eq!(query["scope"], "mail");
+        assert_eq!(query["code_challenge_method"], "S256");
+        let redirect = query["redirect_uri"].clone();
+        assert!(redirect.starts_with("http://127.0.0.1:"), "{redirect}");
+        {
+            let mut s = auth.state();
+            s.pkce_challenge = Some(query["code_challenge"].clone());
+            s.redirect_uri = Some(redirect.clone());
+        }
+        let answer = format!("?code=code-1&state={}", query["state"]);
+        if paste {
+            writeln!(terminal, "{redirect}{answer}").unwrap();
+        } else {
+            // The browser, sent back by the provider.
+            let addr = redirect.trim_start_matches("http://").trim_end_matches('/');
+            let mut browser = TcpStream::connect(addr).unwrap();
+            write!(browser, "GET /{answer} HTTP/1.1\r\nHost: {addr}\r\n\r\n").unwrap();
+            let mut page = String::new();
+            browser.read_to_string(&mut page).unwrap();
+            assert!(page.contains("you can close this tab"), "{page}");
+        }
+        let rest: Vec<String> = lines.map_while(Result::ok).collect();
+        assert!(child.wait().unwrap().success(), "{rest:?}");
+        drop(terminal);
+        let file = p.path("secrets/sales.token");
+        assert_eq!(
+            std::fs::read_to_string(&file).unwrap().trim(),
+            BROWSER_REFRESH
+        );
+        assert_mode_0600(&file);
     }
-    // The browser, sent back by the provider.
-    let addr = redirect.trim_start_matches("http://").trim_end_matches('/');
-    let mut browser = TcpStream::connect(addr).unwrap();
-    write!(
-        browser,
-        "GET /?code=code-1&state={} HTTP/1.1\r\nHost: {addr}\r\n\r\n",
-        query["state"]
-    )
-    .unwrap();
-    let mut page = String::new();
-    browser.read_to_string(&mut page).unwrap();
-    assert!(page.contains("you can close this tab"), "{page}");
-    let rest: Vec<String> = lines.map_while(Result::ok).collect();
-    assert!(child.wait().unwrap().success(), "{rest:?}");
-    let file = p.path("secrets/sales.token");
-    assert_eq!(
-        std::fs::read_to_string(&file).unwrap().trim(),
-        BROWSER_REFRESH
-    );
-    assert_mode_0600(&file);
 }
 
 /// The IMAP watcher meets a refused refresh token too (here before anything is sent):

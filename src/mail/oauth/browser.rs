@@ -10,7 +10,7 @@ use oauth2::{
     AuthUrl, AuthorizationCode, CsrfToken, PkceCodeChallenge, RedirectUrl, TokenResponse,
 };
 use secrecy::SecretString;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::device::{request_error, Error, Prompt};
 use super::{one_line, Settings};
@@ -143,15 +143,24 @@ async fn redirected(listener: &tokio::net::TcpListener) -> String {
 }
 
 /// The query of an address pasted into the terminal; never ends when standard input
-/// is closed or not a terminal's (the redirect must come then).
+/// is closed (the redirect must come then). Read on a thread of its own, not tokio's
+/// blocking pool: a read left waiting there would hold up the runtime's shutdown, so
+/// that a login ended by the redirect would not exit until Enter was pressed.
 async fn pasted() -> String {
-    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        if let Some((_, q)) = line.trim().split_once('?') {
-            if q.contains("code=") || q.contains("error=") {
-                return q.to_string();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lines() {
+            let Ok(line) = line else { break };
+            if let Some((_, q)) = line.trim().split_once('?') {
+                if q.contains("code=") || q.contains("error=") {
+                    let _ = tx.send(q.to_string());
+                    return;
+                }
             }
         }
+    });
+    match rx.await {
+        Ok(q) => q,
+        Err(_) => std::future::pending().await,
     }
-    std::future::pending().await
 }
