@@ -818,6 +818,85 @@ mod tests {
         );
     }
 
+    fn resolve(table: &str) -> Result<Settings, Vec<Problem>> {
+        let raw: RawOAuth = toml::from_str(table).unwrap();
+        let env = |k: &str| (k == "CREDENTIALS_DIRECTORY").then(|| "/run/creds".to_string());
+        raw.resolve("iris", Path::new("/p"), &env, 0..1)
+    }
+
+    #[test]
+    fn presets_fill_in_endpoints_and_scopes_and_what_is_given_wins() {
+        let ms = resolve(
+            "provider = \"microsoft\"\ntenant = \"contoso.com\"\nclient_id = \"c\"\nrefresh_token_file = \"t\"",
+        )
+        .unwrap();
+        assert_eq!(
+            ms.token_url,
+            "https://login.microsoftonline.com/contoso.com/oauth2/v2.0/token"
+        );
+        assert!(ms.device_url.as_deref().unwrap().ends_with("/devicecode"));
+        assert_eq!(ms.scopes, MICROSOFT_SCOPES);
+        assert_eq!(ms.refresh_token, TokenStore::File("/p/t".into()));
+        assert_eq!(ms.mechanism, Mechanism::XOAuth2);
+
+        // Google's device grant does not cover mail: its login is the browser's.
+        let g = resolve(
+            "provider = \"Google\"\nclient_id = \"c\"\nrefresh_token_credential = \"iris\"\nscopes = [\"x\"]\nmechanism = \"OAUTHBEARER\"",
+        )
+        .unwrap();
+        assert_eq!(g.device_url, None);
+        assert_eq!(g.auth_url.as_deref(), Some(GOOGLE_AUTH));
+        assert_eq!(g.scopes, ["x"]);
+        assert_eq!(
+            g.refresh_token,
+            TokenStore::Credential("/run/creds/iris".into())
+        );
+        assert_eq!(g.mechanism, Mechanism::OAuthBearer);
+
+        let own = resolve(
+            "provider = \"google\"\ntoken_url = \"https://idp.example/token\"\nclient_id = \"c\"\nrefresh_token_file = \"t\"",
+        )
+        .unwrap();
+        assert_eq!(own.token_url, "https://idp.example/token");
+    }
+
+    #[test]
+    fn endpoints_take_the_refresh_token_over_https_only_except_to_this_host() {
+        let messages = |t: &str| -> Vec<String> {
+            resolve(t)
+                .err()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|p| p.message)
+                .collect()
+        };
+        let m = messages(
+            "token_url = \"http://idp.example/token\"\nclient_id = \"c\"\nrefresh_token_file = \"t\"",
+        );
+        assert!(m.iter().any(|m| m.contains("must be https://")), "{m:?}");
+        assert!(resolve(
+            "token_url = \"http://127.0.0.1:9/token\"\nclient_id = \"c\"\nrefresh_token_file = \"t\""
+        )
+        .is_ok());
+        let m = messages("client_id = \"c\"");
+        assert!(
+            m.iter()
+                .any(|m| m.contains("needs a provider or a token_url"))
+                && m.iter().any(|m| m.contains("needs refresh_token_file")),
+            "{m:?}"
+        );
+        let m = messages(
+            "provider = \"google\"\nrefresh_token = \"1//abc\"\nrefresh_token_file = \"t\"",
+        );
+        assert!(
+            m.iter()
+                .any(|m| m.contains("never written in followup.toml (refresh_token)"))
+                && m.iter().any(|m| m.contains("needs a client_id"))
+                && !m.iter().any(|m| m.contains("1//abc")),
+            "{m:?}"
+        );
+    }
+
     #[test]
     fn settings_never_show_the_client_secret() {
         let s = Settings {
