@@ -678,3 +678,50 @@ fn rotated_refresh_tokens_replace_the_stored_one() {
         "rt-rotated-2\n"
     );
 }
+
+/// `mailbox check` serves password mailboxes too: a login that works, and one that the
+/// server refuses, each on one line.
+#[test]
+fn mailbox_check_says_whether_a_password_login_works() {
+    let tmp = tempfile::tempdir().unwrap();
+    let smtp = crate::support::Smtp::start_with(
+        &tmp.path().join("smtp"),
+        "accept",
+        &["--auth", "rep:s3cret-pw"],
+    );
+    let mut p = Project::new(
+        Db::Sqlite,
+        &Options {
+            smtp_port: smtp.port,
+            extra_mailbox: "user = \"rep\"\npassword_env = \"OAUTH_TEST_PASSWORD\"\n",
+            ..Options::default()
+        },
+    );
+    p.env = vec![("OAUTH_TEST_PASSWORD".into(), "s3cret-pw".into())];
+    let (code, out, _) = check(&p);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(&format!(
+            "ok   smtp: smtp://127.0.0.1:{}: logged in as rep with a password",
+            smtp.port
+        )),
+        "{out}"
+    );
+    assert!(out.contains("ok   imap: none configured"), "{out}");
+    assert!(!out.contains("oauth"), "{out}");
+
+    p.env = vec![("OAUTH_TEST_PASSWORD".into(), "wrong-pw".into())];
+    let (code, out, _) = check(&p);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(&format!(
+            "FAIL smtp: login refused by 127.0.0.1:{}: 535",
+            smtp.port
+        )),
+        "{out}"
+    );
+    assert!(
+        !out.contains("wrong-pw") && !out.contains("s3cret-pw"),
+        "{out}"
+    );
+}
