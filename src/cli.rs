@@ -37,6 +37,8 @@ macro_rules! out {
     }};
 }
 
+mod mailbox;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "followup",
@@ -168,6 +170,9 @@ pub enum Command {
     /// Webhook deliveries
     #[command(subcommand)]
     Webhooks(WebhooksCommand),
+    /// A mailbox's login: OAuth2 device login, and a check of its SMTP and IMAP logins
+    #[command(subcommand)]
+    Mailbox(mailbox::MailboxCommand),
 }
 
 #[derive(Subcommand, Debug)]
@@ -527,6 +532,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             out!("{n} deliveries queued; the running daemon sends them");
             Ok(ExitCode::SUCCESS)
         }
+        Command::Mailbox(c) => mailbox::run(&config_path, c).await,
         Command::InDoubt(c) => {
             let Some(p) = load_project(&config_path, false) else {
                 return Ok(ExitCode::from(2));

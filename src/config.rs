@@ -107,6 +107,9 @@ pub struct Mailbox {
     /// Resolved from `password_env`, `password_file` or `FOLLOWUP_MAILBOX_<NAME>_PASSWORD`;
     /// `SecretString` keeps it out of `Debug` output and logs.
     pub password: Option<SecretString>,
+    /// `auth = "oauth2"`: its access tokens (see [`crate::mail::oauth`]), used instead
+    /// of the password on SMTP and IMAP.
+    pub oauth: Option<crate::mail::oauth::TokenSource>,
     /// Connections kept open to the SMTP server.
     pub connections: usize,
     pub pacing: Pacing,
@@ -511,6 +514,9 @@ struct RawMailbox {
     ca_file: Option<Spanned<String>>,
     /// Lets the login cross a network unencrypted (smtp://, imap:// to another host).
     allow_plaintext_login: Option<bool>,
+    /// `"password"` (the default) or `"oauth2"`, with the `oauth` table.
+    auth: Option<Spanned<String>>,
+    oauth: Option<Spanned<crate::mail::oauth::RawOAuth>>,
 }
 
 /// Turns byte offsets in one file into line/column locations for diagnostics.
@@ -705,6 +711,7 @@ pub fn load(path: &Path, need_secrets: bool) -> Result<(Config, Diagnostics), Di
                 None
             }
         };
+        let oauth = parse_oauth(&map, name, m, &root, need_secrets, &mut diags);
         let mailbox_window =
             parse_window(&map, m.window.as_ref(), &mut diags).unwrap_or_else(|| window.clone());
         let mailbox_tz = match &m.timezone {
@@ -749,8 +756,10 @@ pub fn load(path: &Path, need_secrets: bool) -> Result<(Config, Diagnostics), Di
         // The password never crosses a network in clear unless the file says so: plain
         // smtp:// and imap:// with a login are for a server on this host. Decided on
         // the keys, not the resolved secret, so that `check` says it without the secret.
-        let has_login =
-            m.password_env.is_some() || m.password_file.is_some() || var("PASSWORD").is_some();
+        let has_login = m.password_env.is_some()
+            || m.password_file.is_some()
+            || var("PASSWORD").is_some()
+            || m.oauth.is_some();
         if has_login && !m.allow_plaintext_login.unwrap_or(false) {
             let in_clear = |scheme: &str, host: &str, span: Range<usize>, secure: &str| {
                 map.error(
@@ -801,6 +810,7 @@ pub fn load(path: &Path, need_secrets: bool) -> Result<(Config, Diagnostics), Di
                     transport,
                     user: var("USER").or_else(|| m.user.clone()),
                     password,
+                    oauth,
                     connections: m.connections.unwrap_or(4).clamp(1, 64),
                     imap,
                     tls,
@@ -947,6 +957,29 @@ fn mask_url_passwords_in(text: &str) -> String {
             }
         }
     }
+    // A secret written as a key of its own, which `load` refuses: the error shows its
+    // line, and must not show the secret with it.
+    let lower = text.to_ascii_lowercase();
+    for key in ["password", "secret", "client_secret", "refresh_token"] {
+        for (i, _) in lower.match_indices(key) {
+            let word_start = i == 0 || {
+                let b = text.as_bytes()[i - 1];
+                !(b.is_ascii_alphanumeric() || b == b'_')
+            };
+            let rest = text[i + key.len()..].trim_start_matches([' ', '\t']);
+            let Some(value) = rest.strip_prefix('=') else {
+                continue;
+            };
+            let value = value.trim_start_matches([' ', '\t']);
+            let Some(quote) = value.chars().next().filter(|c| *c == '"' || *c == '\'') else {
+                continue;
+            };
+            if word_start {
+                let start = text.len() - value.len() + 1;
+                spans.push((start, end_of(start, &[quote as u8, b'\n'])));
+            }
+        }
+    }
     for (from, to) in spans {
         bytes[from..to].iter_mut().for_each(|b| *b = b'*');
     }
@@ -955,7 +988,7 @@ fn mask_url_passwords_in(text: &str) -> String {
 }
 
 /// Whether `host` is this machine: `localhost` or a loopback address.
-fn is_loopback(host: &str) -> bool {
+pub(crate) fn is_loopback(host: &str) -> bool {
     host.eq_ignore_ascii_case("localhost")
         || host
             .trim_start_matches('[')
@@ -977,6 +1010,92 @@ pub fn env_name(mailbox: &str) -> String {
             }
         })
         .collect()
+}
+
+/// `auth = "oauth2"` and its `oauth` table (see [`crate::mail::oauth::RawOAuth`]).
+/// A secret that cannot be read is an error only where secrets are needed.
+fn parse_oauth(
+    map: &SourceMap<'_>,
+    name: &str,
+    m: &RawMailbox,
+    root: &Path,
+    need_secrets: bool,
+    diags: &mut Diagnostics,
+) -> Option<crate::mail::oauth::TokenSource> {
+    let auth = m
+        .auth
+        .as_ref()
+        .map(|a| (a.span(), a.get_ref().to_ascii_lowercase()));
+    match (&auth, &m.oauth) {
+        (None, None) => return None,
+        (Some((_, a)), None) if a == "password" => return None,
+        (Some((span, a)), _) if a != "password" && a != "oauth2" => {
+            diags.push(
+                map.error(
+                    span.clone(),
+                    format!("mailbox '{name}': unknown auth '{a}'"),
+                )
+                .with_help("auth = \"password\" (the default) or \"oauth2\""),
+            );
+            return None;
+        }
+        (Some((span, _)), None) => {
+            diags.push(map.error(span.clone(), format!("mailbox '{name}': auth = \"oauth2\" needs an oauth table")).with_help("oauth = { provider = \"google\", client_id = \"...\", refresh_token_file = \"...\" }"));
+            return None;
+        }
+        (Some((_, a)), Some(o)) if a == "password" => {
+            diags.push(
+                map.error(
+                    o.span(),
+                    format!("mailbox '{name}': an oauth table with auth = \"password\""),
+                )
+                .with_help("set auth = \"oauth2\" to log in with it, or remove it"),
+            );
+            return None;
+        }
+        _ => {}
+    }
+    let raw = m.oauth.as_ref()?;
+    if m.password_env.is_some() || m.password_file.is_some() {
+        diags.push(map.error(
+            raw.span(),
+            format!("mailbox '{name}': give a password or oauth, not both"),
+        ));
+    }
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    match raw.get_ref().resolve(name, root, &env, raw.span()) {
+        Ok(settings) => {
+            // Not an error: `mailbox login` itself needs this configuration to load.
+            let store = settings.refresh_token.path();
+            if !store.exists() {
+                let mut d = map
+                    .error(
+                        raw.span(),
+                        format!(
+                            "mailbox '{name}': no refresh token yet in {}",
+                            store.display()
+                        ),
+                    )
+                    .with_help(format!("run `followup mailbox login {name}`"));
+                d.severity = crate::diagnostic::Severity::Warning;
+                diags.push(d);
+            }
+            Some(crate::mail::oauth::TokenSource::new(name, settings))
+        }
+        Err(problems) => {
+            for p in problems {
+                let mut d = map.error(p.span.unwrap_or_else(|| raw.span()), p.message);
+                if let Some(h) = p.help {
+                    d = d.with_help(h);
+                }
+                if p.secret && !need_secrets {
+                    d.severity = crate::diagnostic::Severity::Warning;
+                }
+                diags.push(d);
+            }
+            None
+        }
+    }
 }
 
 fn resolve_password(

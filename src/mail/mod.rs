@@ -3,6 +3,7 @@
 pub mod body;
 pub mod classify;
 pub mod compose;
+pub mod oauth;
 pub mod send;
 pub mod smtp;
 pub mod text;

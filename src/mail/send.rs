@@ -16,6 +16,7 @@ use lettre::transport::smtp::extension::ClientId;
 use secrecy::SecretString;
 use tokio::sync::Semaphore;
 
+use super::oauth::TokenSource;
 use super::smtp::{self, Connection, Login, Security, Told};
 use super::tls::Trust;
 use super::watch::SentFolder;
@@ -66,7 +67,7 @@ pub struct Sender {
 }
 
 enum Inner {
-    Smtp(SmtpPool),
+    Smtp(Box<SmtpPool>),
     File(PathBuf),
 }
 
@@ -76,6 +77,8 @@ struct SmtpPool {
     data_timeout: Duration,
     /// The mailbox's login (it is the IMAP login too).
     login: Option<(String, SecretString)>,
+    /// `auth = "oauth2"`: the user and the mailbox's tokens, used instead of `login`.
+    oauth: Option<(String, TokenSource)>,
     hello: ClientId,
     /// The certificates its server is checked against.
     trust: Trust,
@@ -89,18 +92,25 @@ impl Sender {
     pub fn new(mailbox: &Mailbox, settings: &SendSettings) -> Sender {
         let inner = match &mailbox.transport {
             Transport::File { dir } => Inner::File(dir.clone()),
-            t => Inner::Smtp(SmtpPool {
+            t => Inner::Smtp(Box::new(SmtpPool {
                 transport: t.clone(),
                 data_timeout: settings.data_timeout.to_std().unwrap_or(smtp::DATA_TIMEOUT),
                 login: match (&mailbox.user, &mailbox.password) {
                     (Some(u), Some(p)) => Some((u.clone(), p.clone())),
                     _ => None,
                 },
+                oauth: mailbox.oauth.clone().map(|t| {
+                    let user = mailbox
+                        .user
+                        .clone()
+                        .unwrap_or_else(|| mailbox.from.email.to_string());
+                    (user, t)
+                }),
                 hello: ClientId::default(),
                 trust: mailbox.tls.clone(),
                 idle: Mutex::new(Vec::new()),
                 permits: Semaphore::new(mailbox.connections.max(1)),
-            }),
+            })),
         };
         let sent = mailbox
             .imap
@@ -119,6 +129,42 @@ impl Sender {
         match &self.sent {
             Some(sent) => sent.append(raw).await.map(|()| true),
             None => Ok(false),
+        }
+    }
+
+    /// Connects and logs in as a send would, then says goodbye (`mailbox check`):
+    /// where it logged in, or why it could not.
+    pub async fn login_check(&self) -> Result<String, String> {
+        match &*self.inner {
+            Inner::File(dir) => Ok(format!("writes to {} (no login)", dir.display())),
+            Inner::Smtp(pool) => match tokio::time::timeout(TIMEOUT, pool.connect()).await {
+                Err(_) => Err(format!(
+                    "{}: timed out after {} s",
+                    pool.transport,
+                    TIMEOUT.as_secs()
+                )),
+                Ok(Err(outcome)) => Err(match outcome {
+                    SendOutcome::Sent { reply }
+                    | SendOutcome::Transient { reply }
+                    | SendOutcome::Permanent { reply }
+                    | SendOutcome::InDoubt { reply }
+                    | SendOutcome::LoginRefused { reply } => reply,
+                }),
+                Ok(Ok(mut conn)) => {
+                    let how = match (&pool.oauth, &pool.login) {
+                        _ if !conn.extensions().auth_any => {
+                            "no AUTH offered, none used".to_string()
+                        }
+                        (Some((user, t)), _) => {
+                            format!("logged in as {user} with {}", t.mechanism().name())
+                        }
+                        (None, Some((user, _))) => format!("logged in as {user} with a password"),
+                        (None, None) => "no login configured".to_string(),
+                    };
+                    conn.quit().await;
+                    Ok(format!("{}: {how}", pool.transport))
+                }
+            },
         }
     }
 
@@ -289,10 +335,14 @@ impl SmtpPool {
             Transport::Smtps { host, port } => (host, *port, Security::Tls),
             Transport::File { .. } => unreachable!("file transports have no SMTP pool"),
         };
-        let login = self
-            .login
-            .as_ref()
-            .map(|(user, password)| Login { user, password });
+        if let Some((user, tokens)) = &self.oauth {
+            return self.connect_oauth(host, port, security, user, tokens).await;
+        }
+        let login = self.login.as_ref().map(|(user, password)| Login {
+            user,
+            password,
+            oauth: None,
+        });
         Connection::connect(host, port, security, &self.trust, &self.hello, login)
             .await
             .map_err(|e| match e {
@@ -301,6 +351,53 @@ impl SmtpPool {
                 },
                 e => classify(&e),
             })
+    }
+}
+
+impl SmtpPool {
+    /// Connects with an OAuth2 access token; a refused token is refreshed and tried
+    /// once more (the provider may have revoked it before its time). A refresh token
+    /// the provider refused pauses the mailbox, as a refused password does.
+    async fn connect_oauth(
+        &self,
+        host: &str,
+        port: u16,
+        security: Security,
+        user: &str,
+        tokens: &TokenSource,
+    ) -> Result<Connection, SendOutcome> {
+        let no_token = |e: super::oauth::Error| {
+            let reply = e.to_string();
+            if e.needs_person() {
+                SendOutcome::LoginRefused { reply }
+            } else {
+                SendOutcome::Transient { reply }
+            }
+        };
+        let mut token = tokens.token().await.map_err(no_token)?;
+        let mut refreshed = false;
+        loop {
+            let login = Login {
+                user,
+                password: &token,
+                oauth: Some(tokens.mechanism()),
+            };
+            match Connection::connect(host, port, security, &self.trust, &self.hello, Some(login))
+                .await
+            {
+                Ok(c) => return Ok(c),
+                Err(smtp::Error::Login { .. }) if !refreshed => {
+                    refreshed = true;
+                    token = tokens.refused(&token).await.map_err(no_token)?;
+                }
+                Err(smtp::Error::Io(io)) => {
+                    return Err(SendOutcome::Transient {
+                        reply: format!("cannot connect to {}: {io}", self.transport),
+                    })
+                }
+                Err(e) => return Err(classify(&e)),
+            }
+        }
     }
 }
 

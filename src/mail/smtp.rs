@@ -159,6 +159,8 @@ pub struct Extensions {
     pub starttls: bool,
     pub auth_plain: bool,
     pub auth_login: bool,
+    pub auth_xoauth2: bool,
+    pub auth_oauthbearer: bool,
     /// Any AUTH mechanism at all, including ones followup does not speak.
     pub auth_any: bool,
 }
@@ -189,6 +191,8 @@ impl Extensions {
                         match m.to_ascii_uppercase().as_str() {
                             "PLAIN" => ext.auth_plain = true,
                             "LOGIN" => ext.auth_login = true,
+                            "XOAUTH2" => ext.auth_xoauth2 = true,
+                            "OAUTHBEARER" => ext.auth_oauthbearer = true,
                             _ => {}
                         }
                     }
@@ -204,6 +208,8 @@ impl Extensions {
 pub struct Login<'a> {
     pub user: &'a str,
     pub password: &'a SecretString,
+    /// Some: `password` is an OAuth2 access token, sent with this SASL mechanism.
+    pub oauth: Option<crate::mail::oauth::Mechanism>,
 }
 
 /// Plain TCP or TLS.
@@ -723,6 +729,9 @@ impl Connection {
     /// and nowhere else.
     async fn auth(&mut self, login: &Login<'_>) -> Result<(), Error> {
         let b64 = base64::engine::general_purpose::STANDARD;
+        if let Some(mechanism) = login.oauth {
+            return self.auth_oauth(mechanism, login).await;
+        }
         if self.extensions.auth_plain {
             let token = format!("\0{}\0{}", login.user, login.password.expose_secret());
             let command = SecretString::from(format!("AUTH PLAIN {}\r\n", b64.encode(token)));
@@ -741,6 +750,47 @@ impl Connection {
         Err(Error::Unsupported(
             "the server offers no AUTH mechanism followup speaks (PLAIN, LOGIN)".into(),
         ))
+    }
+
+    /// AUTH XOAUTH2 or OAUTHBEARER with the token as initial response (RFC 4954). A
+    /// refused token gets a 334 with the server's JSON status first; the client
+    /// answers it as the mechanism says, and the server then ends with its 5xx.
+    async fn auth_oauth(
+        &mut self,
+        mechanism: crate::mail::oauth::Mechanism,
+        login: &Login<'_>,
+    ) -> Result<(), Error> {
+        use crate::mail::oauth::Mechanism;
+        let offered = match mechanism {
+            Mechanism::XOAuth2 => self.extensions.auth_xoauth2,
+            Mechanism::OAuthBearer => self.extensions.auth_oauthbearer,
+        };
+        if !offered {
+            return Err(Error::Unsupported(format!(
+                "the server does not offer AUTH {}",
+                mechanism.name()
+            )));
+        }
+        let command = SecretString::from(format!(
+            "AUTH {} {}\r\n",
+            mechanism.name(),
+            mechanism
+                .initial_response_b64(login.user, login.password)
+                .expose_secret()
+        ));
+        self.write_all(command.expose_secret().as_bytes()).await?;
+        let mut reply = self.read_reply().await?;
+        if reply.code == 334 {
+            let b64 = base64::engine::general_purpose::STANDARD;
+            let answer = format!("{}\r\n", b64.encode(mechanism.after_error()));
+            self.write_all(answer.as_bytes()).await?;
+            reply = self.read_reply().await?;
+        }
+        match reply.code {
+            235 => Ok(()),
+            _ if reply.positive() => Err(Error::Protocol(format!("unexpected reply: {reply}"))),
+            _ => Err(Error::Refused { reply }),
+        }
     }
 
     /// Writes one command and wants `code` back.

@@ -48,6 +48,9 @@ pub enum Error {
         /// What the server said, as it said it.
         reply: String,
     },
+    /// No OAuth2 access token could be had.
+    #[error("{0}")]
+    OAuth(#[from] crate::mail::oauth::Error),
     #[error("mailbox has no user or password for IMAP")]
     NoCredentials,
     #[error("no Sent folder: set sent_folder, or give a folder the \\Sent special-use flag")]
@@ -186,22 +189,60 @@ pub async fn connect(mailbox: &Mailbox) -> Result<Session, Error> {
         let tls_stream = tls(&mailbox.tls, &imap.host, inner).await?;
         client = async_imap::Client::new(Box::new(tls_stream));
     }
+    if let Some(tokens) = &mailbox.oauth {
+        return oauth_login(client, mailbox, tokens, addr).await;
+    }
     let user = mailbox.user.clone().ok_or(Error::NoCredentials)?;
     let password = mailbox.password.as_ref().ok_or(Error::NoCredentials)?;
     match timed(async { Ok::<_, Error>(client.login(&user, password.expose_secret()).await) })
         .await?
     {
         Ok(s) => Ok(s),
-        Err((e, _)) => Err(Error::Login {
-            user,
-            server: addr,
-            reply: match &e {
-                async_imap::error::Error::No(t) | async_imap::error::Error::Bad(t) => {
-                    server_text(t)
-                }
-                other => imap_sentence(other),
-            },
-        }),
+        Err((e, _)) => Err(login_refused(user, addr, &e)),
+    }
+}
+
+/// A refused LOGIN or AUTHENTICATE, with what the server said.
+fn login_refused(user: String, server: String, e: &async_imap::error::Error) -> Error {
+    Error::Login {
+        user,
+        server,
+        reply: match e {
+            async_imap::error::Error::No(t) | async_imap::error::Error::Bad(t) => server_text(t),
+            other => imap_sentence(other),
+        },
+    }
+}
+
+/// AUTHENTICATE with an OAuth2 access token (XOAUTH2 or OAUTHBEARER); a refused
+/// token is refreshed and tried once more on the same connection.
+async fn oauth_login(
+    mut client: async_imap::Client<Box<dyn Io>>,
+    mailbox: &Mailbox,
+    tokens: &crate::mail::oauth::TokenSource,
+    addr: String,
+) -> Result<Session, Error> {
+    let user = mailbox
+        .user
+        .clone()
+        .unwrap_or_else(|| mailbox.from.email.to_string());
+    let mechanism = tokens.mechanism();
+    let mut token = tokens.token().await?;
+    let mut refreshed = false;
+    loop {
+        let auth = crate::mail::oauth::ImapAuth::new(mechanism, &user, &token);
+        let answer =
+            timed(async { Ok::<_, Error>(client.authenticate(mechanism.name(), auth).await) })
+                .await?;
+        match answer {
+            Ok(session) => return Ok(session),
+            Err((async_imap::error::Error::No(_), c)) if !refreshed => {
+                refreshed = true;
+                client = c;
+                token = tokens.refused(&token).await?;
+            }
+            Err((e, _)) => return Err(login_refused(user, addr, &e)),
+        }
     }
 }
 
@@ -311,6 +352,24 @@ impl Watcher {
                     // last outage left it (up to a minute per reconnect, for good).
                     if last_error.is_none() {
                         backoff = StdDuration::from_secs(1);
+                    }
+                    // A refresh token the provider refused: nothing to send with either
+                    // (the SMTP side would be refused the same), so the mailbox pauses
+                    // as it does on a refused SMTP login, and `status` says what to run.
+                    if let Error::OAuth(o) = &e {
+                        if o.needs_person() {
+                            let reason = format!(
+                                "{text}; then `followup resume --mailbox {}`",
+                                self.mailbox.name
+                            );
+                            if let Ok(true) = self
+                                .store
+                                .pause_mailbox(&self.mailbox.name, &reason, Utc::now())
+                                .await
+                            {
+                                warn!(mailbox = %self.mailbox.name, "mailbox paused: {reason}");
+                            }
+                        }
                     }
                     // Log a state change once, not every retry.
                     if last_error.as_deref() != Some(text.as_str()) {

@@ -32,8 +32,8 @@ use crate::support::{Daemon, Db, Options, Project};
 const TIMEOUT: Duration = Duration::from_secs(30);
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/mailworld.sh");
 
-const REP: &str = "rep@followup.test";
-const LI: &str = "li@prospect.test";
+pub(crate) const REP: &str = "rep@followup.test";
+pub(crate) const LI: &str = "li@prospect.test";
 const COLLEAGUE: &str = "colleague@prospect.test";
 const OOO: &str = "ooo@prospect.test";
 const UNKNOWN: &str = "unknown@prospect.test";
@@ -70,8 +70,8 @@ fn wait_up_to<T>(
 
 /// One message as it lies in a maildir.
 #[derive(Debug, Clone)]
-struct Mail {
-    raw: String,
+pub(crate) struct Mail {
+    pub(crate) raw: String,
 }
 
 impl Mail {
@@ -108,13 +108,18 @@ impl Mail {
 }
 
 /// A private Postfix + Dovecot, stopped on drop.
-struct World {
+pub(crate) struct World {
     dir: tempfile::TempDir,
     env: HashMap<String, String>,
 }
 
 impl World {
     fn start() -> World {
+        World::start_with(&[("MAILWORLD_EXTRA_USERS", BUYER)])
+    }
+
+    /// A world started with these variables (MAILWORLD_*, see mailworld.sh).
+    pub(crate) fn start_with(vars: &[(&str, &str)]) -> World {
         let dir = tempfile::Builder::new()
             .prefix("mw")
             .tempdir_in("/tmp")
@@ -123,7 +128,7 @@ impl World {
             .arg(SCRIPT)
             .arg("start")
             .arg(dir.path())
-            .env("MAILWORLD_EXTRA_USERS", BUYER)
+            .envs(vars.iter().copied())
             .output()
             .expect("bash tests/support/mailworld.sh");
         assert!(
@@ -145,7 +150,7 @@ impl World {
             .unwrap_or_else(|| panic!("mailworld.sh printed no {key}"))
     }
 
-    fn port(&self, key: &str) -> u16 {
+    pub(crate) fn port(&self, key: &str) -> u16 {
         self.get(key).parse().expect("a port number")
     }
 
@@ -163,11 +168,11 @@ impl World {
         );
     }
 
-    fn log(&self, name: &str) -> String {
+    pub(crate) fn log(&self, name: &str) -> String {
         std::fs::read_to_string(self.dir.path().join(name)).unwrap_or_default()
     }
 
-    fn logs(&self) -> String {
+    pub(crate) fn logs(&self) -> String {
         let tail = |name: &str| {
             let text = self.log(name);
             let lines: Vec<&str> = text.lines().collect();
@@ -211,7 +216,7 @@ impl World {
     }
 
     /// Waits for a message in the user's INBOX that satisfies `pred`.
-    fn wait_mail(&self, user: &str, what: &str, pred: impl Fn(&Mail) -> bool) -> Mail {
+    pub(crate) fn wait_mail(&self, user: &str, what: &str, pred: impl Fn(&Mail) -> bool) -> Mail {
         wait(
             &format!("{what} in {user}'s INBOX"),
             || self.logs(),

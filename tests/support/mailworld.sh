@@ -29,6 +29,13 @@
 #   PROSPECT_DOMAIN PASSWORD REP LI COLLEAGUE OOO UNKNOWN USERS
 #   POSTFIX_CONFIG DOVECOT_CONFIG POSTFIX_LOG DOVECOT_LOG MAIL_ROOT CA_FILE
 #
+# With MAILWORLD_OAUTH2_URL=http://127.0.0.1:PORT/PATH at start, Dovecot also
+# takes XOAUTH2 and OAUTHBEARER, checking each bearer token against that
+# token-introspection URL (RFC 7662, POST token=...; the answer must carry
+# "active": true and "username": the user), and Postfix listens for submission
+# on SUBMISSION_PORT with SASL through Dovecot (AUTH there is required; no TLS,
+# loopback only). Extra printed lines: SUBMISSION_PORT SASL_PORT OAUTH2_URL.
+#
 # Dovecot offers STARTTLS on IMAP_PORT and TLS from the first byte on
 # IMAPS_PORT, with a certificate for 127.0.0.1 signed by the CA in CA_FILE
 # (tests/support/pki.sh); plain logins on IMAP_PORT work too.
@@ -72,7 +79,7 @@ DIR=${DIR%/}
 [[ "$DIR" =~ ^/[A-Za-z0-9._/+-]+$ ]] || die "DIR must be an absolute path of [A-Za-z0-9._/+-]: $DIR"
 
 # Ports come from DIR/env only, never from the caller's environment.
-unset SMTP_PORT IMAP_PORT IMAPS_PORT LMTP_PORT
+unset SMTP_PORT IMAP_PORT IMAPS_PORT LMTP_PORT SUBMISSION_PORT SASL_PORT OAUTH2_URL
 
 PF_CONF=$DIR/postfix
 PF_QUEUE=$DIR/postfix-queue
@@ -227,6 +234,13 @@ DOVECOT_LOG=$DIR/dovecot.log
 MAIL_ROOT=$DIR/mail
 CA_FILE=$DIR/tls/ca.pem
 EOF
+    if [[ -n "${OAUTH2_URL:-}" ]]; then
+        cat >>"$DIR/env.tmp" <<EOF
+SUBMISSION_PORT=$SUBMISSION_PORT
+SASL_PORT=$SASL_PORT
+OAUTH2_URL=$OAUTH2_URL
+EOF
+    fi
     mv "$DIR/env.tmp" "$DIR/env"
 }
 
@@ -443,6 +457,51 @@ anvil     unix  -       -       n       -       1       anvil
 scache    unix  -       -       n       -       1       scache
 postlog   unix-dgram n  -       n       -       1       postlogd
 EOF
+    if [[ -n "${OAUTH2_URL:-}" ]]; then write_oauth2_configs; fi
+}
+
+# The OAuth2 variant (MAILWORLD_OAUTH2_URL): bearer tokens checked by Dovecot's
+# oauth2 passdb against the test's introspection URL, for IMAP and, through
+# Dovecot's auth service, for Postfix's submission listener.
+write_oauth2_configs() {
+    cat >"$DIR/oauth2.conf.ext" <<EOF
+introspection_mode = post
+introspection_url = $OAUTH2_URL
+force_introspection = yes
+username_attribute = username
+active_attribute = active
+active_value = true
+EOF
+    sed -i 's/^auth_mechanisms = plain login$/auth_mechanisms = plain login xoauth2 oauthbearer/' "$DC_CONF"
+    cat >>"$DC_CONF" <<EOF
+# Tests refuse tokens on purpose, several in a row: no growing delay for that
+# (Dovecot's auth penalty, up to 15 s per login from the same IP).
+service anvil {
+  unix_listener anvil-auth-penalty {
+    mode = 0
+  }
+}
+passdb {
+  driver = oauth2
+  mechanisms = xoauth2 oauthbearer
+  args = $DIR/oauth2.conf.ext
+}
+service auth {
+  inet_listener sasl {
+    address = 127.0.0.1
+    port = $SASL_PORT
+  }
+}
+EOF
+    cat >>"$PF_CONF/master.cf" <<EOF
+127.0.0.1:$SUBMISSION_PORT inet n - n - - smtpd
+  -o smtpd_sasl_auth_enable=yes
+  -o smtpd_sasl_type=dovecot
+  -o smtpd_sasl_path=inet:127.0.0.1:$SASL_PORT
+  -o smtpd_tls_security_level=none
+  -o smtpd_client_restrictions=permit_sasl_authenticated,reject
+  -o smtpd_error_sleep_time=0
+EOF
 }
 
 # ---------------------------------------------------------------- start/stop
@@ -572,6 +631,13 @@ start)
         RESERVED+=("$PORT_LOCKS/$IMAPS_PORT")
         LMTP_PORT=$(pick_port "$want_lmtp")
         RESERVED+=("$PORT_LOCKS/$LMTP_PORT")
+        OAUTH2_URL=${MAILWORLD_OAUTH2_URL:-}
+        if [[ -n "$OAUTH2_URL" ]]; then
+            SUBMISSION_PORT=$(pick_port)
+            RESERVED+=("$PORT_LOCKS/$SUBMISSION_PORT")
+            SASL_PORT=$(pick_port)
+            RESERVED+=("$PORT_LOCKS/$SASL_PORT")
+        fi
         write_configs
         write_env
         if dovecot_start && postfix_start; then started=1; break; fi
