@@ -47,6 +47,9 @@ pub struct Cli {
     /// The project's configuration file [default: ./followup.toml]
     #[arg(long, short = 'c', global = true, env = "FOLLOWUP_CONFIG")]
     pub config: Option<PathBuf>,
+    /// How log lines look on stderr (auto: journald style when not on a terminal)
+    #[arg(long, global = true, value_enum, default_value_t)]
+    pub log_format: crate::ops::logging::LogFormat,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -209,7 +212,7 @@ pub enum InDoubtCommand {
 /// Entry point: runs the command, prints errors as `followup: ...`, maps exit codes.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(matches!(cli.command, Command::Run { .. }));
+    crate::ops::logging::init(matches!(cli.command, Command::Run { .. }), cli.log_format);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -236,25 +239,15 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn init_tracing(daemon: bool) {
-    use tracing_subscriber::EnvFilter;
-    let default = if daemon { "info" } else { "warn" };
-    let filter =
-        EnvFilter::try_from_env("FOLLOWUP_LOG").unwrap_or_else(|_| EnvFilter::new(default));
-    // Colours only on a terminal: under systemd the journal gets plain lines.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi)
-        .with_target(false)
-        .try_init();
-}
-
 fn print_diagnostics(d: &Diagnostics) {
     let mut err = std::io::stderr().lock();
     for item in &d.items {
-        let _ = writeln!(err, "{item}\n");
+        let error = item.severity == crate::diagnostic::Severity::Error;
+        let _ = write!(
+            err,
+            "{}",
+            crate::ops::logging::block(&item.to_string(), error)
+        );
     }
 }
 

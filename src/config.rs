@@ -689,8 +689,14 @@ pub fn load(path: &Path, need_secrets: bool) -> Result<(Config, Diagnostics), Di
         // The password never crosses a network in clear unless the file says so: plain
         // smtp:// and imap:// with a login are for a server on this host. Decided on
         // the keys, not the resolved secret, so that `check` says it without the secret.
-        let has_login =
-            m.password_env.is_some() || m.password_file.is_some() || var("PASSWORD").is_some();
+        let has_login = m.password_env.is_some()
+            || m.password_file.is_some()
+            || var("PASSWORD").is_some()
+            || crate::ops::credentials::read(&crate::ops::credentials::name_for(&format!(
+                "FOLLOWUP_MAILBOX_{}_PASSWORD",
+                env_name(name)
+            )))
+            .is_some();
         if has_login && !m.allow_plaintext_login.unwrap_or(false) {
             let in_clear = |scheme: &str, host: &str, span: Range<usize>, secure: &str| {
                 map.error(
@@ -930,7 +936,13 @@ fn resolve_password(
         &m.password_file,
         &format!("mailbox '{name}'"),
         "password file",
-    )?;
+    )?
+    .or_else(|| {
+        crate::ops::credentials::read(&crate::ops::credentials::name_for(&format!(
+            "FOLLOWUP_MAILBOX_{}_PASSWORD",
+            env_name(name)
+        )))
+    });
     Ok(secret.map(SecretString::from))
 }
 
@@ -962,7 +974,7 @@ fn resolve_secret(
         };
     }
     if let Some(file) = file {
-        return match std::fs::read_to_string(file.get_ref()) {
+        return match std::fs::read_to_string(crate::ops::credentials::expand(file.get_ref())) {
             Ok(v) => Ok(Some(v.trim_end_matches(['\r', '\n']).to_string())),
             Err(e) => Err(map.error(
                 file.span(),
@@ -1047,6 +1059,11 @@ fn parse_http(
                   what: &str|
      -> Result<Option<Vec<u8>>, Diagnostic> {
         resolve_secret(map, env(env_key), var, file, what, "secret file")
+            .map(|s| {
+                s.or_else(|| {
+                    crate::ops::credentials::read(&crate::ops::credentials::name_for(env_key))
+                })
+            })
             .map(|s| s.map(String::into_bytes))
     };
     let report = |d: Diagnostic, diags: &mut Diagnostics| {

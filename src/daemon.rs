@@ -143,12 +143,16 @@ pub async fn run(
     }
     let token = shutdown.child_token();
     let sched = tracker.spawn(async move { scheduler.run(token).await });
+    tracker.spawn(crate::ops::notify::watchdog(shutdown.child_token()));
+    // Migrations ran (the store is open), the project loaded, the listeners are bound.
+    crate::ops::notify::ready("sending");
     tracker.close();
     let result = sched.await.context("scheduler task panicked")?;
     if let Err(e) = &result {
         error!("scheduler stopped: {e}");
     }
     // The scheduler ends on shutdown or on a fatal error: either way, stop the rest.
+    crate::ops::notify::stopping();
     shutdown.cancel();
     if tokio::time::timeout(Duration::from_secs(30), tracker.wait())
         .await
@@ -185,6 +189,7 @@ pub fn cancel_on_signals(token: CancellationToken) {
         #[cfg(not(unix))]
         let _ = ctrl_c.await;
         info!("stopping: finishing the messages in hand");
+        crate::ops::notify::stopping();
         token.cancel();
     });
 }

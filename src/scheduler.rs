@@ -207,10 +207,13 @@ impl Scheduler {
             });
         }
         let mut last_doubt_check = DateTime::<Utc>::MIN_UTC;
+        // systemd's watchdog stops being pinged if a round never ends.
+        let beat = crate::ops::notify::Beat::register("scheduler");
         loop {
             if shutdown.is_cancelled() {
                 break;
             }
+            beat.busy();
             let now = Utc::now();
             if now - last_doubt_check > Duration::seconds(5) {
                 self.check_in_doubt(now).await?;
@@ -227,6 +230,7 @@ impl Scheduler {
             let wake = self.next_wake(now).await?;
             let sleep = (wake - Utc::now())
                 .clamp(Duration::milliseconds(20), self.project.config.send.poll);
+            beat.waiting();
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = tokio::time::sleep(sleep.to_std().unwrap_or_default()) => {}

@@ -9,6 +9,7 @@ mod cli_fixes;
 mod crash;
 mod http_limits;
 mod mailworld;
+mod ops;
 mod replies;
 mod send;
 mod store;

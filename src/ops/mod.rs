@@ -1,0 +1,6 @@
+//! Running followup as a service: the systemd notify protocol and watchdog, log
+//! formats for the journal and for shippers, reload, the admin listener, backups.
+
+pub mod credentials;
+pub mod logging;
+pub mod notify;

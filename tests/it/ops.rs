@@ -1,0 +1,229 @@
+//! Running as a service: the systemd notify protocol against a socket the test
+//! listens on, log formats, the unit file under systemd-analyze.
+
+use std::os::unix::net::UnixDatagram;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::support::{Daemon, Db, Options, Project, Smtp};
+
+/// Datagrams from the daemon until `want` arrives (or 30 s pass: then the test fails
+/// with what did arrive and the daemon's log).
+fn until(sock: &UnixDatagram, want: &str, seen: &mut Vec<String>, d: &Daemon) {
+    let start = Instant::now();
+    let mut buf = [0u8; 4096];
+    while start.elapsed() < Duration::from_secs(30) {
+        if let Ok(n) = sock.recv(&mut buf) {
+            let msg = String::from_utf8_lossy(&buf[..n]).to_string();
+            let done = msg.lines().any(|l| l == want);
+            seen.push(msg);
+            if done {
+                return;
+            }
+        }
+    }
+    panic!(
+        "no {want} from the daemon; got {seen:?}; log:\n{}",
+        d.log_text()
+    );
+}
+
+fn daemon_with(p: &Project, env: &[(&str, &str)], args: &[&str]) -> Daemon {
+    let mut all = vec!["run"];
+    all.extend_from_slice(args);
+    let mut cmd = p.cmd(&all);
+    cmd.envs(env.iter().copied());
+    Daemon::spawn(p, cmd)
+}
+
+/// Waits for `text` in the daemon's log.
+fn wait_log(d: &Daemon, text: &str) {
+    let start = Instant::now();
+    while !d.log_text().contains(text) {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no {text:?} in the log:\n{}",
+            d.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn notify_ready_watchdog_stopping_then_exit_0() {
+    let tmp = tempfile::tempdir().unwrap();
+    let smtp = Smtp::start(&tmp.path().join("smtp"), "accept");
+    let p = Project::new(
+        Db::Sqlite,
+        &Options {
+            smtp_port: smtp.port,
+            ..Options::default()
+        },
+    );
+    p.import_contacts(3);
+    let path = tmp.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let d = daemon_with(
+        &p,
+        &[
+            ("NOTIFY_SOCKET", path.to_str().unwrap()),
+            // 2 s: pinged every second while the loops are alive.
+            ("WATCHDOG_USEC", "2000000"),
+        ],
+        &[],
+    );
+    let mut seen = Vec::new();
+    until(&sock, "READY=1", &mut seen, &d);
+    // READY comes once the database is migrated: the contacts imported are there and
+    // the daemon sends them.
+    smtp.wait_for(3, Duration::from_secs(30));
+    until(&sock, "WATCHDOG=1", &mut seen, &d);
+    let _ = Command::new("kill")
+        .args(["-TERM", &d.child.id().to_string()])
+        .status();
+    until(&sock, "STOPPING=1", &mut seen, &d);
+    let status = d.stop();
+    assert!(status.success(), "exit status {status:?}");
+    let ready = seen.iter().position(|m| m.contains("READY=1")).unwrap();
+    let stopping = seen.iter().position(|m| m.contains("STOPPING=1")).unwrap();
+    assert!(ready < stopping, "{seen:?}");
+}
+
+#[test]
+fn journald_lines_have_a_priority_and_no_timestamp_json_lines_parse() {
+    let p = Project::new(Db::Sqlite, &Options::default());
+    // Not a terminal (a file), as under systemd: journald style by default.
+    let d = daemon_with(&p, &[], &[]);
+    wait_log(&d, "followup daemon started");
+    let path = d.log.clone();
+    d.stop();
+    let log = std::fs::read_to_string(path).unwrap();
+    for line in log.lines() {
+        assert!(
+            line.starts_with("<3>")
+                || line.starts_with("<4>")
+                || line.starts_with("<6>")
+                || line.starts_with("<7>"),
+            "no priority prefix: {line:?}"
+        );
+        // No timestamp: the journal stamps lines itself.
+        assert!(!line.contains("Z "), "timestamp in {line:?}");
+        assert!(!line.contains('\u{1b}'), "colour in {line:?}");
+    }
+    assert!(
+        log.lines()
+            .any(|l| l.starts_with("<6>") && l.contains("followup daemon started")),
+        "{log}"
+    );
+
+    let d = daemon_with(&p, &[], &["--log-format", "json"]);
+    wait_log(&d, "followup daemon started");
+    let text = d.log_text();
+    d.stop();
+    let started = text
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap_or_else(|e| panic!("{e}: {l}"))
+        })
+        .find(|v| v["message"] == "followup daemon started")
+        .unwrap();
+    assert_eq!(started["level"], "INFO");
+    assert!(started["timestamp"].is_string());
+    assert!(started["mailboxes"].is_number(), "{started}");
+}
+
+/// `deploy/followup.service` as systemd itself judges it: `verify` passes and
+/// `security --offline=yes` rates its exposure at most 2.0 ("OK").
+#[test]
+fn unit_file_verifies_and_rates_ok() {
+    let Ok(out) = Command::new("systemd-analyze").arg("--version").output() else {
+        println!("skipped: systemd-analyze is not installed (Debian package systemd)");
+        return;
+    };
+    assert!(out.status.success());
+    let unit = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/followup.service");
+    let out = Command::new("systemd-analyze")
+        .args(["security", "--offline=yes", unit])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let score: f64 = text
+        .lines()
+        .find_map(|l| {
+            l.split("Overall exposure level for followup.service:")
+                .nth(1)?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "no exposure level in:\n{text}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    assert!(score <= 2.0, "exposure {score} > 2.0:\n{text}");
+    // `verify` checks that ExecStart= names an executable: the one cargo built stands in
+    // for /usr/local/bin/followup.
+    let tmp = tempfile::tempdir().unwrap();
+    let copy = tmp.path().join("followup.service");
+    std::fs::write(
+        &copy,
+        std::fs::read_to_string(unit)
+            .unwrap()
+            .replace("/usr/local/bin/followup", crate::support::BIN),
+    )
+    .unwrap();
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&copy)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "systemd-analyze verify failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Secrets that followup.toml names no source for come from systemd credentials
+/// ($CREDENTIALS_DIRECTORY, LoadCredential=), by the name README gives.
+#[test]
+fn secrets_come_from_systemd_credentials() {
+    let p = Project::new(Db::Sqlite, &Options::default());
+    let config = std::fs::read_to_string(&p.config).unwrap();
+    let port = Smtp::free_port();
+    p.write(
+        "followup.toml",
+        &format!(
+            "{config}\n[http]\nlisten = \"127.0.0.1:{port}\"\npublic_url = \"https://t.example.com\"\n"
+        ),
+    );
+    let out = p.run(&["check"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("needs a secret"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let creds = tempfile::tempdir().unwrap();
+    std::fs::write(
+        creds.path().join("http-secret"),
+        "0123456789abcdef0123456789abcdef0123456789abcdef\n",
+    )
+    .unwrap();
+    let out = p
+        .cmd(&["check"])
+        .env("CREDENTIALS_DIRECTORY", creds.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
