@@ -208,7 +208,14 @@ impl Scheduler {
         }
         let mut last_doubt_check = DateTime::<Utc>::MIN_UTC;
         // systemd's watchdog stops being pinged if a round never ends.
-        let beat = crate::ops::notify::Beat::register("scheduler");
+        // A round may wait out an SMTP end of data (data_timeout) and the connect and
+        // commands around it.
+        let beat = crate::ops::notify::Beat::register(
+            "scheduler",
+            (self.project.config.send.data_timeout + Duration::minutes(5))
+                .to_std()
+                .unwrap_or_default(),
+        );
         loop {
             if shutdown.is_cancelled() {
                 break;

@@ -299,11 +299,12 @@ impl Watcher {
         let mut backoff = StdDuration::from_secs(1);
         let mut last_error: Option<String> = None;
         // systemd's watchdog stops being pinged if this loop hangs outside its waits.
-        let beat = crate::ops::notify::Beat::register(format!(
-            "watcher {}/{}",
-            self.mailbox.name,
-            self.label()
-        ));
+        // Each IMAP command has COMMAND_TIMEOUT; a catch-up of a full folder, message by
+        // message, may take longer than one.
+        let beat = crate::ops::notify::Beat::register(
+            format!("watcher {}/{}", self.mailbox.name, self.label()),
+            COMMAND_TIMEOUT * 10,
+        );
         loop {
             if shutdown.is_cancelled() {
                 break;

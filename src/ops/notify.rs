@@ -73,6 +73,14 @@ pub struct Beat {
     busy_since: Arc<AtomicU64>,
 }
 
+/// A registered loop: its name (for the log line that says which one hung), how long
+/// one piece of its work may take at most, and its clock.
+struct Entry {
+    name: String,
+    grace: Duration,
+    busy_since: Weak<AtomicU64>,
+}
+
 fn epoch() -> Instant {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
     *EPOCH.get_or_init(Instant::now)
@@ -82,8 +90,8 @@ fn now_ms() -> u64 {
     epoch().elapsed().as_millis() as u64 + 1
 }
 
-/// Every registered loop, by name (for the log line that says which one hung).
-type Registry = Mutex<Vec<(String, Weak<AtomicU64>)>>;
+/// Every registered loop.
+type Registry = Mutex<Vec<Entry>>;
 
 fn registry() -> &'static Registry {
     static LOOPS: OnceLock<Registry> = OnceLock::new();
@@ -91,12 +99,19 @@ fn registry() -> &'static Registry {
 }
 
 impl Beat {
-    /// Registers a loop; it starts busy (it is about to do its first work).
-    pub fn register(name: impl Into<String>) -> Beat {
+    /// Registers a loop; it starts busy (it is about to do its first work). `grace`:
+    /// the longest one piece of its work may rightly take (an SMTP end of data may wait
+    /// ten minutes for its answer); it counts as hung only past that and past the
+    /// watchdog interval.
+    pub fn register(name: impl Into<String>, grace: Duration) -> Beat {
         let busy_since = Arc::new(AtomicU64::new(now_ms()));
         if let Ok(mut loops) = registry().lock() {
-            loops.retain(|(_, w)| w.strong_count() > 0);
-            loops.push((name.into(), Arc::downgrade(&busy_since)));
+            loops.retain(|e| e.busy_since.strong_count() > 0);
+            loops.push(Entry {
+                name: name.into(),
+                grace,
+                busy_since: Arc::downgrade(&busy_since),
+            });
         }
         Beat { busy_since }
     }
@@ -112,18 +127,18 @@ impl Beat {
     }
 }
 
-/// The loops busy for longer than `limit`, by name.
+/// The loops busy for longer than `limit` and their own grace, by name.
 fn hung(limit: Duration) -> Vec<String> {
     let now = now_ms();
-    let limit = limit.as_millis() as u64;
     let Ok(loops) = registry().lock() else {
         return vec!["(watchdog registry poisoned)".into()];
     };
     loops
         .iter()
-        .filter_map(|(name, w)| {
-            let since = w.upgrade()?.load(Ordering::Relaxed);
-            (since != 0 && now.saturating_sub(since) > limit).then(|| name.clone())
+        .filter_map(|e| {
+            let since = e.busy_since.upgrade()?.load(Ordering::Relaxed);
+            let limit = limit.max(e.grace).as_millis() as u64;
+            (since != 0 && now.saturating_sub(since) > limit).then(|| e.name.clone())
         })
         .collect()
 }
@@ -169,8 +184,10 @@ mod tests {
 
     #[test]
     fn a_busy_loop_past_the_limit_is_hung_and_a_waiting_one_never() {
-        let a = Beat::register("test-a");
-        let b = Beat::register("test-b");
+        let a = Beat::register("test-a", Duration::ZERO);
+        let b = Beat::register("test-b", Duration::ZERO);
+        let c = Beat::register("test-c", Duration::from_secs(3600));
+        c.busy_since.store(1, Ordering::Relaxed);
         b.waiting();
         // Pretend `a` started its work long ago.
         a.busy_since.store(1, Ordering::Relaxed);
@@ -178,6 +195,8 @@ mod tests {
         let stuck = hung(Duration::from_millis(1));
         assert!(stuck.contains(&"test-a".to_string()), "{stuck:?}");
         assert!(!stuck.contains(&"test-b".to_string()), "{stuck:?}");
+        // Within its own grace: busy, not hung.
+        assert!(!stuck.contains(&"test-c".to_string()), "{stuck:?}");
         a.busy();
         assert!(!hung(Duration::from_secs(3600)).contains(&"test-a".to_string()));
         drop(a);
