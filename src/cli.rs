@@ -79,6 +79,8 @@ pub enum Command {
     },
     /// Apply database migrations (run does it too)
     Migrate,
+    /// Make the running daemon re-read config, sequences and templates (SIGHUP through its pid file)
+    Reload,
     /// Import and inspect contacts
     #[command(subcommand)]
     Contacts(ContactsCommand),
@@ -309,9 +311,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             let token = CancellationToken::new();
             crate::daemon::cancel_on_signals(token.clone());
-            crate::daemon::run(project, store, token).await?;
+            crate::daemon::run(project, store, token, config_path.clone()).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Reload => Ok(crate::ops::reload::command(&config_path)),
         Command::Migrate => {
             let Some(p) = load_project(&config_path, false) else {
                 return Ok(ExitCode::from(2));

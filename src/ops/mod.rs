@@ -4,3 +4,5 @@
 pub mod credentials;
 pub mod logging;
 pub mod notify;
+pub mod pidfile;
+pub mod reload;

@@ -49,17 +49,26 @@ fn wait_log(d: &Daemon, text: &str) {
     }
 }
 
+/// A SQLite project whose mailbox sends to a fresh SMTP server in `mode`; `tune` sets
+/// the options beyond the port. The temp folder holds the server's files.
+fn sending(
+    mode: &str,
+    tune: impl FnOnce(&mut Options<'static>),
+) -> (tempfile::TempDir, Smtp, Project) {
+    let tmp = tempfile::tempdir().unwrap();
+    let smtp = Smtp::start(&tmp.path().join("smtp"), mode);
+    let mut o = Options {
+        smtp_port: smtp.port,
+        ..Options::default()
+    };
+    tune(&mut o);
+    let p = Project::new(Db::Sqlite, &o);
+    (tmp, smtp, p)
+}
+
 #[test]
 fn notify_ready_watchdog_stopping_then_exit_0() {
-    let tmp = tempfile::tempdir().unwrap();
-    let smtp = Smtp::start(&tmp.path().join("smtp"), "accept");
-    let p = Project::new(
-        Db::Sqlite,
-        &Options {
-            smtp_port: smtp.port,
-            ..Options::default()
-        },
-    );
+    let (tmp, smtp, p) = sending("accept", |_| {});
     p.import_contacts(3);
     let path = tmp.path().join("notify.sock");
     let sock = UnixDatagram::bind(&path).unwrap();
@@ -226,4 +235,151 @@ fn secrets_come_from_systemd_credentials() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Imports one contact into `intro` while the daemon runs.
+fn enroll_one(p: &Project, email: &str) {
+    let file = p.path(&format!("{email}.csv"));
+    std::fs::write(
+        &file,
+        format!("email,first_name,company\n{email},Ann,Acme\n"),
+    )
+    .unwrap();
+    p.ok(&[
+        "contacts",
+        "import",
+        file.to_str().unwrap(),
+        "--sequence",
+        "intro",
+    ]);
+}
+
+/// The message sent to `email`, once it arrives.
+fn mail_to(smtp: &Smtp, email: &str, d: &Daemon) -> crate::support::Received {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(30) {
+        if let Some(r) = smtp.received().into_iter().find(|r| r.to_addr() == email) {
+            return r;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("nothing sent to {email}; log:\n{}", d.log_text());
+}
+
+#[test]
+fn reload_takes_a_valid_project_and_keeps_the_old_one_on_errors() {
+    // Only first steps go out during the test.
+    let (_tmp, smtp, p) = sending("accept", |o| o.waits = ("1d", "1d"));
+    let d = p.daemon();
+    wait_log(&d, "followup daemon started");
+    enroll_one(&p, "before@prospect.example");
+    assert!(mail_to(&smtp, "before@prospect.example", &d)
+        .raw
+        .contains("STEP=first"));
+
+    // A valid edit: `followup reload` signals the daemon through its pid file.
+    let first = std::fs::read_to_string(p.path("templates/first.hbs")).unwrap();
+    p.write(
+        "templates/first.hbs",
+        &first.replace("STEP=first", "STEP=first VERSION=2"),
+    );
+    let out = p.ok(&["reload"]);
+    assert!(out.contains("asked the daemon"), "{out}");
+    wait_log(&d, "send loop: now on the reloaded project");
+    enroll_one(&p, "after@prospect.example");
+    assert!(mail_to(&smtp, "after@prospect.example", &d)
+        .raw
+        .contains("VERSION=2"));
+
+    // The CLI refuses a broken project too: contacts are imported below through a
+    // copy of the valid one on the same database.
+    let shadow = p.path("shadow");
+    for rel in [
+        "followup.toml",
+        "sequences/intro.yaml",
+        "templates/first.hbs",
+        "templates/first.html",
+        "templates/bump.hbs",
+        "templates/last.hbs",
+    ] {
+        let to = shadow.join(rel);
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(p.path(rel), to).unwrap();
+    }
+    // A broken template and an unknown one: `followup reload` refuses to signal...
+    p.write(
+        "templates/first.hbs",
+        "---\nsubject: \"Samples\"\n---\n{{#each items}}\nVERSION=3\n",
+    );
+    let seq = std::fs::read_to_string(p.path("sequences/intro.yaml")).unwrap();
+    p.write(
+        "sequences/intro.yaml",
+        &seq.replace("template: last", "template: lastt"),
+    );
+    let out = p.run(&["reload"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    // ...and a SIGHUP anyway is refused by the daemon, every error logged.
+    let _ = Command::new("kill")
+        .args(["-HUP", &d.child.id().to_string()])
+        .status();
+    wait_log(&d, "reload refused");
+    let log = d.log_text();
+    assert!(log.contains("templates/first.hbs"), "{log}");
+    assert!(log.contains("lastt"), "{log}");
+    let csv = p.path("broken.csv");
+    std::fs::write(
+        &csv,
+        "email,first_name,company\nbroken@prospect.example,Bo,Acme\n",
+    )
+    .unwrap();
+    let out = Command::new(crate::support::BIN)
+        .arg("--config")
+        .arg(shadow.join("followup.toml"))
+        .args([
+            "contacts",
+            "import",
+            csv.to_str().unwrap(),
+            "--sequence",
+            "intro",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let r = mail_to(&smtp, "broken@prospect.example", &d);
+    assert!(r.raw.contains("VERSION=2") && !r.raw.contains("VERSION=3"));
+
+    let status = d.stop();
+    assert!(status.success(), "exit status {status:?}");
+    // The pid file goes with the daemon.
+    assert!(!p.path("followup.pid").exists());
+}
+
+/// SIGTERM while a slow server takes its time: the daemon stops claiming, lets the
+/// transactions in hand finish, records them, releases its claims and exits 0.
+#[test]
+fn sigterm_drains_what_is_in_hand_and_exits_0() {
+    let (_tmp, smtp, p) = sending("slow", |o| {
+        o.waits = ("1d", "1d");
+        o.connections = 1;
+        o.batch = 2;
+    });
+    p.import_contacts(20);
+    let d = p.daemon();
+    smtp.wait_for(1, Duration::from_secs(30));
+    let status = d.stop();
+    assert!(status.success(), "exit status {status:?}");
+    let received = smtp.received().len() as i64;
+    assert!(received < 20, "stopped before the end: {received} sent");
+    assert_eq!(
+        p.sql_count("SELECT count(*) FROM messages WHERE status = 'sent'"),
+        received
+    );
+    assert_eq!(
+        p.sql_count("SELECT count(*) FROM messages WHERE status = 'sending'"),
+        0
+    );
+    assert_eq!(p.sql_count("SELECT count(*) FROM claims"), 0);
+    // What was not sent goes out at the next start.
+    p.ok(&["run", "--once"]);
+    assert_eq!(smtp.received().len(), 20);
 }
