@@ -304,6 +304,8 @@ pub struct Config {
     /// The sender's postal address, `{{postal_address}}` in templates (CAN-SPAM).
     pub postal_address: Option<String>,
     pub limits: Limits,
+    /// The admin listener (/healthz, /readyz, /metrics); see `ops::admin`.
+    pub admin: crate::ops::admin::Listen,
 }
 
 /// Bounds on what the project's files and the contacts CSV may hold (`[limits]`), so
@@ -375,6 +377,7 @@ struct RawConfig {
     postal_address: Option<String>,
     #[serde(default)]
     limits: RawLimits,
+    admin_listen: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -781,10 +784,30 @@ pub fn load(path: &Path, need_secrets: bool) -> Result<(Config, Diagnostics), Di
 
     let limits = parse_limits(&map, &raw.limits, &mut diags);
 
+    let admin_text = std::env::var("FOLLOWUP_ADMIN_LISTEN")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .or_else(|| raw.admin_listen.as_ref().map(|l| l.get_ref().clone()));
+    let admin = match crate::ops::admin::Listen::parse(
+        admin_text.as_deref(),
+        http.as_ref().and_then(|h| h.admin_listen),
+    ) {
+        Ok(a) => a,
+        Err(e) => {
+            let at = raw.admin_listen.as_ref().map(|l| l.span()).unwrap_or(0..0);
+            diags.push(
+                map.error(at, e)
+                    .with_help("an IP address and a port, e.g. \"127.0.0.1:9417\", or \"off\""),
+            );
+            crate::ops::admin::Listen::Off
+        }
+    };
+
     if diags.has_errors() {
         return Err(diags);
     }
     let config = Config {
+        admin,
         http,
         postal_address: raw
             .postal_address

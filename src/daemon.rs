@@ -36,6 +36,7 @@ pub async fn run(
         "followup daemon started"
     );
     let mut watchers = crate::ops::reload::Watchers::start(&project, &store, &shutdown);
+    let mut admin_parts = (None, Arc::default(), crate::ops::admin::LIMITS);
     if let Some(http) = &project.config.http {
         let signer = http
             .signer
@@ -44,14 +45,6 @@ pub async fn run(
         let listener = tokio::net::TcpListener::bind(http.listen)
             .await
             .with_context(|| format!("cannot listen on {} ([http] listen)", http.listen))?;
-        let admin_listener = match http.admin_listen {
-            Some(addr) => Some(
-                tokio::net::TcpListener::bind(addr)
-                    .await
-                    .with_context(|| format!("cannot listen on {addr} ([http] admin_listen)"))?,
-            ),
-            None => None,
-        };
         let (hits_tx, hits_rx) = tokio::sync::mpsc::channel(http.queue);
         let metrics = Arc::new(crate::track::http::Metrics::default());
         let routers = crate::track::http::routers(
@@ -102,20 +95,27 @@ pub async fn run(
             metrics.public_connections.clone(),
             shutdown.child_token(),
         ));
-        if let (Some(admin), Some(addr)) = (admin_listener, http.admin_listen) {
-            info!(listen = %addr, "admin pages (/healthz, /metrics) listening");
-            tracker.spawn(serve::serve(
-                admin,
-                routers.admin,
-                serve::Limits {
-                    max_connections: serve::ADMIN_CONNECTIONS,
-                    ..limits
-                },
-                metrics.admin_connections.clone(),
-                shutdown.child_token(),
-            ));
-        }
+        admin_parts = (
+            Some(routers.admin),
+            metrics.admin_connections.clone(),
+            limits,
+        );
     }
+    // The admin pages, with or without tracking (their figures included when there).
+    let (track_admin, admin_stats, admin_limits) = admin_parts;
+    crate::ops::admin::start(
+        project.config.admin,
+        crate::ops::admin::Admin {
+            store: store.clone(),
+            project: reloader.subscribe(),
+            track: track_admin,
+        },
+        admin_stats,
+        admin_limits,
+        &tracker,
+        shutdown.child_token(),
+    )
+    .await?;
     let token = shutdown.child_token();
     let mut sched = tracker.spawn(async move { scheduler.run(token).await });
     tracker.spawn(crate::ops::notify::watchdog(shutdown.child_token()));

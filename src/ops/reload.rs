@@ -120,6 +120,15 @@ fn needs_restart(old: &Project, new: &Project) -> Vec<&'static str> {
     out
 }
 
+static TAKEN: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+static REFUSED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Reloads taken and refused since the start, for /metrics.
+pub fn counts() -> (u64, u64) {
+    use std::sync::atomic::Ordering::Relaxed;
+    (TAKEN.load(Relaxed), REFUSED.load(Relaxed))
+}
+
 /// Reads the project again on request and hands a valid one to the daemon's parts.
 pub struct Reloader {
     config: PathBuf,
@@ -151,6 +160,7 @@ impl Reloader {
         let result = load(&self.config).await;
         let taken = match result {
             Err(d) => {
+                REFUSED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 log_problems(&d);
                 error!(
                     errors = d.error_count(),
@@ -173,6 +183,7 @@ impl Reloader {
                     "reloaded"
                 );
                 self.current.send_replace(p.clone());
+                TAKEN.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 Some(p)
             }
         };

@@ -1001,11 +1001,13 @@ impl Store {
 mod history;
 mod inbound;
 mod liveness;
+mod ops;
 mod rules;
 mod schema;
 mod send;
 mod status;
 mod track;
+pub use ops::OpsGauges;
 
 pub use history::Existing;
 pub use inbound::{Checkpoint, InboundRecord, SetAside, WatchState};

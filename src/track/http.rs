@@ -515,6 +515,31 @@ async fn count_requests(
     response
 }
 
+/// Messages by status and the send queue, from the database; 503 when it does not
+/// answer. Also on the admin listener without tracking (`ops::admin`).
+pub async fn database_gauges(store: &Store, out: &mut String) -> StatusCode {
+    use std::fmt::Write as _;
+    match store.gauges(Utc::now()).await {
+        Ok((by_status, due)) => {
+            out.push_str(
+                "# HELP followup_messages Messages by status.\n# TYPE followup_messages gauge\n",
+            );
+            for (st, n) in by_status {
+                let _ = writeln!(out, "followup_messages{{status=\"{st}\"}} {n}");
+            }
+            let _ = writeln!(
+                out,
+                "# HELP followup_enrollments_due Active enrollments due now (the send queue).\n# TYPE followup_enrollments_due gauge\nfollowup_enrollments_due {due}"
+            );
+            StatusCode::OK
+        }
+        Err(e) => {
+            warn!(error = %e, "metrics: cannot read the database");
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+    }
+}
+
 async fn metrics_page(State(s): Shared) -> Response {
     use std::fmt::Write as _;
     let m = &s.metrics;
@@ -598,25 +623,7 @@ async fn metrics_page(State(s): Shared) -> Response {
             );
         }
     }
-    let status = match s.store.gauges(Utc::now()).await {
-        Ok((by_status, due)) => {
-            out.push_str(
-                "# HELP followup_messages Messages by status.\n# TYPE followup_messages gauge\n",
-            );
-            for (st, n) in by_status {
-                let _ = writeln!(out, "followup_messages{{status=\"{st}\"}} {n}");
-            }
-            let _ = writeln!(
-                out,
-                "# HELP followup_enrollments_due Active enrollments due now (the send queue).\n# TYPE followup_enrollments_due gauge\nfollowup_enrollments_due {due}"
-            );
-            StatusCode::OK
-        }
-        Err(e) => {
-            warn!(error = %e, "metrics: cannot read the database");
-            StatusCode::SERVICE_UNAVAILABLE
-        }
-    };
+    let status = database_gauges(&s.store, &mut out).await;
     m.count(4, status);
     (
         status,

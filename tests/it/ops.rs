@@ -383,3 +383,70 @@ fn sigterm_drains_what_is_in_hand_and_exits_0() {
     p.ok(&["run", "--once"]);
     assert_eq!(smtp.received().len(), 20);
 }
+
+fn get(url: &str) -> Option<(u16, String)> {
+    let r = reqwest::blocking::Client::new()
+        .get(url)
+        .timeout(Duration::from_secs(5))
+        .send()
+        .ok()?;
+    Some((r.status().as_u16(), r.text().unwrap_or_default()))
+}
+
+/// Without tracking configured, the admin listener still serves /healthz, /readyz and
+/// /metrics; /readyz says what keeps the daemon from its work.
+#[test]
+fn admin_listener_without_tracking() {
+    let (_tmp, smtp, p) = sending("accept", |o| o.waits = ("1d", "1d"));
+    let port = Smtp::free_port();
+    let config = std::fs::read_to_string(&p.config).unwrap();
+    p.write(
+        "followup.toml",
+        &format!("admin_listen = \"127.0.0.1:{port}\"\n{config}"),
+    );
+    p.import_contacts(2);
+    let d = p.daemon();
+    smtp.wait_for(2, Duration::from_secs(30));
+    let base = format!("http://127.0.0.1:{port}");
+    let start = Instant::now();
+    let mut metrics = String::new();
+    // The figures are read from the database: the second send shows once recorded.
+    while start.elapsed() < Duration::from_secs(30) {
+        metrics = get(&format!("{base}/metrics"))
+            .map(|r| r.1)
+            .unwrap_or_default();
+        if metrics.contains("followup_mailbox_messages{mailbox=\"sales\",status=\"sent\"} 2") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        metrics.contains("followup_mailbox_messages{mailbox=\"sales\",status=\"sent\"} 2"),
+        "{metrics}\n{}",
+        d.log_text()
+    );
+    for name in [
+        "followup_messages{status=\"sent\"} 2",
+        "followup_enrollments_due",
+        "followup_queue_oldest_due_seconds",
+        "followup_claims",
+        "followup_reloads_total{result=\"taken\"} 0",
+    ] {
+        assert!(metrics.contains(name), "{name} missing:\n{metrics}");
+    }
+    assert_eq!(get(&format!("{base}/healthz")).unwrap().0, 200);
+    assert_eq!(
+        get(&format!("{base}/readyz")).unwrap(),
+        (200, "ready\n".to_string())
+    );
+    // A mailbox paused for bouncing: not ready, and why.
+    p.sql("INSERT INTO mailbox_pauses (mailbox, reason, at) VALUES ('sales', 'bounce rate 9%', 0)");
+    let (status, body) = get(&format!("{base}/readyz")).unwrap();
+    assert_eq!(status, 503);
+    assert!(
+        body.contains("mailbox sales paused: bounce rate 9%"),
+        "{body}"
+    );
+    assert_eq!(get(&format!("{base}/nothing")).unwrap().0, 404);
+    assert!(d.stop().success());
+}
