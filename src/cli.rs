@@ -78,7 +78,21 @@ pub enum Command {
         once: bool,
     },
     /// Apply database migrations (run does it too)
-    Migrate,
+    Migrate {
+        /// List the migrations that would run; change nothing
+        #[arg(long)]
+        check: bool,
+    },
+    /// Copy the SQLite database consistently, even while the daemon runs (PostgreSQL: pg_dump)
+    Backup {
+        /// The copy to write (must not exist)
+        file: PathBuf,
+    },
+    /// Replace the SQLite database with a backup (the daemon must be stopped)
+    Restore {
+        /// A file `followup backup` wrote
+        file: PathBuf,
+    },
     /// Make the running daemon re-read config, sequences and templates (SIGHUP through its pid file)
     Reload,
     /// Import and inspect contacts
@@ -315,7 +329,20 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Reload => Ok(crate::ops::reload::command(&config_path)),
-        Command::Migrate => {
+        Command::Migrate { check: true } | Command::Backup { .. } | Command::Restore { .. } => {
+            let Some(p) = load_project(&config_path, false) else {
+                return Ok(ExitCode::from(2));
+            };
+            let db = &p.config.database;
+            match cli.command {
+                Command::Backup { file } => crate::ops::backup::backup(db, &file).await,
+                Command::Restore { file } => {
+                    crate::ops::backup::restore(db, &config_path, &file).await
+                }
+                _ => crate::ops::backup::migrate_check(db).await,
+            }
+        }
+        Command::Migrate { check: false } => {
             let Some(p) = load_project(&config_path, false) else {
                 return Ok(ExitCode::from(2));
             };

@@ -2,6 +2,7 @@
 //! formats for the journal and for shippers, reload, the admin listener, backups.
 
 pub mod admin;
+pub mod backup;
 pub mod credentials;
 pub mod logging;
 pub mod notify;

@@ -97,3 +97,15 @@ pub fn signal_reload(path: &Path) -> Result<i32, Error> {
     #[cfg(not(unix))]
     Err(Error::Unsupported)
 }
+
+/// The pid of a followup daemon that the pid file at `path` names and that runs.
+pub fn running(path: &Path) -> Option<i32> {
+    let pid: i32 = std::fs::read_to_string(path).ok()?.trim().parse().ok()?;
+    #[cfg(target_os = "linux")]
+    {
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+        comm.trim().starts_with("followup").then_some(pid)
+    }
+    #[cfg(not(target_os = "linux"))]
+    Some(pid)
+}

@@ -1007,7 +1007,7 @@ mod schema;
 mod send;
 mod status;
 mod track;
-pub use ops::OpsGauges;
+pub use ops::{sqlite_integrity, OpsGauges};
 
 pub use history::Existing;
 pub use inbound::{Checkpoint, InboundRecord, SetAside, WatchState};

@@ -56,3 +56,64 @@ impl Store {
         }
     }
 }
+
+impl Store {
+    /// Migrations this binary carries that the database has not applied: (version,
+    /// description), oldest first.
+    pub async fn pending_migrations(&self) -> Result<Vec<(i64, String)>> {
+        let (migrator, applied): (sqlx::migrate::Migrator, Vec<i64>) = match &self.pool {
+            Pool::Sqlite(p) => {
+                let exists: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
+                )
+                .fetch_one(&p.read)
+                .await?;
+                let applied = if exists > 0 {
+                    sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+                        .fetch_all(&p.read)
+                        .await?
+                } else {
+                    Vec::new()
+                };
+                (sqlx::migrate!("migrations/sqlite"), applied)
+            }
+            Pool::Postgres(p) => {
+                let exists: bool =
+                    sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+                        .fetch_one(p)
+                        .await?;
+                let applied = if exists {
+                    sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+                        .fetch_all(p)
+                        .await?
+                } else {
+                    Vec::new()
+                };
+                (sqlx::migrate!("migrations/postgres"), applied)
+            }
+        };
+        Ok(migrator
+            .iter()
+            .filter(|m| m.migration_type.is_up_migration() && !applied.contains(&m.version))
+            .map(|m| (m.version, m.description.to_string()))
+            .collect())
+    }
+}
+
+/// SQLite's `PRAGMA integrity_check` of a database file ("ok" when sound), opened read
+/// only, after checking that it is a followup database at all.
+pub async fn sqlite_integrity(file: &std::path::Path) -> Result<String> {
+    use sqlx::Connection as _;
+    let opts = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(file)
+        .read_only(true);
+    let mut c = sqlx::SqliteConnection::connect_with(&opts).await?;
+    let _: i64 = sqlx::query_scalar("SELECT count(*) FROM messages")
+        .fetch_one(&mut c)
+        .await?;
+    let rows: Vec<String> = sqlx::query_scalar("PRAGMA integrity_check")
+        .fetch_all(&mut c)
+        .await?;
+    c.close().await?;
+    Ok(rows.join("; "))
+}

@@ -354,15 +354,21 @@ fn reload_takes_a_valid_project_and_keeps_the_old_one_on_errors() {
     assert!(!p.path("followup.pid").exists());
 }
 
+/// A server that takes 1.5 s per message, one connection, batches of 2, first steps
+/// only: the daemon always has messages in hand.
+fn slow_sending() -> (tempfile::TempDir, Smtp, Project) {
+    sending("slow", |o| {
+        o.waits = ("1d", "1d");
+        o.connections = 1;
+        o.batch = 2;
+    })
+}
+
 /// SIGTERM while a slow server takes its time: the daemon stops claiming, lets the
 /// transactions in hand finish, records them, releases its claims and exits 0.
 #[test]
 fn sigterm_drains_what_is_in_hand_and_exits_0() {
-    let (_tmp, smtp, p) = sending("slow", |o| {
-        o.waits = ("1d", "1d");
-        o.connections = 1;
-        o.batch = 2;
-    });
+    let (_tmp, smtp, p) = slow_sending();
     p.import_contacts(20);
     let d = p.daemon();
     smtp.wait_for(1, Duration::from_secs(30));
@@ -449,4 +455,71 @@ fn admin_listener_without_tracking() {
     );
     assert_eq!(get(&format!("{base}/nothing")).unwrap().0, 404);
     assert!(d.stop().success());
+}
+
+/// A backup taken while the daemon sends is a sound database; restore refuses while a
+/// daemon runs, then brings the backup back and keeps the file it replaced.
+#[test]
+fn backup_while_sending_then_restore() {
+    let (_tmp, smtp, p) = slow_sending();
+    p.import_contacts(8);
+    let d = p.daemon();
+    smtp.wait_for(2, Duration::from_secs(30));
+    let backup = p.path("backup.db");
+    let out = p.ok(&["backup", backup.to_str().unwrap()]);
+    assert!(out.contains("backed up to"), "{out}");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(&backup).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "backup readable by others: {mode:o}");
+    }
+    // Never over an existing file.
+    assert!(!p
+        .run(&["backup", backup.to_str().unwrap()])
+        .status
+        .success());
+    // Not under a running daemon.
+    let out = p.run(&["restore", backup.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is running"),
+        "{out:?}"
+    );
+    assert!(d.stop().success());
+    let sent_at_stop = p.sql_count("SELECT count(*) FROM messages WHERE status = 'sent'");
+    p.ok(&["restore", backup.to_str().unwrap()]);
+    let sent = p.sql_count("SELECT count(*) FROM messages WHERE status = 'sent'");
+    assert!(
+        (1..=sent_at_stop).contains(&sent),
+        "restored {sent} sent, {sent_at_stop} at stop"
+    );
+    assert_eq!(p.sql_count("SELECT count(*) FROM contacts"), 8);
+    assert!(std::fs::read_dir(p.dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .any(|e| e
+            .file_name()
+            .to_string_lossy()
+            .starts_with("followup.before-restore-")));
+    // A file that is not a database is refused before anything is replaced.
+    p.write("junk.db", "not a database");
+    assert!(!p
+        .run(&["restore", p.path("junk.db").to_str().unwrap()])
+        .status
+        .success());
+    assert_eq!(p.sql_count("SELECT count(*) FROM contacts"), 8);
+}
+
+#[test]
+fn migrate_check_lists_what_would_run() {
+    let p = Project::new(Db::Sqlite, &Options::default());
+    let out = p.ok(&["migrate", "--check"]);
+    assert!(out.contains("migration(s) would run"), "{out}");
+    assert!(out.contains("0001 foundation"), "{out}");
+    p.ok(&["migrate"]);
+    assert_eq!(
+        p.ok(&["migrate", "--check"]).trim(),
+        "database is up to date"
+    );
 }
