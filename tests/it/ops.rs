@@ -55,6 +55,14 @@ fn sending(
     mode: &str,
     tune: impl FnOnce(&mut Options<'static>),
 ) -> (tempfile::TempDir, Smtp, Project) {
+    sending_on(Db::Sqlite, mode, tune)
+}
+
+fn sending_on(
+    db: Db,
+    mode: &str,
+    tune: impl FnOnce(&mut Options<'static>),
+) -> (tempfile::TempDir, Smtp, Project) {
     let tmp = tempfile::tempdir().unwrap();
     let smtp = Smtp::start(&tmp.path().join("smtp"), mode);
     let mut o = Options {
@@ -62,7 +70,7 @@ fn sending(
         ..Options::default()
     };
     tune(&mut o);
-    let p = Project::new(Db::Sqlite, &o);
+    let p = Project::new(db, &o);
     (tmp, smtp, p)
 }
 
@@ -401,9 +409,8 @@ fn get(url: &str) -> Option<(u16, String)> {
 
 /// Without tracking configured, the admin listener still serves /healthz, /readyz and
 /// /metrics; /readyz says what keeps the daemon from its work.
-#[test]
-fn admin_listener_without_tracking() {
-    let (_tmp, smtp, p) = sending("accept", |o| o.waits = ("1d", "1d"));
+fn admin_listener_without_tracking(db: Db) {
+    let (_tmp, smtp, p) = sending_on(db, "accept", |o| o.waits = ("1d", "1d"));
     let port = Smtp::free_port();
     let config = std::fs::read_to_string(&p.config).unwrap();
     p.write(
@@ -512,8 +519,17 @@ fn backup_while_sending_then_restore() {
 }
 
 #[test]
-fn migrate_check_lists_what_would_run() {
-    let p = Project::new(Db::Sqlite, &Options::default());
+fn admin_listener_without_tracking_sqlite() {
+    admin_listener_without_tracking(Db::Sqlite);
+}
+
+#[test]
+fn admin_listener_without_tracking_postgres() {
+    admin_listener_without_tracking(Db::Postgres);
+}
+
+fn migrate_check_lists_what_would_run(db: Db) {
+    let p = Project::new(db, &Options::default());
     let out = p.ok(&["migrate", "--check"]);
     assert!(out.contains("migration(s) would run"), "{out}");
     assert!(out.contains("0001 foundation"), "{out}");
@@ -522,4 +538,14 @@ fn migrate_check_lists_what_would_run() {
         p.ok(&["migrate", "--check"]).trim(),
         "database is up to date"
     );
+}
+
+#[test]
+fn migrate_check_lists_what_would_run_sqlite() {
+    migrate_check_lists_what_would_run(Db::Sqlite);
+}
+
+#[test]
+fn migrate_check_lists_what_would_run_postgres() {
+    migrate_check_lists_what_would_run(Db::Postgres);
 }
