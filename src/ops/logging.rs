@@ -18,14 +18,15 @@ use tracing_subscriber::EnvFilter;
 /// `--log-format`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum LogFormat {
-    /// `journald` when stderr is not a terminal or JOURNAL_STREAM is set, else `text`
+    // `journald` when stderr is not a terminal or JOURNAL_STREAM is set, else `text`.
+    // (Plain comments: doc comments would turn `--help` into its long layout.)
     #[default]
     Auto,
-    /// Timestamped lines, coloured on a terminal
+    // Timestamped lines, coloured on a terminal.
     Text,
-    /// `<priority>` prefix, no timestamp, no colour (sd-daemon style)
+    // `<priority>` prefix, no timestamp, no colour (sd-daemon style).
     Journald,
-    /// One JSON object per line
+    // One JSON object per line.
     Json,
 }
 
