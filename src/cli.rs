@@ -49,6 +49,9 @@ pub struct Cli {
     /// The project's configuration file [default: ./followup.toml]
     #[arg(long, short = 'c', global = true, env = "FOLLOWUP_CONFIG")]
     pub config: Option<PathBuf>,
+    /// How log lines look on stderr (auto: journald style when not on a terminal)
+    #[arg(long, global = true, value_enum, default_value_t)]
+    pub log_format: crate::ops::logging::LogFormat,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -77,7 +80,23 @@ pub enum Command {
         once: bool,
     },
     /// Apply database migrations (run does it too)
-    Migrate,
+    Migrate {
+        /// List the migrations that would run; change nothing
+        #[arg(long)]
+        check: bool,
+    },
+    /// Copy the SQLite database consistently, even while the daemon runs (PostgreSQL: pg_dump)
+    Backup {
+        /// The copy to write (must not exist)
+        file: PathBuf,
+    },
+    /// Replace the SQLite database with a backup (the daemon must be stopped)
+    Restore {
+        /// A file `followup backup` wrote
+        file: PathBuf,
+    },
+    /// Make the running daemon re-read config, sequences and templates (SIGHUP through its pid file)
+    Reload,
     /// Import and inspect contacts
     #[command(subcommand)]
     Contacts(ContactsCommand),
@@ -233,7 +252,7 @@ pub enum InDoubtCommand {
 /// Entry point: runs the command, prints errors as `followup: ...`, maps exit codes.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(matches!(cli.command, Command::Run { .. }));
+    crate::ops::logging::init(matches!(cli.command, Command::Run { .. }), cli.log_format);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -260,25 +279,15 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn init_tracing(daemon: bool) {
-    use tracing_subscriber::EnvFilter;
-    let default = if daemon { "info" } else { "warn" };
-    let filter =
-        EnvFilter::try_from_env("FOLLOWUP_LOG").unwrap_or_else(|_| EnvFilter::new(default));
-    // Colours only on a terminal: under systemd the journal gets plain lines.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi)
-        .with_target(false)
-        .try_init();
-}
-
 fn print_diagnostics(d: &Diagnostics) {
     let mut err = std::io::stderr().lock();
     for item in &d.items {
-        let _ = writeln!(err, "{item}\n");
+        let error = item.severity == crate::diagnostic::Severity::Error;
+        let _ = write!(
+            err,
+            "{}",
+            crate::ops::logging::block(&item.to_string(), error)
+        );
     }
 }
 
@@ -353,10 +362,24 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             let token = CancellationToken::new();
             crate::daemon::cancel_on_signals(token.clone());
-            crate::daemon::run(project, store, token).await?;
+            crate::daemon::run(project, store, token, config_path.clone()).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Migrate => {
+        Command::Reload => Ok(crate::ops::reload::command(&config_path)),
+        Command::Migrate { check: true } | Command::Backup { .. } | Command::Restore { .. } => {
+            let Some(p) = load_project(&config_path, false) else {
+                return Ok(ExitCode::from(2));
+            };
+            let db = &p.config.database;
+            match cli.command {
+                Command::Backup { file } => crate::ops::backup::backup(db, &file).await,
+                Command::Restore { file } => {
+                    crate::ops::backup::restore(db, &config_path, &file).await
+                }
+                _ => crate::ops::backup::migrate_check(db).await,
+            }
+        }
+        Command::Migrate { check: false } => {
             let Some(p) = load_project(&config_path, false) else {
                 return Ok(ExitCode::from(2));
             };

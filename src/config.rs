@@ -325,6 +325,8 @@ pub struct Config {
     /// The sender's postal address, `{{postal_address}}` in templates (CAN-SPAM).
     pub postal_address: Option<String>,
     pub limits: Limits,
+    /// The admin listener (/healthz, /readyz, /metrics); see `ops::admin`.
+    pub admin: crate::ops::admin::Listen,
     /// Where events are POSTed (`[[webhooks]]`), in the file's order.
     pub webhooks: Vec<Webhook>,
 }
@@ -424,6 +426,7 @@ struct RawConfig {
     postal_address: Option<String>,
     #[serde(default)]
     limits: RawLimits,
+    admin_listen: Option<Spanned<String>>,
     #[serde(default)]
     webhooks: Vec<Spanned<RawWebhook>>,
 }
@@ -759,7 +762,12 @@ pub fn load(path: &Path, need_secrets: bool) -> Result<(Config, Diagnostics), Di
         let has_login = m.password_env.is_some()
             || m.password_file.is_some()
             || var("PASSWORD").is_some()
-            || m.oauth.is_some();
+            || m.oauth.is_some()
+            || crate::ops::credentials::read(&crate::ops::credentials::name_for(&format!(
+                "FOLLOWUP_MAILBOX_{}_PASSWORD",
+                env_name(name)
+            )))
+            .is_some();
         if has_login && !m.allow_plaintext_login.unwrap_or(false) {
             let in_clear = |scheme: &str, host: &str, span: Range<usize>, secure: &str| {
                 map.error(
@@ -846,10 +854,30 @@ pub fn load(path: &Path, need_secrets: bool) -> Result<(Config, Diagnostics), Di
     let limits = parse_limits(&map, &raw.limits, &mut diags);
     let webhooks = parse_webhooks(&map, &raw.webhooks, need_secrets, &mut diags);
 
+    let admin_text = std::env::var("FOLLOWUP_ADMIN_LISTEN")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .or_else(|| raw.admin_listen.as_ref().map(|l| l.get_ref().clone()));
+    let admin = match crate::ops::admin::Listen::parse(
+        admin_text.as_deref(),
+        http.as_ref().and_then(|h| h.admin_listen),
+    ) {
+        Ok(a) => a,
+        Err(e) => {
+            let at = raw.admin_listen.as_ref().map(|l| l.span()).unwrap_or(0..0);
+            diags.push(
+                map.error(at, e)
+                    .with_help("an IP address and a port, e.g. \"127.0.0.1:9417\", or \"off\""),
+            );
+            crate::ops::admin::Listen::Off
+        }
+    };
+
     if diags.has_errors() {
         return Err(diags);
     }
     let config = Config {
+        admin,
         http,
         postal_address: raw
             .postal_address
@@ -1111,7 +1139,13 @@ fn resolve_password(
         &m.password_file,
         &format!("mailbox '{name}'"),
         "password file",
-    )?;
+    )?
+    .or_else(|| {
+        crate::ops::credentials::read(&crate::ops::credentials::name_for(&format!(
+            "FOLLOWUP_MAILBOX_{}_PASSWORD",
+            env_name(name)
+        )))
+    });
     Ok(secret.map(SecretString::from))
 }
 
@@ -1260,7 +1294,7 @@ fn resolve_secret(
         };
     }
     if let Some(file) = file {
-        return match std::fs::read_to_string(file.get_ref()) {
+        return match std::fs::read_to_string(crate::ops::credentials::expand(file.get_ref())) {
             Ok(v) => Ok(Some(v.trim_end_matches(['\r', '\n']).to_string())),
             Err(e) => Err(map.error(
                 file.span(),
@@ -1345,6 +1379,11 @@ fn parse_http(
                   what: &str|
      -> Result<Option<Vec<u8>>, Diagnostic> {
         resolve_secret(map, env(env_key), var, file, what, "secret file")
+            .map(|s| {
+                s.or_else(|| {
+                    crate::ops::credentials::read(&crate::ops::credentials::name_for(env_key))
+                })
+            })
             .map(|s| s.map(String::into_bytes))
     };
     let report = |d: Diagnostic, diags: &mut Diagnostics| {

@@ -13,54 +13,30 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
-use crate::inbound::Folder;
-use crate::mail::watch::Watcher;
 use crate::project::Project;
 use crate::scheduler::Scheduler;
 use crate::store::Store;
 use crate::track::serve;
 
-/// Runs until `shutdown` is cancelled.
+/// Runs until `shutdown` is cancelled. `config`: the file to read again on SIGHUP.
 pub async fn run(
     project: Arc<Project>,
     store: Store,
     shutdown: CancellationToken,
+    config: std::path::PathBuf,
 ) -> anyhow::Result<()> {
     let tracker = TaskTracker::new();
-    let scheduler = Scheduler::new(project.clone(), store.clone());
+    let reloader = crate::ops::reload::Reloader::new(config.clone(), project.clone());
+    let scheduler =
+        Scheduler::new(project.clone(), store.clone()).with_reloads(reloader.subscribe());
     info!(
         owner = scheduler.owner(),
         mailboxes = project.config.mailboxes.len(),
         sequences = project.sequences.len(),
         "followup daemon started"
     );
-    // One watcher per mailbox with IMAP for INBOX, and one for Sent (mail the rep
-    // writes by hand stops that contact's sequence too).
-    let (arrivals, arrived) = tokio::sync::mpsc::channel(16);
-    tracker.spawn(crate::inbound::serve(
-        project.clone(),
-        store.clone(),
-        arrived,
-    ));
-    for mailbox in project
-        .config
-        .mailboxes
-        .values()
-        .filter(|m| m.imap.is_some())
-    {
-        for folder in [Folder::Inbox, Folder::Sent] {
-            let w = Watcher {
-                arrivals: arrivals.clone(),
-                timing: project.config.replies.clone(),
-                store: store.clone(),
-                mailbox: mailbox.clone(),
-                folder,
-            };
-            tracker.spawn(w.run(shutdown.child_token()));
-        }
-    }
-    // The watchers hold the only senders: when they stop, `serve` ends.
-    drop(arrivals);
+    let mut watchers = crate::ops::reload::Watchers::start(&project, &store, &shutdown);
+    let mut admin_parts = (None, Arc::default(), crate::ops::admin::LIMITS);
     if let Some(http) = &project.config.http {
         let secrets = http
             .secrets
@@ -71,14 +47,6 @@ pub async fn run(
         let listener = tokio::net::TcpListener::bind(http.listen)
             .await
             .with_context(|| format!("cannot listen on {} ([http] listen)", http.listen))?;
-        let admin_listener = match http.admin_listen {
-            Some(addr) => Some(
-                tokio::net::TcpListener::bind(addr)
-                    .await
-                    .with_context(|| format!("cannot listen on {addr} ([http] admin_listen)"))?,
-            ),
-            None => None,
-        };
         let (hits_tx, hits_rx) = tokio::sync::mpsc::channel(http.queue);
         let metrics = Arc::new(crate::track::http::Metrics::default());
         let routers = crate::track::http::routers(
@@ -129,43 +97,88 @@ pub async fn run(
             metrics.public_connections.clone(),
             shutdown.child_token(),
         ));
-        if let (Some(admin), Some(addr)) = (admin_listener, http.admin_listen) {
-            info!(listen = %addr, "admin pages (/healthz, /metrics) listening");
-            tracker.spawn(serve::serve(
-                admin,
-                routers.admin,
-                serve::Limits {
-                    max_connections: serve::ADMIN_CONNECTIONS,
-                    ..limits
-                },
-                metrics.admin_connections.clone(),
-                shutdown.child_token(),
-            ));
-        }
-    }
-    if !project.config.webhooks.is_empty() {
-        let client = crate::webhook::Client::new().context("webhook HTTP client")?;
-        info!(
-            webhooks = project.config.webhooks.len(),
-            "webhook dispatcher started"
+        admin_parts = (
+            Some(routers.admin),
+            metrics.admin_connections.clone(),
+            limits,
         );
-        tracker.spawn(crate::app::webhooks::run(
-            project.clone(),
-            store.clone(),
-            client,
-            shutdown.child_token(),
-        ));
     }
+    // Always running, so that webhooks a reload adds get the events from then on.
+    let client = crate::webhook::Client::new().context("webhook HTTP client")?;
+    tracker.spawn(crate::app::webhooks::run(
+        reloader.subscribe(),
+        store.clone(),
+        client,
+        shutdown.child_token(),
+    ));
+    // The admin pages, with or without tracking (their figures included when there).
+    let (track_admin, admin_stats, admin_limits) = admin_parts;
+    crate::ops::admin::start(
+        project.config.admin,
+        crate::ops::admin::Admin {
+            store: store.clone(),
+            project: reloader.subscribe(),
+            track: track_admin,
+        },
+        admin_stats,
+        admin_limits,
+        &tracker,
+        shutdown.child_token(),
+    )
+    .await?;
     let token = shutdown.child_token();
-    let sched = tracker.spawn(async move { scheduler.run(token).await });
+    let mut sched = tracker.spawn(async move { scheduler.run(token).await });
+    tracker.spawn(crate::ops::notify::watchdog(shutdown.child_token()));
+    let pid_path = crate::ops::pidfile::path(&config);
+    let _pid_file = match crate::ops::pidfile::PidFile::write(pid_path.clone()) {
+        Ok(f) => Some(f),
+        Err(e) => {
+            warn!(path = %pid_path.display(), error = %e, "cannot write the pid file; `followup reload` will not find this daemon (SIGHUP still reloads)");
+            None
+        }
+    };
+    // Migrations ran (the store is open), the project loaded, the listeners are bound.
+    crate::ops::notify::ready("sending");
     tracker.close();
-    let result = sched.await.context("scheduler task panicked")?;
+    let mut hups = crate::ops::reload::sighup();
+    // Once stopping, the messages in hand get DRAIN to finish: under systemd's
+    // TimeoutStopSec (60 s in deploy/followup.service), so that the daemon records what
+    // it can rather than being killed mid-write.
+    let drain_over = async {
+        shutdown.cancelled().await;
+        tokio::time::sleep(DRAIN).await;
+    };
+    tokio::pin!(drain_over);
+    let mut forced = false;
+    let result = loop {
+        tokio::select! {
+            r = &mut sched => break r.context("scheduler task panicked")?,
+            _ = &mut drain_over => {
+                error!(seconds = DRAIN.as_secs(), "the messages in hand did not finish in time; stopping without them (the next start marks what may have left as in doubt)");
+                sched.abort();
+                forced = true;
+                break Ok(());
+            }
+            Some(()) = hups.recv() => {
+                // The send loop takes the new project itself; the watchers restart on it.
+                if let Some(p) = reloader.reload().await {
+                    watchers.stop().await;
+                    watchers = crate::ops::reload::Watchers::start(&p, &store, &shutdown);
+                }
+            }
+        }
+    };
     if let Err(e) = &result {
         error!("scheduler stopped: {e}");
     }
     // The scheduler ends on shutdown or on a fatal error: either way, stop the rest.
+    crate::ops::notify::stopping();
     shutdown.cancel();
-    if tokio::time::timeout(Duration::from_secs(30), tracker.wait())
+    let stopped = async {
+        watchers.stop().await;
+        tracker.wait().await;
+    };
+    if tokio::time::timeout(Duration::from_secs(30), stopped)
         .await
         .is_err()
     {
@@ -173,8 +186,14 @@ pub async fn run(
     }
     store.close().await;
     info!("followup daemon stopped");
+    if forced {
+        anyhow::bail!("stopped before the messages in hand finished");
+    }
     result.map_err(anyhow::Error::from)
 }
+
+/// How long the messages in hand may take to finish once the daemon is stopping.
+const DRAIN: Duration = Duration::from_secs(45);
 
 /// Cancels `token` on SIGTERM or Ctrl-C.
 pub fn cancel_on_signals(token: CancellationToken) {
@@ -200,6 +219,7 @@ pub fn cancel_on_signals(token: CancellationToken) {
         #[cfg(not(unix))]
         let _ = ctrl_c.await;
         info!("stopping: finishing the messages in hand");
+        crate::ops::notify::stopping();
         token.cancel();
     });
 }

@@ -21,6 +21,7 @@ pub mod inbound;
 pub mod init;
 pub mod mail;
 pub mod model;
+pub mod ops;
 pub mod project;
 pub mod rules;
 pub mod schedule;

@@ -109,6 +109,9 @@ pub struct Scheduler {
     /// The group commit of wire marks, started on the first round: one per scheduler,
     /// so that its journal is opened once and rotates as it grows.
     wire: Arc<std::sync::OnceLock<WireMarks>>,
+    /// A reloaded project (SIGHUP), taken between two rounds: a batch is rendered and
+    /// sent with one version of the project, never half of each.
+    reloads: Option<tokio::sync::watch::Receiver<Arc<Project>>>,
 }
 
 /// A claimed and rendered batch on its way to its `sending` commit.
@@ -156,7 +159,32 @@ impl Scheduler {
             owner,
             keys: Arc::default(),
             wire: Arc::default(),
+            reloads: None,
         }
+    }
+
+    /// Follows the projects sent on `reloads` (see `ops::reload`).
+    pub fn with_reloads(mut self, reloads: tokio::sync::watch::Receiver<Arc<Project>>) -> Self {
+        self.reloads = Some(reloads);
+        self
+    }
+
+    /// This scheduler on the newest project, if a reload sent one it has not taken yet.
+    /// Owner, key clock and wire marks stay: it is the same daemon. Its SMTP senders
+    /// are new (the mailbox settings may have changed); the send loop closes the old.
+    fn reloaded_project(&self) -> Option<Scheduler> {
+        let p = self.reloads.as_ref()?.borrow().clone();
+        if Arc::ptr_eq(&p, &self.project) {
+            return None;
+        }
+        let fresh = Scheduler::new(p, self.store.clone());
+        Some(Scheduler {
+            owner: self.owner.clone(),
+            keys: self.keys.clone(),
+            wire: self.wire.clone(),
+            reloads: self.reloads.clone(),
+            ..fresh
+        })
     }
 
     pub fn owner(&self) -> &str {
@@ -173,13 +201,16 @@ impl Scheduler {
         let stop_takeovers = shutdown.child_token();
         let _stop_takeovers = stop_takeovers.clone().drop_guard();
         {
-            let me = self.clone();
+            let mut me = self.clone();
             let stop = stop_takeovers;
             tokio::spawn(async move {
                 loop {
                     tokio::select! {
                         _ = stop.cancelled() => break,
                         _ = tokio::time::sleep(TAKEOVER_CHECK.to_std().unwrap_or_default()) => {}
+                    }
+                    if let Some(next) = me.reloaded_project() {
+                        me = next;
                     }
                     if let Err(e) = me.take_over_dead(Utc::now()).await {
                         warn!(error = %e, "cannot look for dead daemons' work; trying again");
@@ -192,10 +223,13 @@ impl Scheduler {
         let stop_rules = shutdown.child_token();
         let _stop_rules = stop_rules.clone().drop_guard();
         {
-            let me = self.clone();
+            let mut me = self.clone();
             let stop = stop_rules;
             tokio::spawn(async move {
                 loop {
+                    if let Some(next) = me.reloaded_project() {
+                        me = next;
+                    }
                     if let Err(e) = me.run_rules().await {
                         warn!(error = %e, "cannot run lifecycle rules; trying again");
                     }
@@ -207,33 +241,61 @@ impl Scheduler {
             });
         }
         let mut last_doubt_check = DateTime::<Utc>::MIN_UTC;
+        // systemd's watchdog stops being pinged if a round never ends.
+        // A round may wait out an SMTP end of data (data_timeout) and the connect and
+        // commands around it.
+        let beat = crate::ops::notify::Beat::register(
+            "scheduler",
+            (self.project.config.send.data_timeout + Duration::minutes(5))
+                .to_std()
+                .unwrap_or_default(),
+        );
+        let mut me = self.clone();
+        // Wakes the loop as soon as a reload arrives (a clone: its own view of what was seen).
+        let mut wake_on_reload = self.reloads.clone();
         loop {
             if shutdown.is_cancelled() {
                 break;
             }
+            beat.busy();
+            if let Some(next) = me.reloaded_project() {
+                for s in me.senders.values() {
+                    s.close().await;
+                }
+                me = next;
+                info!("send loop: now on the reloaded project");
+            }
             let now = Utc::now();
             if now - last_doubt_check > Duration::seconds(5) {
-                self.check_in_doubt(now).await?;
-                let resumed = crate::app::operate::end_pauses(&self.store, now).await?;
+                me.check_in_doubt(now).await?;
+                let resumed = crate::app::operate::end_pauses(&me.store, now).await?;
                 if resumed > 0 {
                     info!(resumed, "out-of-office pauses ended");
                 }
                 last_doubt_check = now;
             }
-            let round = self.round_until(now, Some(&shutdown)).await?;
+            let round = me.round_until(now, Some(&shutdown)).await?;
             if round.claimed > 0 {
                 continue; // more may be due right away
             }
-            let wake = self.next_wake(now).await?;
-            let sleep = (wake - Utc::now())
-                .clamp(Duration::milliseconds(20), self.project.config.send.poll);
+            let wake = me.next_wake(now).await?;
+            let sleep =
+                (wake - Utc::now()).clamp(Duration::milliseconds(20), me.project.config.send.poll);
+            beat.waiting();
+            let reloaded = async {
+                match wake_on_reload.as_mut() {
+                    Some(r) => r.changed().await.is_ok(),
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = tokio::time::sleep(sleep.to_std().unwrap_or_default()) => {}
+                true = reloaded => {}
             }
         }
-        self.store.release_claims(&self.owner).await?;
-        for s in self.senders.values() {
+        me.store.release_claims(&me.owner).await?;
+        for s in me.senders.values() {
             s.close().await;
         }
         Ok(())

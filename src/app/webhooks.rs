@@ -28,6 +28,9 @@ async fn rows_for(
     hooks: &[Webhook],
     events: &[StoredEvent],
 ) -> Result<Vec<NewDelivery>, store::Error> {
+    if hooks.is_empty() {
+        return Ok(Vec::new());
+    }
     let mut ids: Vec<i64> = events.iter().filter_map(|e| e.contact_id).collect();
     ids.sort_unstable();
     ids.dedup();
@@ -166,14 +169,15 @@ pub async fn deliver(
 /// every half second, until `shutdown`. A database error is logged and tried again:
 /// it never ends the daemon.
 pub async fn run(
-    project: std::sync::Arc<crate::project::Project>,
+    project: tokio::sync::watch::Receiver<std::sync::Arc<crate::project::Project>>,
     store: Store,
     client: Client,
     shutdown: tokio_util::sync::CancellationToken,
 ) {
-    let hooks = &project.config.webhooks;
     while !shutdown.is_cancelled() {
-        if let Err(e) = round(&store, hooks, &client).await {
+        // The project as last (re)loaded: a reload's webhooks take effect here.
+        let current = project.borrow().clone();
+        if let Err(e) = round(&store, &current.config.webhooks, &client).await {
             warn!("webhooks: {e}; trying again");
         }
         tokio::select! {

@@ -339,11 +339,19 @@ impl Watcher {
     pub async fn run(self, shutdown: CancellationToken) {
         let mut backoff = StdDuration::from_secs(1);
         let mut last_error: Option<String> = None;
+        // systemd's watchdog stops being pinged if this loop hangs outside its waits.
+        // Each IMAP command has COMMAND_TIMEOUT; a catch-up of a full folder, message by
+        // message, may take longer than one.
+        let beat = crate::ops::notify::Beat::register(
+            format!("watcher {}/{}", self.mailbox.name, self.label()),
+            COMMAND_TIMEOUT * 10,
+        );
         loop {
             if shutdown.is_cancelled() {
                 break;
             }
-            match self.session(&shutdown, &mut last_error).await {
+            beat.busy();
+            match self.session(&shutdown, &mut last_error, &beat).await {
                 Ok(()) => break,
                 Err(e) => {
                     let text = e.to_string();
@@ -386,6 +394,7 @@ impl Watcher {
                             Utc::now(),
                         )
                         .await;
+                    beat.waiting();
                     tokio::select! {
                         _ = shutdown.cancelled() => break,
                         _ = tokio::time::sleep(backoff) => {}
@@ -410,6 +419,7 @@ impl Watcher {
         &self,
         shutdown: &CancellationToken,
         last_error: &mut Option<String>,
+        beat: &crate::ops::notify::Beat,
     ) -> Result<(), Error> {
         let mut session = connect(&self.mailbox).await?;
         let folder_name = match self.folder {
@@ -485,10 +495,12 @@ impl Watcher {
                 let mut handle = session.idle();
                 timed(handle.init()).await?;
                 let (wait, _stop) = handle.wait_with_timeout(renew);
+                beat.waiting();
                 let outcome = tokio::select! {
                     r = wait => Some(r?),
                     _ = shutdown.cancelled() => None,
                 };
+                beat.busy();
                 session = timed(handle.done()).await?;
                 match outcome {
                     None => {
@@ -500,6 +512,7 @@ impl Watcher {
                     | Some(IdleResponse::ManualInterrupt) => {}
                 }
             } else {
+                beat.waiting();
                 tokio::select! {
                     _ = shutdown.cancelled() => {
                         let _ = timed(session.logout()).await;
@@ -507,6 +520,7 @@ impl Watcher {
                     }
                     _ = tokio::time::sleep(poll) => {}
                 }
+                beat.busy();
                 timed(session.noop()).await?;
             }
         }

@@ -1003,6 +1003,7 @@ impl Store {
 mod history;
 mod inbound;
 mod liveness;
+mod ops;
 #[macro_use]
 mod rules;
 mod schema;
@@ -1010,6 +1011,7 @@ mod send;
 mod status;
 mod track;
 mod webhooks;
+pub use ops::{sqlite_integrity, OpsGauges};
 
 pub use history::Existing;
 pub use inbound::{Checkpoint, InboundRecord, SetAside, WatchState};

@@ -67,12 +67,18 @@ const ROUTES: [&str; 6] = [
     "other",
 ];
 const STATUSES: [u16; 8] = [200, 204, 302, 400, 404, 405, 503, 500];
+/// Upper bounds (seconds) of the request-duration histogram's buckets.
+const DURATION_BUCKETS: [f64; 6] = [0.001, 0.005, 0.025, 0.1, 0.5, 2.5];
 
 /// Counters for `/metrics`. Plain atomics in fixed arrays: the pixel path takes no
 /// lock to count itself.
 #[derive(Default)]
 pub struct Metrics {
     requests: [[AtomicU64; STATUSES.len()]; ROUTES.len()],
+    /// Request durations by route: counts per bucket of [`DURATION_BUCKETS`] (not
+    /// cumulative; the last is +Inf) and the sum in microseconds.
+    durations: [[AtomicU64; DURATION_BUCKETS.len() + 1]; ROUTES.len()],
+    duration_sum_us: [AtomicU64; ROUTES.len()],
     /// Hits answered but not recorded because the channel was full.
     pub dropped: AtomicU64,
     /// Recorded events by kind: opened/clicked × human/machine, unsubscribed.
@@ -510,9 +516,43 @@ async fn count_requests(
         Some("/metrics") => 4,
         _ => 5,
     };
+    let started = std::time::Instant::now();
     let response = next.run(request).await;
     metrics.count(route, response.status());
+    let took = started.elapsed();
+    let secs = took.as_secs_f64();
+    let bucket = DURATION_BUCKETS
+        .iter()
+        .position(|le| secs <= *le)
+        .unwrap_or(DURATION_BUCKETS.len());
+    metrics.durations[route][bucket].fetch_add(1, Ordering::Relaxed);
+    metrics.duration_sum_us[route].fetch_add(took.as_micros() as u64, Ordering::Relaxed);
     response
+}
+
+/// Messages by status and the send queue, from the database; 503 when it does not
+/// answer. Also on the admin listener without tracking (`ops::admin`).
+pub async fn database_gauges(store: &Store, out: &mut String) -> StatusCode {
+    use std::fmt::Write as _;
+    match store.gauges(Utc::now()).await {
+        Ok((by_status, due)) => {
+            out.push_str(
+                "# HELP followup_messages Messages by status.\n# TYPE followup_messages gauge\n",
+            );
+            for (st, n) in by_status {
+                let _ = writeln!(out, "followup_messages{{status=\"{st}\"}} {n}");
+            }
+            let _ = writeln!(
+                out,
+                "# HELP followup_enrollments_due Active enrollments due now (the send queue).\n# TYPE followup_enrollments_due gauge\nfollowup_enrollments_due {due}"
+            );
+            StatusCode::OK
+        }
+        Err(e) => {
+            warn!(error = %e, "metrics: cannot read the database");
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+    }
 }
 
 async fn metrics_page(State(s): Shared) -> Response {
@@ -530,6 +570,30 @@ async fn metrics_page(State(s): Shared) -> Response {
                 );
             }
         }
+    }
+    out.push_str("# HELP followup_http_request_duration_seconds Time from a request's head to its answer, by route.\n# TYPE followup_http_request_duration_seconds histogram\n");
+    for (r, route) in ROUTES.iter().enumerate() {
+        let counts: Vec<u64> = m.durations[r]
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .collect();
+        let total: u64 = counts.iter().sum();
+        if total == 0 {
+            continue;
+        }
+        let mut cumulative = 0;
+        for (i, le) in DURATION_BUCKETS.iter().enumerate() {
+            cumulative += counts[i];
+            let _ = writeln!(
+                out,
+                "followup_http_request_duration_seconds_bucket{{route=\"{route}\",le=\"{le}\"}} {cumulative}"
+            );
+        }
+        let sum = m.duration_sum_us[r].load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(
+            out,
+            "followup_http_request_duration_seconds_bucket{{route=\"{route}\",le=\"+Inf\"}} {total}\nfollowup_http_request_duration_seconds_sum{{route=\"{route}\"}} {sum}\nfollowup_http_request_duration_seconds_count{{route=\"{route}\"}} {total}"
+        );
     }
     out.push_str("# HELP followup_events_total Events recorded by the endpoint, by kind; machine hits are labelled.\n# TYPE followup_events_total counter\n");
     for (kind, who, v) in [
@@ -598,25 +662,7 @@ async fn metrics_page(State(s): Shared) -> Response {
             );
         }
     }
-    let status = match s.store.gauges(Utc::now()).await {
-        Ok((by_status, due)) => {
-            out.push_str(
-                "# HELP followup_messages Messages by status.\n# TYPE followup_messages gauge\n",
-            );
-            for (st, n) in by_status {
-                let _ = writeln!(out, "followup_messages{{status=\"{st}\"}} {n}");
-            }
-            let _ = writeln!(
-                out,
-                "# HELP followup_enrollments_due Active enrollments due now (the send queue).\n# TYPE followup_enrollments_due gauge\nfollowup_enrollments_due {due}"
-            );
-            StatusCode::OK
-        }
-        Err(e) => {
-            warn!(error = %e, "metrics: cannot read the database");
-            StatusCode::SERVICE_UNAVAILABLE
-        }
-    };
+    let status = database_gauges(&s.store, &mut out).await;
     m.count(4, status);
     (
         status,

@@ -6,7 +6,7 @@
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::support::{Daemon, Db, Options, Project, Smtp};
@@ -208,14 +208,8 @@ fn daemon_under_limit(e: &Endpoint) -> Daemon {
             None => cmd.env_remove(k),
         };
     }
-    let log = e.p.path("daemon-limited.log");
     // prlimit execs the daemon: the child's pid is the daemon's.
-    let child = cmd
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    Daemon { child, log }
+    Daemon::spawn(&e.p, cmd)
 }
 
 #[test]

@@ -10,6 +10,7 @@ mod crash;
 mod http_limits;
 mod mailworld;
 mod oauth;
+mod ops;
 mod replies;
 mod send;
 mod store;

@@ -360,14 +360,7 @@ impl Project {
 
     /// Starts the daemon.
     pub fn daemon(&self) -> Daemon {
-        let log = self.path(&format!("daemon-{:08x}.log", fastrand::u32(..)));
-        let child = self
-            .cmd(&["run"])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        Daemon { child, log }
+        Daemon::spawn(self, self.cmd(&["run"]))
     }
 
     pub fn status_json(&self) -> serde_json::Value {
@@ -402,6 +395,17 @@ pub struct Daemon {
 }
 
 impl Daemon {
+    /// Starts `cmd` (a `followup run` of `p`, with what a test adds) logging to a file.
+    pub fn spawn(p: &Project, mut cmd: Command) -> Daemon {
+        let log = p.path(&format!("daemon-{:08x}.log", fastrand::u32(..)));
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Daemon { child, log }
+    }
+
     pub fn kill(mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

@@ -396,7 +396,7 @@ fn endpoint(db: Db) {
     assert_eq!(r.status().as_u16(), 404);
     hardened(&r);
     // The admin pages are not on the public listener.
-    for page in ["metrics", "healthz"] {
+    for page in ["metrics", "healthz", "readyz"] {
         let r = c.get(format!("{}/{page}", t.base)).send().unwrap();
         assert_eq!(r.status().as_u16(), 404, "/{page} on the public listener");
     }
@@ -414,6 +414,15 @@ fn endpoint(db: Db) {
     );
     assert!(
         m.contains("followup_http_requests_total{route=\"open\",status=\"405\"} 1"),
+        "{m}"
+    );
+    // Request durations, a histogram per route; the figures of the admin listener too.
+    assert!(
+        m.contains("followup_http_request_duration_seconds_bucket{route=\"open\",le=\"+Inf\"}"),
+        "{m}"
+    );
+    assert!(
+        m.contains("followup_mailbox_messages{mailbox=\"sales\""),
         "{m}"
     );
     assert!(
