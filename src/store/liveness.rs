@@ -224,6 +224,49 @@ fn lock_file(dir: &Path, owner: &str) -> Result<File> {
     Ok(file)
 }
 
+impl Store {
+    /// On SQLite, an exclusive lock that one process at a time holds while it migrates
+    /// the file: sqlx's SQLite migrator takes none, so a `status` run while a daemon
+    /// starts on a new database could apply the same migration twice and fail ("table
+    /// already exists"). The other waits, then finds nothing left to do. PostgreSQL's
+    /// migrator takes an advisory lock itself.
+    pub(super) async fn migration_lock(&self) -> Result<Option<File>> {
+        let Some(dir) = self.lock_dir() else {
+            return Ok(None);
+        };
+        create_nodes_dir(&dir)?;
+        let path = dir.join("migrations.lock");
+        let locked = tokio::task::spawn_blocking(move || {
+            let failed = |action| {
+                let path = path.clone();
+                move |source| super::Error::File {
+                    action,
+                    path,
+                    source,
+                }
+            };
+            let file = OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+                .map_err(failed("create the migrations lock file"))?;
+            file.lock()
+                .map_err(failed("lock the migrations lock file"))?;
+            Ok(file)
+        })
+        .await;
+        match locked {
+            Ok(r) => r.map(Some),
+            Err(e) => Err(super::Error::File {
+                action: "lock the migrations lock file",
+                path: PathBuf::new(),
+                source: std::io::Error::other(e),
+            }),
+        }
+    }
+}
+
 /// Makes the folder of lock files and journals beside a SQLite database.
 fn create_nodes_dir(dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|source| super::Error::File {

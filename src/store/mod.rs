@@ -529,6 +529,8 @@ impl Store {
     pub async fn migrate(&self) -> Result<()> {
         match &self.pool {
             Pool::Sqlite(p) => {
+                // Held until this arm ends: one process migrates at a time.
+                let _lock = self.migration_lock().await?;
                 sqlx::migrate!("migrations/sqlite").run(&p.write).await?;
                 // With foreign keys off, as SQLite's way of changing a table's
                 // constraints (build a new one, copy, drop, rename) needs when other

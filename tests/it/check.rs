@@ -683,3 +683,28 @@ fn check_names_a_lock_folder_that_cannot_be_made() {
     assert!(e.contains(&said), "{e}");
     assert!(!e.contains("corrupt"), "{e}");
 }
+
+/// Several processes opening a new SQLite database at once (a daemon starting while an
+/// operator runs `status`) migrate it one at a time: none fails on a table another
+/// just created.
+#[test]
+fn concurrent_first_opens_of_a_sqlite_database_all_succeed() {
+    let p = Project::new(Db::Sqlite, &Options::default());
+    let children: Vec<_> = (0..6)
+        .map(|_| {
+            p.cmd(&["migrate"])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
